@@ -1,0 +1,51 @@
+"""The ``ct-tune`` command.
+
+Conventions every command follows:
+- results go to stdout, progress and logs to stderr;
+- ``--json`` prints exactly one JSON object with the results on stdout (and nothing else there);
+- bad input exits with code 2 and one line on stderr that names the problem and the fix;
+- Ctrl-C exits with code 130 after the command has cleaned up.
+
+Each command lives in its own module under ``ct_tune.cli`` with a ``register(subparsers)``
+function; heavy imports (lightning, optuna, mlflow) happen inside the command, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ct_tune.cli._common import CommandResult, build_root_parser, configure_logging, emit, fail
+
+__all__ = ["main"]
+
+# Command modules, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_root_parser()
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ct_tune.cli.{name}").register(subparsers)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    configure_logging(args.verbose - args.quiet)
+    try:
+        result: CommandResult = args.handler(args)
+    except KeyboardInterrupt:
+        print("ct-tune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  (user errors become one line; bugs keep their traceback)
+        code = fail(error)
+        if code is None:
+            raise
+        return code
+    emit(result, as_json=getattr(args, "json", False))
+    return result.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
