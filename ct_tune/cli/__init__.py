@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ct-tune: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001  (user errors become one line; bugs keep their traceback)
+    except Exception as error:  # user errors become one line; bugs keep their traceback
         code = fail(error)
         if code is None:
             raise
