@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from ct_tune._errors import InputError
+
 import torch
 import torch.nn.functional as F
-
-from ct_tune._errors import InputError
 
 __all__ = ["check_beta", "check_c", "ct"]
 

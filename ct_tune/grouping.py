@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from torch import nn
-
 from ct_tune._errors import InputError
 from ct_tune.sites import INLINE_MARK, Site
+
+from torch import nn
 
 __all__ = ["GRANULARITIES", "check_granularity", "group_sites"]
 

@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ct_tune._errors import InputError
 from ct_tune._version import __version__
 from ct_tune.activation import check_beta, check_c
 from ct_tune.grouping import check_granularity
 from ct_tune.sites import describe
 from ct_tune.steering import SteeringHandle, checked_trace, steer_traced
+
+import torch
+from torch import nn
 
 __all__ = ["BetaProfile", "apply_profile"]
 

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ct_tune._errors import InputError
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-
-from ct_tune._errors import InputError
 
 __all__ = ["RELU_FUNCTIONS", "Site", "Trace", "call_model", "trace_sites"]
 

@@ -21,15 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils.hooks import RemovableHandle
-
 from ct_tune._errors import InputError
 from ct_tune.activation import BetaLike, check_beta, check_c, ct_unchecked
 from ct_tune.grouping import check_granularity, group_sites
 from ct_tune.sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 if TYPE_CHECKING:
     from ct_tune.profile import BetaProfile

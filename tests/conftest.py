@@ -9,9 +9,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import ct_tune
+
+import pytest
 
 SOURCE_ROOT = Path(ct_tune.__file__).resolve().parents[1]
 
