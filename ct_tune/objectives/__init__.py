@@ -1,0 +1,95 @@
+"""What a trial scores: clean accuracy, linear-probe accuracy, adversarial (robust) accuracy.
+
+Each objective is a small frozen dataclass of settings with ``evaluate(target, data, report)``; it
+scores the network as it currently is (the caller steers it), on tensors already on the device,
+and can report a running value after every chunk so that a single-objective study can prune.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.objectives._accuracy import AccuracyObjective
+from ct_tune.objectives._adversarial import AdversarialObjective, fixed_subset, pgd_attack
+from ct_tune.objectives._base import PRECISIONS, ComputeClock, ObjectiveResult, ReportFn
+from ct_tune.objectives._probe import ProbeObjective, fit_linear_probe
+from ct_tune.objectives._target import EvalData, EvalTarget
+
+__all__ = [
+    "OBJECTIVES",
+    "PRECISIONS",
+    "AccuracyObjective",
+    "AdversarialObjective",
+    "ComputeClock",
+    "EvalData",
+    "EvalTarget",
+    "Evaluator",
+    "Objective",
+    "ObjectiveResult",
+    "ProbeObjective",
+    "ReportFn",
+    "fit_linear_probe",
+    "fixed_subset",
+    "make_objective",
+    "pgd_attack",
+]
+
+Objective = AccuracyObjective | ProbeObjective | AdversarialObjective
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (AccuracyObjective, ProbeObjective, AdversarialObjective)
+}
+
+
+def make_objective(name: str, **settings: Any) -> Objective:
+    """Build an objective by name; unknown names or settings are one-line errors."""
+    cls = OBJECTIVES.get(name)
+    if cls is None:
+        raise InputError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    allowed = [f.name for f in fields(cls)]
+    unknown = [key for key in settings if key not in allowed]
+    if unknown:
+        raise InputError(f"objective {name!r} has no setting {unknown[0]!r}; settings: {', '.join(allowed)}")
+    return cls(**settings)
+
+
+class Evaluator:
+    """Scores the network, as currently steered, on every objective of a trial.
+
+    The tensors are materialised once (on the device) and reused by every trial. Only a single
+    objective gets the ``report`` callback: Optuna cannot prune multi-objective trials.
+    """
+
+    def __init__(self, target: EvalTarget, data: EvalData, objectives: Sequence[Objective]) -> None:
+        if not objectives:
+            raise InputError("a trial needs at least one objective")
+        names = [objective.name for objective in objectives]
+        if len(set(names)) != len(names):
+            raise InputError(f"each objective may appear once; got {', '.join(names)}")
+        if any(objective.needs_train for objective in objectives) and data.train_x is None:
+            raise InputError("the probe objective needs the train split; load it into EvalData")
+        self.target = target
+        self.data = data
+        self.objectives = list(objectives)
+
+    @property
+    def names(self) -> list[str]:
+        return [objective.name for objective in self.objectives]
+
+    def evaluate(self, report: ReportFn | None = None) -> Mapping[str, ObjectiveResult]:
+        if report is not None and len(self.objectives) > 1:
+            report = None
+        self.target.net.eval()
+        results: dict[str, ObjectiveResult] = {}
+        for objective in self.objectives:
+            results[objective.name] = objective.evaluate(self.target, self.data, report)
+        return results
+
+    def timed_evaluate(self, report: ReportFn | None = None) -> tuple[Mapping[str, ObjectiveResult], float]:
+        start = time.perf_counter()
+        results = self.evaluate(report)
+        return results, time.perf_counter() - start

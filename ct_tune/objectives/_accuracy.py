@@ -1,0 +1,51 @@
+"""Clean accuracy of the model's own head: top-1, and top-5 where there are more than 5 classes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
+from ct_tune.objectives._target import EvalData, EvalTarget
+
+import torch
+
+
+@dataclass(frozen=True)
+class AccuracyObjective:
+    """Top-1 accuracy on the val set (the value), with top-5 and per-class accuracy as details."""
+
+    name: ClassVar[str] = "accuracy"
+    needs_train: ClassVar[bool] = False
+    top_k: int = 5
+
+    def evaluate(self, target: EvalTarget, data: EvalData, report: ReportFn | None = None) -> ObjectiveResult:
+        start = time.perf_counter()
+        clock_start = target.clock.seconds
+        x, y = data.val_x, data.val_y
+        k = min(self.top_k, target.num_classes)
+        hit1 = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        hitk = torch.zeros_like(hit1)
+        seen = [0, 0]  # samples, top-1 hits (a running count for pruning)
+
+        def step(batch: slice) -> None:
+            with torch.inference_mode(), target.clock.measure():
+                logits = target.logits(x[batch])
+            top = logits.topk(k, dim=1).indices
+            truth = y[batch].unsqueeze(1)
+            hit1[batch] = top[:, 0] == truth[:, 0]
+            hitk[batch] = (top == truth).any(dim=1)
+            seen[0] = batch.stop
+            if report is not None:
+                seen[1] += int(hit1[batch].sum())
+                report(seen[1] / seen[0], seen[0])
+
+        target.for_batches(len(y), step)
+        top1 = float(hit1.float().mean())
+        details = {"top1": top1, "n": len(y), "per_class": per_class_accuracy(hit1, y, target.num_classes)}
+        if target.num_classes > 5:
+            details[f"top{k}"] = float(hitk.float().mean())
+        return ObjectiveResult(
+            self.name, top1, details, time.perf_counter() - start, target.clock.seconds - clock_start
+        )

@@ -1,0 +1,78 @@
+"""What every objective shares: its result, the progress callback used for pruning, and timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Called after each chunk of the evaluation set with (running value, samples seen so far). A study
+# passes one that reports to Optuna and raises optuna.TrialPruned when the pruner says so.
+ReportFn = Callable[[float, int], None]
+
+
+@dataclass
+class ObjectiveResult:
+    """One objective's score (higher is better unless the study says otherwise) and its details."""
+
+    name: str
+    value: float
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the whole evaluation
+    compute_seconds: float = 0.0  # of which inside forward/backward passes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "seconds": self.seconds,
+            "compute_seconds": self.compute_seconds,
+            **self.details,
+        }
+
+
+class ComputeClock:
+    """Adds up the time spent in forward/backward passes (synchronising CUDA only when asked)."""
+
+    def __init__(self, device: torch.device, *, synchronize: bool = False) -> None:
+        self.seconds = 0.0
+        self._sync = synchronize and device.type == "cuda"
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        if self._sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                torch.cuda.synchronize()
+            self.seconds += time.perf_counter() - start
+
+
+def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy of each class (None for a class absent from the evaluated samples)."""
+    totals = torch.bincount(labels, minlength=num_classes)
+    hits = torch.bincount(labels[correct], minlength=num_classes)
+    return [(h / t) if t else None for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
+
+
+def chunks(n: int, chunk_size: int) -> Iterator[slice]:
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for reduced precision on CUDA; a no-op for fp32 and on CPU."""
+    if precision == "fp32" or device.type != "cuda":
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast("cuda", dtype=dtype)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")

@@ -1,0 +1,66 @@
+"""The model as an objective sees it: pixels in, logits out, on one device and precision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ct_tune.objectives._base import ComputeClock, autocast
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalData:
+    """Materialised tensors (pixel space, on the target's device) an evaluation reads."""
+
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    train_x: torch.Tensor | None = None  # only the probe needs these
+    train_y: torch.Tensor | None = None
+    class_names: list[str] | None = None
+
+
+@dataclass
+class EvalTarget:
+    """A network, the normalisation in front of it, and how to run it.
+
+    Normalisation sits inside the forward path (not in the data), so attacks work in pixel space.
+    The network is scored as it currently is: steering is applied by the caller.
+    """
+
+    net: nn.Module
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    num_classes: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    batch_size: int = 256
+    clock: ComputeClock | None = None
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = ComputeClock(self.device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.net(self.normalize(x)).float()
+
+    def for_batches(self, n: int, step: Callable[[slice], None]) -> None:
+        """Call ``step`` on consecutive slices of ``n`` samples, halving the batch on CUDA OOM."""
+        start = 0
+        while start < n:
+            stop = min(start + self.batch_size, n)
+            try:
+                step(slice(start, stop))
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                logger.warning("out of GPU memory: batch size lowered to %d", self.batch_size)
+                continue
+            start = stop
