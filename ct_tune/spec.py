@@ -20,9 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = ["StudySpec", "load_spec", "parse_duration", "spec_from_dict"]
 
-DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

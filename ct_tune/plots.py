@@ -1,0 +1,90 @@
+"""Figures logged to MLflow, where people would rather look than read.
+
+- the beta profile of a trial (beta per unit, in network order, against the ReLU line);
+- optimisation history, Pareto front (two or three objectives) and parameter importances of a study,
+  drawn by Optuna's matplotlib backend.
+
+Figures are built without touching pyplot's global state where we draw them ourselves, so importing
+this module never changes the user's matplotlib backend.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
+
+def beta_profile_figure(betas: Mapping[str, float], *, title: str, low: float | None = None) -> Figure:
+    """Bars of beta per unit, in network order; 1.0 (plain ReLU) is the dashed line."""
+    from matplotlib.figure import Figure
+
+    names = list(betas)
+    values = [betas[name] for name in names]
+    width = min(18.0, max(4.0, 0.35 * len(names) + 2))
+    figure = Figure(figsize=(width, 3.6), layout="constrained")
+    axes = figure.add_subplot()
+    positions = range(len(names))
+    colours = ["#9aa5b1" if value >= 1.0 else "#2b6cb0" for value in values]
+    axes.bar(positions, values, color=colours)
+    axes.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="ReLU (beta = 1)")
+    floor = min([*values, low if low is not None else min(values)])
+    axes.set_ylim(max(0.0, floor - 0.05), 1.01)
+    axes.set_ylabel("beta")
+    axes.set_title(title, fontsize=10)
+    if len(names) <= 60:
+        axes.set_xticks(list(positions), names, rotation=90 if len(names) > 6 else 0, fontsize=7)
+    else:
+        axes.set_xlabel(f"{len(names)} units in network order")
+    axes.legend(loc="lower left", fontsize=7)
+    return figure
+
+
+def study_figures(study: optuna.Study, objective_names: Sequence[str]) -> dict[str, Figure]:
+    """History per objective, Pareto front (2-3 objectives) and importances, as far as the study allows."""
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    figures: dict[str, Figure] = {}
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        return figures
+    directions = study.directions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-API and evaluator notes, not user problems
+        for index, name in enumerate(objective_names):
+            target = None if len(directions) == 1 else (lambda t, i=index: t.values[i])
+            figures[f"history_{name}"] = _figure(ovm.plot_optimization_history(study, target=target, target_name=name))
+        if 2 <= len(directions) <= 3 and len(finished) >= 1:
+            figures["pareto_front"] = _figure(ovm.plot_pareto_front(study, target_names=list(objective_names)))
+        if len(finished) >= 3 and len(finished[0].params) >= 1:
+            for index, name in enumerate(objective_names):
+                sign = 1.0 if directions[index] == optuna.study.StudyDirection.MINIMIZE else -1.0
+                try:  # PedANOVA ranks parameters for *low* target values: flip maximised objectives
+                    axes = ovm.plot_param_importances(
+                        study,
+                        evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                        target=lambda t, i=index, s=sign: s * t.values[i],
+                        target_name=name,
+                    )
+                except (RuntimeError, ValueError, ZeroDivisionError):
+                    continue  # too few distinct trials for importances yet
+                figures[f"importances_{name}"] = _figure(axes)
+    return figures
+
+
+def _figure(axes) -> Figure:
+    figure = axes.figure
+    figure.set_layout_engine("constrained")
+    return figure
+
+
+def close(figure: Figure) -> None:
+    """Release a figure (pyplot keeps the ones Optuna created until closed)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

@@ -1,0 +1,142 @@
+"""Database URLs for the Optuna storage and the MLflow backend store, and how to open them safely.
+
+- Two databases: Optuna and MLflow both keep their schema version in a table named
+  ``alembic_version``, so they cannot share one database (two SQLite files, or two databases on one
+  PostgreSQL server).
+- SQLite: a connect timeout (parallel writers otherwise get "database is locked") and WAL journaling
+  (readers do not block the writer). Local disks only: WAL does not work on network filesystems.
+- PostgreSQL: the psycopg 3 driver (``postgresql://`` is rewritten to ``postgresql+psycopg://``) and
+  ``pool_pre_ping`` so a dropped connection is replaced instead of failing a trial.
+- Passwords never reach logs or MLflow: everything shown goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import InputError
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+STORAGE_ENV = "CT_TUNE_STORAGE"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+SQLITE_TIMEOUT_SECONDS = 120
+
+
+def resolve_storage(cli: str | None, spec: str | None = None) -> str:
+    """Where the Optuna study lives: --storage, then $CT_TUNE_STORAGE, then the spec, then the default."""
+    return normalize_url(cli or os.environ.get(STORAGE_ENV) or spec or DEFAULT_STORAGE, what="storage")
+
+
+def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
+    """The MLflow backend store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the default."""
+    return normalize_url(cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI, what="tracking URI")
+
+
+def normalize_url(url: str, *, what: str) -> str:
+    """Check a database URL and pick the psycopg 3 driver for PostgreSQL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InputError(
+            f"{what} {redact(url)!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
+            "postgresql://user@host:5432/dbname"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend not in ("sqlite", "postgresql", "mysql"):
+        raise InputError(f"{what} {redact(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print or log."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def prepare_sqlite(url: str) -> None:
+    """Create the directory of a SQLite file and switch it to WAL journaling (kept by the file)."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    if sqlite_path(url) is not None or url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    return {"pool_pre_ping": True}
+
+
+def open_optuna_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """An RDBStorage with the settings above; an unreachable database is a one-line InputError."""
+    import warnings
+
+    import optuna
+
+    prepare_sqlite(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
+    except Exception as error:  # sqlalchemy/psycopg raise many types for "cannot connect"
+        raise InputError(f"cannot open the Optuna storage {redact(url)}: {database_reason(error)}") from None
+
+
+def database_reason(error: BaseException) -> str:
+    """A short, password-free reason for a database failure."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    reason = text[0] if text else type(error).__name__
+    return reason[:300]
+
+
+def is_database_error(error: BaseException) -> bool:
+    """True for errors that mean the database went away (not a bug in ct-tune)."""
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(error, (OperationalError, DBAPIError))
