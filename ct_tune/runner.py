@@ -1,0 +1,374 @@
+"""Running the trials of a study in one process: the model and data are loaded once, then each trial
+updates the steering betas, scores the model, reports to Optuna and logs to MLflow.
+
+The budget is a total over every worker of the study (on any machine): a worker runs a trial only
+while fewer trials than the budget are finished or running, and waits when the last ones are running
+elsewhere (one of them may die, and its retry must be picked up). Two workers can still start a trial
+at the same instant; the later one notices at start and is discarded (ended FAIL with a
+``ct_tune.discarded`` attribute, without an MLflow run), so exactly the budget completes.
+
+A worker that dies mid-trial leaves its trial RUNNING; its heartbeat stops, another worker marks it
+FAIL, closes its MLflow run as FAILED and enqueues a retry with the same betas
+(``RetryHeartbeatStaleTrialCallback``). Ctrl-C marks the running trial FAIL (Optuna does) and its run
+FAILED (we do); running again resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ct_tune._errors import InputError
+from ct_tune.objectives import Evaluator, ObjectiveResult
+from ct_tune.plots import beta_profile_figure, study_figures
+from ct_tune.samplers import build_pruner, build_sampler
+from ct_tune.search_space import C_PARAM, beta_param, param_names, suggest
+from ct_tune.steering import SteeringHandle
+from ct_tune.storage import database_reason, is_database_error, open_optuna_storage
+from ct_tune.study import ATTR_DISCARDED, ATTR_KIND, StudyInfo, best_trials, load_study
+from ct_tune.tracking import ATTR_RUN_ID, Tracker
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+PLOT_REFRESH_SECONDS = 30.0
+
+
+class Workbench(Protocol):
+    """What a worker loads once: a steered model and an evaluator on the val split."""
+
+    handle: SteeringHandle
+    evaluator: Evaluator
+    device_label: str
+
+
+@dataclass
+class RunSettings:
+    target_total: int | None  # finished (COMPLETE + PRUNED) trials the study should reach
+    deadline: float | None = None  # time.time() after which no new trial starts
+    worker: int = 0
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    poll_seconds: float = 2.0
+    refresh_plots: bool = True
+    on_trial: Callable[[dict[str, Any]], None] | None = None  # progress: called after each trial
+
+
+@dataclass
+class RunSummary:
+    finished: int = 0  # trials this worker finished (COMPLETE + PRUNED)
+    failed: int = 0
+    discarded: int = 0
+    reason: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Discarded(Exception):
+    """The budget was reached by other workers between our count and this trial's creation."""
+
+
+class _DatabaseGone(Exception):
+    """The Optuna storage stopped answering during a run."""
+
+
+def stale_trial_callback(
+    tracker_factory: Callable[[], Tracker],
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Close a dead worker's MLflow run as FAILED, then enqueue its retry (same betas)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(ATTR_RUN_ID)
+        if run_id:
+            tracker_factory().close_run(run_id, state="FAIL", reason="worker stopped sending heartbeats")
+        logger.warning("trial %d: its worker stopped responding; marked FAIL and enqueued again", trial.number)
+        retry(study, trial)
+
+    return callback
+
+
+class TrialRunner:
+    """Runs trials of one study in this process until the budget or the deadline is reached."""
+
+    def __init__(self, info: StudyInfo, bench: Workbench, tracker: Tracker, settings: RunSettings) -> None:
+        import optuna
+
+        self.tracker = tracker
+        self.bench = bench
+        self.settings = settings
+        storage = open_optuna_storage(
+            info.storage_url,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            stale_trial_callback=stale_trial_callback(lambda: tracker),
+        )
+        self.info = load_study(name=info.name, storage_url=info.storage_url, storage=storage)
+        spec = self.info.spec
+        self.study = optuna.load_study(
+            study_name=info.name,
+            storage=storage,
+            sampler=build_sampler(spec, param_names(spec, self.info.units), worker=settings.worker),
+            pruner=build_pruner(spec),
+        )
+        self.objective_names = spec.objective_names
+        self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none"
+        self.summary = RunSummary()
+        self._last_plots = 0.0
+        self._host = socket.gethostname()
+
+    # ----------------------------------------------------------------------------------------------
+    # The loop
+    def run(self) -> RunSummary:
+        import optuna
+
+        parent = self.info.mlflow["parent_run_id"]
+        self.tracker.set_status(parent, "RUNNING")
+        status = "FINISHED"
+        try:
+            while (reason := self._stop_reason()) is None:
+                if self._must_wait():
+                    time.sleep(self.settings.poll_seconds)
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
+            self.summary.reason = reason
+        except KeyboardInterrupt:
+            status = "KILLED"
+            self.summary.reason = "interrupted"
+            raise
+        except Exception as error:
+            status = "FAILED"
+            if is_database_error(error) or isinstance(error, _DatabaseGone):
+                self.summary.reason = f"database unreachable: {database_reason(error)}"
+                raise InputError(
+                    f"the Optuna storage stopped answering ({database_reason(error)}); this worker stopped. "
+                    f"Run 'ct-tune study run {self.info.name}' again once it is back: the study resumes"
+                ) from None
+            raise
+        finally:
+            self.tracker.set_status(parent, status)
+            if self.settings.refresh_plots:
+                self.refresh_plots(force=True)
+        return self.summary
+
+    def _counts(self) -> tuple[int, int]:
+        """(finished, running) trials of the study, over all workers."""
+        from optuna.trial import TrialState
+
+        try:
+            storage = self.info.storage
+            finished = storage.get_n_trials(self.info.study_id, TrialState.COMPLETE)
+            finished += storage.get_n_trials(self.info.study_id, TrialState.PRUNED)
+            running = storage.get_n_trials(self.info.study_id, TrialState.RUNNING)
+        except Exception as error:
+            if is_database_error(error):
+                raise _DatabaseGone(database_reason(error)) from error
+            raise
+        return finished, running
+
+    def _stop_reason(self) -> str | None:
+        if self.settings.deadline is not None and time.time() >= self.settings.deadline:
+            return "timeout"
+        if self.settings.target_total is not None and self._counts()[0] >= self.settings.target_total:
+            return "budget reached"
+        return None
+
+    def _must_wait(self) -> bool:
+        """The last trials of the budget are running elsewhere: wait (one may die and need a retry)."""
+        if self.settings.target_total is None:
+            return False
+        finished, running = self._counts()
+        if finished + running < self.settings.target_total:
+            return False
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        return True
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """Another worker started the last trial of the budget at the same time as this one."""
+        target = self.settings.target_total
+        if target is None:
+            return False
+        finished, running = self._counts()
+        if finished + running <= target:
+            return False
+        from optuna.trial import TrialState
+
+        earlier = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        ahead = sum(1 for t in earlier if t.number < trial.number and ATTR_DISCARDED not in t.user_attrs)
+        return ahead >= target
+
+    # ----------------------------------------------------------------------------------------------
+    # One trial
+    def _objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        if self._is_surplus(trial):
+            trial.set_user_attr(ATTR_DISCARDED, "the budget was reached by other workers")
+            self.summary.discarded += 1
+            raise _Discarded
+        started = time.perf_counter()
+        betas, c = suggest(trial, self.info.spec, self.info.units)
+        kind = self._kind(trial)
+        trial.set_user_attr(ATTR_KIND, kind)
+        params = {beta_param(unit): value for unit, value in betas.items()}
+        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.info.spec.sampler.name})
+        tags = {
+            "ct_tune.worker": str(self.settings.worker),
+            "ct_tune.device": self.bench.device_label,
+            "ct_tune.kind": kind,
+        }
+        run_id = self.tracker.start_trial_run(
+            self.info.mlflow["experiment_id"],
+            self.info.mlflow["parent_run_id"],
+            study_name=self.info.name,
+            trial_number=trial.number,
+            params=params,
+            tags=tags,
+        )
+        trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
+
+        history: list[tuple[str, float, int]] = []
+        results: Mapping[str, ObjectiveResult] = {}
+        state, failure = "FAIL", ""
+        try:
+            self.bench.handle.update(betas, c=c)
+            results = self.bench.evaluator.evaluate(self._reporter(trial, history))
+            values = tuple(results[name].value for name in self.objective_names)
+            if not all(math.isfinite(v) for v in values):
+                raise RuntimeError(f"objective values are not finite: {values}")
+            state = "COMPLETE"
+            return values[0] if len(values) == 1 else values
+        except _Pruned:
+            state = "PRUNED"
+            import optuna
+
+            raise optuna.TrialPruned() from None
+        except BaseException as error:
+            failure = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self._finish(trial, run_id, state, betas, c, results, history, seconds, failure)
+
+    def _kind(self, trial: optuna.Trial) -> str:
+        if "failed_trial" in trial.system_attrs:
+            return "retry"
+        return str(trial.user_attrs.get(ATTR_KIND, "sampled"))
+
+    def _reporter(self, trial: optuna.Trial, history: list[tuple[str, float, int]]):
+        name = self.objective_names[0] if len(self.objective_names) == 1 else None
+
+        def report(value: float, step: int) -> None:
+            if name is not None:
+                history.append((f"{name}.running", value, step))
+            if self.prune:
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise _Pruned
+
+        return report
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        run_id: str,
+        state: str,
+        betas: dict[str, float],
+        c: float,
+        results: Mapping[str, ObjectiveResult],
+        history: list[tuple[str, float, int]],
+        seconds: float,
+        failure: str,
+    ) -> None:
+        metrics: dict[str, float] = {"trial_seconds": seconds}
+        record: dict[str, Any] = {"trial": trial.number, "state": state, "betas": betas, "c": c, "results": {}}
+        compute = 0.0
+        for name, result in results.items():
+            metrics[name] = result.value
+            compute += result.compute_seconds
+            for key, value in result.details.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[f"{name}.{key}"] = float(value)
+            record["results"][name] = result.to_dict()
+        if results:
+            metrics["compute_seconds"] = compute
+        if state == "PRUNED" and history:
+            record["pruned_at_step"] = history[-1][2]
+        tags = {"ct_tune.failure": failure} if failure else {}
+        figure = beta_profile_figure(betas, title=f"trial {trial.number} ({state})", low=self.info.spec.search.beta.low)
+        try:
+            self.tracker.finish_trial_run(
+                run_id, state=state, metrics=metrics, history=history, tags=tags, record=record, figure=figure
+            )
+        except Exception as error:  # the trial's result stands in Optuna even if MLflow hiccups
+            logger.warning("trial %d: could not finish MLflow run %s: %s", trial.number, run_id, database_reason(error))
+        line = {
+            "number": trial.number,
+            "state": state,
+            "seconds": seconds,
+            "values": {n: r.value for n, r in results.items()},
+        }
+        line["betas"], line["c"] = betas, c
+        if state in ("COMPLETE", "PRUNED"):
+            self.summary.finished += 1
+        else:
+            self.summary.failed += 1
+        self.summary.trials.append(line)
+        if self.settings.on_trial is not None:
+            self.settings.on_trial(line)
+        if self.settings.refresh_plots and state == "COMPLETE":
+            self.refresh_plots()
+
+    # ----------------------------------------------------------------------------------------------
+    # Parent run
+    def refresh_plots(self, *, force: bool = False) -> None:
+        """Plots and best values on the parent run, at most every PLOT_REFRESH_SECONDS."""
+        now = time.monotonic()
+        if not force and now - self._last_plots < PLOT_REFRESH_SECONDS:
+            return
+        self._last_plots = now
+        parent = self.info.mlflow["parent_run_id"]
+        try:
+            study = self.study
+            for name, figure in study_figures(study, self.objective_names).items():
+                self.tracker.log_figure(parent, figure, f"plots/{name}.png")
+            best = best_trials(self.info)
+            if len(best) == 1:
+                betas, _ = self.info.profile_of(best[0])
+                title = f"best trial {best[0].number}: " + ", ".join(
+                    f"{n}={v:.4f}" for n, v in zip(self.objective_names, best[0].values, strict=True)
+                )
+                figure = beta_profile_figure(betas, title=title, low=self.info.spec.search.beta.low)
+                self.tracker.log_figure(parent, figure, "plots/best_beta_profile.png")
+                finished, _ = self._counts()
+                self.tracker.log(parent, metrics={f"best.{self.objective_names[0]}": best[0].values[0]}, step=finished)
+        except Exception as error:  # plots must never stop a study
+            logger.warning("could not refresh the study plots: %s", error)
+
+
+class _Pruned(Exception):
+    """Raised inside the evaluation when the pruner stops the trial (turned into optuna.TrialPruned)."""
+
+
+def describe_trial(line: Mapping[str, Any], objective_names: list[str], units_shown: int = 6) -> str:
+    """One human line per finished trial, for the live log."""
+    values = ", ".join(f"{n}={line['values'][n]:.4f}" for n in objective_names if n in line["values"])
+    betas = line["betas"]
+    shown = ", ".join(f"{unit}={beta:.3f}" for unit, beta in list(betas.items())[:units_shown])
+    more = f", ... (+{len(betas) - units_shown})" if len(betas) > units_shown else ""
+    return f"trial {line['number']:>4} {line['state']:<8} {values or '-':<30} {line['seconds']:6.1f}s  {shown}{more}"

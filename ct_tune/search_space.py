@@ -1,0 +1,80 @@
+"""The Optuna search space of a study: one ``beta.<unit>`` parameter per unit, plus ``c`` if searched.
+
+Parameter names are the unit names prefixed with ``beta.`` so that ``optuna trials`` and
+optuna-dashboard show them readably (``beta.layer3.1``); they are suggested in network order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ct_tune.activation import paper_grid
+from ct_tune.spec import CRange, StudySpec
+
+if TYPE_CHECKING:
+    import optuna
+
+BETA_PREFIX = "beta."
+C_PARAM = "c"
+
+
+def beta_param(unit: str) -> str:
+    return f"{BETA_PREFIX}{unit}"
+
+
+def param_names(spec: StudySpec, units: Sequence[str]) -> list[str]:
+    names = [beta_param(unit) for unit in units]
+    return [*names, C_PARAM] if spec.search.searches_c else names
+
+
+def distributions(spec: StudySpec, units: Sequence[str]) -> dict[str, optuna.distributions.BaseDistribution]:
+    from optuna.distributions import FloatDistribution
+
+    beta = spec.search.beta
+    space: dict[str, optuna.distributions.BaseDistribution] = {
+        beta_param(unit): FloatDistribution(beta.low, beta.high, step=beta.step, log=beta.log) for unit in units
+    }
+    if isinstance(spec.search.c, CRange):
+        space[C_PARAM] = FloatDistribution(spec.search.c.low, spec.search.c.high)
+    return space
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec, units: Sequence[str]) -> tuple[dict[str, float], float]:
+    """Ask the trial for every beta (and c) in network order; returns (betas per unit, c)."""
+    beta = spec.search.beta
+    params = {
+        beta_param(unit): trial.suggest_float(beta_param(unit), beta.low, beta.high, step=beta.step, log=beta.log)
+        for unit in units
+    }
+    if isinstance(spec.search.c, CRange):
+        params[C_PARAM] = trial.suggest_float(C_PARAM, spec.search.c.low, spec.search.c.high)
+    return profile_from_params(params, spec, units)
+
+
+def profile_from_params(
+    params: Mapping[str, Any], spec: StudySpec, units: Sequence[str]
+) -> tuple[dict[str, float], float]:
+    """(betas per unit, c) from a trial's params; units without a param stay ReLU."""
+    betas = {unit: float(params.get(beta_param(unit), 1.0)) for unit in units}
+    if isinstance(spec.search.c, CRange):
+        return betas, float(params.get(C_PARAM, 0.5))
+    return betas, float(spec.search.c)
+
+
+def uniform_params(value: float, spec: StudySpec, units: Sequence[str]) -> dict[str, float]:
+    """Params giving every unit the same beta (and the middle of c's range, if c is searched)."""
+    params: dict[str, float] = {beta_param(unit): value for unit in units}
+    if isinstance(spec.search.c, CRange):
+        params[C_PARAM] = 0.5 if spec.search.c.low <= 0.5 <= spec.search.c.high else spec.search.c.low
+    return params
+
+
+def initial_trials(spec: StudySpec, units: Sequence[str]) -> list[tuple[dict[str, float], str]]:
+    """Trials enqueued at creation: the ReLU baseline and, if asked, the paper's global grid."""
+    trials = []
+    if spec.search.enqueue_baseline:
+        trials.append((uniform_params(1.0, spec, units), "baseline"))
+    if spec.search.enqueue_paper_grid:
+        trials += [(uniform_params(value, spec, units), "paper-grid") for value in paper_grid()]
+    return trials
