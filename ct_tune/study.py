@@ -278,7 +278,7 @@ def trial_summary(info: StudyInfo, trial: optuna.trial.FrozenTrial) -> dict[str,
         "c": c,
         "kind": trial.user_attrs.get(ATTR_KIND, "sampled"),
         "mlflow_run_id": trial.user_attrs.get(ATTR_RUN_ID),
-        "test": trial.user_attrs.get("ct_tune.test"),
+        "test": info.study.user_attrs.get("ct_tune.report", {}).get(str(trial.number), {}).get("test"),
         "seconds": trial.duration.total_seconds() if trial.duration else None,
     }
 

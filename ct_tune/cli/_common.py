@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ct_tune._errors import InputError
@@ -23,7 +23,7 @@ class CommandResult:
     payload: dict[str, Any]
     render: Callable[[], None] | None = None  # prints the human form to stdout; default: key: value lines
     exit_code: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    emitted: bool = False  # the command printed its result itself (long-running commands like `ui`)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -85,6 +85,8 @@ def configure_logging(level: int) -> None:
 
 
 def emit(result: CommandResult, *, as_json: bool) -> None:
+    if result.emitted:
+        return
     if as_json:
         sys.stdout.write(json.dumps(result.payload, indent=2, default=str) + "\n")
     elif result.render is not None:

@@ -1,0 +1,164 @@
+"""What a process loads once for a study: the model on its device, the data, the steering handle and
+the evaluators. ``study create`` uses it to find the units; ``study run``, ``study report`` and
+``ct-tune evaluate`` to score profiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import InputError
+from ct_tune.grouping import group_sites
+from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective, make_objective
+from ct_tune.sites import Trace
+from ct_tune.spec import StudySpec
+from ct_tune.steering import SteeringHandle, checked_trace, steer_traced
+
+import torch
+
+if TYPE_CHECKING:
+    from ct_tune.data import CTDataModule
+    from ct_tune.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks the first GPU when there is one; an unavailable device is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif resolved.type != "cpu":
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def objectives_of(spec: StudySpec) -> list[Objective]:
+    return [make_objective(o.name, **o.model_dump(exclude={"name", "direction"})) for o in spec.objectives]
+
+
+@dataclass
+class Session:
+    """A model and its data, loaded once and kept; betas change through ``handle.update``."""
+
+    spec: StudySpec
+    model: LoadedModel
+    data: CTDataModule
+    device: torch.device
+    trace: Trace
+    handle: SteeringHandle | None = None
+    seconds_to_load: float = 0.0
+    _evaluators: dict[str, Evaluator] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, spec: StudySpec, *, device: str | None = None, steer: bool = True) -> Session:
+        """Load model and data, find the ReLU sites; with ``steer`` attach CT at beta = 1 (plain ReLU)."""
+        from ct_tune.data import create_datamodule
+        from ct_tune.models import create_model
+
+        started = time.perf_counter()
+        resolved = resolve_device(device or spec.run.device)
+        data_spec = spec.data
+        data = create_datamodule(
+            data_spec.name,
+            data_dir=data_spec.data_dir,
+            download=data_spec.download,
+            seed=data_spec.seed,
+            val_fraction=data_spec.val_fraction,
+            test_fraction=data_spec.test_fraction,
+            batch_size=spec.run.batch_size,
+            train_size=data_spec.train_size,
+            val_size=data_spec.val_size,
+            test_size=data_spec.test_size,
+        )
+        model_spec = spec.model
+        model = create_model(
+            model_spec.checkpoint or model_spec.name,
+            num_classes=data.num_classes,
+            in_channels=data.native_channels,
+            weights=model_spec.weights,
+            input_size=model_spec.input_size,
+        )
+        data.input_spec = model.input_spec
+        model.to(resolved).eval()
+        example = torch.zeros(1, data.channels, data.size, data.size, device=resolved)
+        trace = checked_trace(model.net, example)
+        session = cls(spec, model, data, resolved, trace)
+        if steer:
+            session.handle = steer_traced(model.net, 1.0, c=0.5, granularity=spec.search.granularity, trace=trace)
+        session.seconds_to_load = time.perf_counter() - started
+        return session
+
+    @property
+    def units(self) -> list[str]:
+        return list(dict.fromkeys(group_sites(self.model.net, self.trace.sites, self.spec.search.granularity).values()))
+
+    @property
+    def device_label(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+    def meta(self) -> dict[str, Any]:
+        """What a study records about the model and data it was created with."""
+        return {
+            "fingerprint": self.trace.fingerprint,
+            "input_shape": list(self.trace.input_shape or ()),
+            "model_class": type(self.model.net).__name__,
+            "model": self.model.describe(),
+            "data": self.data.describe(),
+            "n_sites": len(self.trace.sites),
+        }
+
+    def evaluator(self, split: str = "val", objectives: Sequence[Objective] | None = None) -> Evaluator:
+        """An evaluator on ``split`` (val for studies; test only for the final report), built once."""
+        objectives = list(objectives) if objectives is not None else objectives_of(self.spec)
+        key = f"{split}:{[repr(o) for o in objectives]}"
+        if key not in self._evaluators:
+            val_x, val_y = self.data.tensors(split, device=self.device)
+            train = self.data.tensors("train", device=self.device) if any(o.needs_train for o in objectives) else None
+            data = EvalData(val_x, val_y, *(train or (None, None)), class_names=self.data.classes)
+            target = EvalTarget(
+                self.model.net,
+                self.model.input_spec.normalize,
+                self.model.num_classes,
+                device=self.device,
+                precision=self.spec.run.precision,
+                batch_size=self.spec.run.batch_size,
+            )
+            self._evaluators[key] = Evaluator(target, data, objectives)
+        return self._evaluators[key]
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+@dataclass
+class StudyBench:
+    """The ``runner.Workbench`` of a study: a session's handle and its val evaluator."""
+
+    session: Session
+    handle: SteeringHandle = field(init=False)
+    evaluator: Evaluator = field(init=False)
+    device_label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.session.handle is None:
+            raise InputError("the session was opened without steering")
+        self.handle = self.session.handle
+        self.evaluator = self.session.evaluator("val")
+        self.device_label = self.session.device_label
