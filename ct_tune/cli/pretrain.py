@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=15, help="(default: %(default)s)")
     group.add_argument(
-        "--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule (default: %(default)s)"
+        "--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default: %(default)s)"
     )
     group.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="(default: %(default)s)")
