@@ -91,6 +91,8 @@ def _open(info_name: str, factory: Callable[..., Any], root: Path, download: boo
         return factory(root=str(root), download=download, **kwargs)
     except (RuntimeError, OSError, ValueError, KeyError) as error:
         reason = " ".join(str(error).split())[:160]
+        if "download=True" in reason:  # torchvision's generic "not found or corrupted" says nothing more
+            reason = "files missing or corrupt"
         if download:
             raise InputError(
                 f"could not download dataset {info_name} into {root} ({reason}); on a machine without network, "

@@ -20,8 +20,8 @@ _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 _SERVERS = ("http", "https", "databricks")
 
 
-def resolve_tracking_uri(value: str | None = None) -> str:
-    """The URI to use; creates the directory of a SQLite file. Raises InputError for a file store."""
+def resolve_tracking_uri(value: str | None = None, *, create: bool = True) -> str:
+    """The URI to use (``create``: make the directory of a SQLite file). InputError for a file store."""
     uri = value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
     if scheme not in _DATABASES + _SERVERS:
@@ -33,7 +33,8 @@ def resolve_tracking_uri(value: str | None = None) -> str:
         database = uri.split(":///", 1)[1] if ":///" in uri else ""
         if not database or database == ":memory:":
             raise InputError(f"tracking URI {uri!r} names no database file; use e.g. {DEFAULT_TRACKING_URI}")
-        Path(database.split("?", 1)[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            Path(database.split("?", 1)[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 

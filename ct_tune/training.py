@@ -11,11 +11,10 @@ checkpoint. The test split is never touched.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from ct_tune._pretrain_config import PretrainConfig
 from ct_tune._tracking_uri import redact, resolve_tracking_uri
-from ct_tune.data import CTDataModule, check_dataset_name, create_datamodule
-from ct_tune.models import DEFAULT_MODEL, LoadedModel, check_model_name, create_model, save_checkpoint
+from ct_tune.data import CTDataModule, create_datamodule
+from ct_tune.models import LoadedModel, create_model, save_checkpoint
 
 __all__ = ["ClassifierModule", "PretrainConfig", "evaluate", "pretrain"]
 
 logger = logging.getLogger(__name__)
-
-EXPERIMENT = "ct-tune-pretrain"
 
 
 class ClassifierModule(L.LightningModule):
@@ -133,57 +131,6 @@ def evaluate(model: LoadedModel, x: Tensor, y: Tensor, *, batch_size: int = 512)
     return correct / max(1, x.shape[0])
 
 
-@dataclass
-class PretrainConfig:
-    """Everything ``ct-tune pretrain`` takes; ``pretrain(PretrainConfig(...))`` is the same from Python."""
-
-    model: str = DEFAULT_MODEL
-    data: str = "digits"
-    epochs: int = 15
-    lr: float = 0.1
-    batch_size: int = 64
-    seed: int = 0
-    out: str | None = None  # default: checkpoints/<model>-<data>-seed<seed>.pt
-    weights: str | None = None
-    input_size: int | None = None
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    augment: bool = False
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    num_workers: int = 0
-    accelerator: str = "auto"
-    precision: str | None = None
-    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
-    experiment: str = EXPERIMENT
-    progress: bool = True
-
-    def check(self) -> None:
-        """Cheap checks first, so bad input fails before data or models are loaded."""
-        from ct_tune._errors import InputError
-
-        check_dataset_name(self.data)
-        check_model_name(self.model)
-        if self.epochs < 1:
-            raise InputError(f"--epochs must be at least 1, not {self.epochs}")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be positive, not {self.lr}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.weight_decay < 0:
-            raise InputError(f"--weight-decay must be 0 or more, not {self.weight_decay}")
-
-    def output_path(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        stem = Path(self.model).stem if os.path.exists(self.model) else self.model.replace(":", "_").replace(".", "_")
-        return Path("checkpoints") / f"{stem}-{self.data}-seed{self.seed}.pt"
-
-
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints."""
     started = time.perf_counter()
@@ -222,6 +169,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         fit_started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings(
+                "ignore", message=r".*isinstance\(treespec, LeafSpec\).*"
+            )  # Lightning vs torch 2.13
             trainer.fit(module, datamodule=datamodule)
         fit_seconds = time.perf_counter() - fit_started
         checkpoint = trainer.checkpoint_callback

@@ -1,16 +1,13 @@
 """Options shared by commands that load a dataset or a model (``--data``, ``--data-dir``, ``--model``, ...).
 
-Names are checked here without importing Lightning, so a typo fails in well under a second.
+Nothing heavy is imported here: ``ct-tune --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
-from ct_tune._errors import InputError
-
-__all__ = ["add_data_options", "add_model_options", "check_data_and_model"]
+__all__ = ["add_data_options", "add_model_options"]
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "digits") -> None:
@@ -55,17 +52,3 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
     )
     group.add_argument("--weights", metavar="W", help="torchvision weights: DEFAULT, IMAGENET1K_V1, ...")
     group.add_argument("--input-size", type=int, metavar="PX", help="side of the square input (default: the model's)")
-
-
-def check_data_and_model(data: str | None, model: str | None) -> None:
-    """Fail fast on unknown names, before anything heavy is imported."""
-    from ct_tune._datasets import DATASETS
-
-    if data is not None and data not in DATASETS:
-        raise InputError(f"unknown dataset {data!r}; choose one of: {', '.join(DATASETS)}")
-    if model is not None:
-        if not model:
-            raise InputError("--model is empty; give a model name, checkpoint file or package.module:function")
-        from ct_tune.models import check_model_name
-
-        check_model_name(os.path.expanduser(model))

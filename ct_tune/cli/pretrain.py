@@ -8,7 +8,7 @@ import os
 import sys
 
 from ct_tune.cli._common import CommandResult, add_command
-from ct_tune.cli._options import add_data_options, add_model_options, check_data_and_model
+from ct_tune.cli._options import add_data_options, add_model_options
 
 DESCRIPTION = """\
 Train a model on the train split with Lightning, keep the epoch with the best val accuracy, log to MLflow,
@@ -59,38 +59,42 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
-    check_data_and_model(args.data, args.model)
+    from ct_tune._pretrain_config import PretrainConfig
+    from ct_tune._tracking_uri import resolve_tracking_uri
+
+    config = PretrainConfig(
+        model=os.path.expanduser(args.model),
+        data=args.data,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out=args.out,
+        weights=args.weights,
+        input_size=args.input_size,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        data_dir=args.data_dir,
+        download=args.download,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        num_workers=args.num_workers,
+        accelerator=args.accelerator,
+        precision=args.precision,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        progress=args.verbose - args.quiet >= 0,
+    )
+    config.check()
+    resolve_tracking_uri(config.tracking_uri, create=False)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # libraries print (progress bars, banners) to stdout; stdout is for the result alone
     with contextlib.redirect_stdout(sys.stderr):
-        from ct_tune.training import PretrainConfig, pretrain
+        from ct_tune.training import pretrain
 
-        config = PretrainConfig(
-            model=os.path.expanduser(args.model),
-            data=args.data,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            out=args.out,
-            weights=args.weights,
-            input_size=args.input_size,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            augment=args.augment,
-            data_dir=args.data_dir,
-            download=args.download,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            train_size=args.train_size,
-            val_size=args.val_size,
-            num_workers=args.num_workers,
-            accelerator=args.accelerator,
-            precision=args.precision,
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            progress=args.verbose - args.quiet >= 0,
-        )
         payload = pretrain(config)
     return CommandResult(payload=payload, render=lambda: _render(payload))
 
