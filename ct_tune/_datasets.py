@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class DatasetInfo:
     test_fraction: float = 0.2  # of the train pool, when there is no official test split
     offline: bool = False  # ships inside an installed package
     expects: str = ""  # what torchvision looks for under the data directory, for error messages
-    notes: list[str] = field(default_factory=list)
 
 
 class ArrayDataset(Dataset):

@@ -27,6 +27,7 @@ class PretrainConfig:
     seed: int = 0
     out: str | None = None  # default: checkpoints/<model>-<data>-seed<seed>.pt
     weights: str | None = None
+    checkpoint: str | None = None  # weights file for ``model`` (state dict or Lightning .ckpt) to start from
     input_size: int | None = None
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -49,6 +50,11 @@ class PretrainConfig:
         if self.data not in DATASETS:
             raise InputError(f"unknown dataset {self.data!r}; choose one of: {', '.join(DATASETS)}")
         check_model_name(self.model)
+        if self.checkpoint is not None:
+            if self.weights is not None:
+                raise InputError("--weights and --checkpoint both give starting weights; pass one of them")
+            if not os.path.isfile(self.checkpoint):
+                raise InputError(f"checkpoint file {self.checkpoint} not found")
         if self.epochs < 1:
             raise InputError(f"--epochs must be at least 1, not {self.epochs}")
         if not self.lr > 0:

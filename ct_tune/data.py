@@ -317,6 +317,8 @@ class CTDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{split}={count}" for split, count in self.sizes().items())
         return f"CTDataModule({self.name}, {sizes}, {self.channels}x{self.size}x{self.size}, seed={self.seed})"
 
+    __str__ = __repr__  # Lightning's __str__ builds every dataloader to print its size
+
 
 def _check_split(split: str) -> Split:
     if split not in SPLITS:

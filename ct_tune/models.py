@@ -336,15 +336,7 @@ def create_model(
     if weights is not None and kind not in ("torchvision",):
         raise InputError(f"weights={weights!r} applies to torchvision models only; {text!r} is a {kind} model")
     if kind == "checkpoint":
-        loaded = load_checkpoint(text, input_size=input_size)
-        if num_classes is not None and loaded.num_classes != num_classes:
-            trained_on = (loaded.metadata.get("dataset") or {}).get("name")
-            where = f" (trained on {trained_on})" if trained_on else ""
-            raise InputError(
-                f"checkpoint {text} has a head for {loaded.num_classes} classes{where} but the data has {num_classes}; "
-                "use a checkpoint trained on this dataset (ct-tune pretrain --data ...)"
-            )
-        return loaded
+        return _check_classes(load_checkpoint(text, input_size=input_size), num_classes, text)
     if kind == "factory":
         return _from_factory(
             text, num_classes=num_classes, in_channels=in_channels, input_size=input_size, model_kwargs=model_kwargs
@@ -357,6 +349,17 @@ def create_model(
     return _from_torchvision(
         text, num_classes=num_classes, weights=weights, input_size=input_size, model_kwargs=model_kwargs
     )
+
+
+def _check_classes(loaded: LoadedModel, num_classes: int | None, path: str) -> LoadedModel:
+    if num_classes is not None and loaded.num_classes != num_classes:
+        trained_on = (loaded.metadata.get("dataset") or {}).get("name")
+        where = f" (trained on {trained_on})" if trained_on else ""
+        raise InputError(
+            f"checkpoint {path} has a head for {loaded.num_classes} classes{where} but the data has {num_classes}; "
+            "use a checkpoint trained on this dataset (ct-tune pretrain --data ...)"
+        )
+    return loaded
 
 
 def _finish(
@@ -574,20 +577,21 @@ def load_checkpoint(
 ) -> LoadedModel:
     """Load a ct-tune checkpoint, a Lightning ``.ckpt`` or a plain state dict (read with ``weights_only=True``).
 
-    A ct-tune checkpoint (and a Lightning checkpoint written by ``ct-tune pretrain``) names its architecture;
-    anything else needs ``model`` (a built-in or torchvision name, or a factory). ``num_classes`` and
-    ``in_channels`` default to what the state dict's first convolution and last weight say.
+    A ct-tune checkpoint (and a Lightning checkpoint written by ``ct-tune pretrain``) names its architecture
+    (``model`` is then ignored, and a ``num_classes`` other than the file's is an error); anything else needs
+    ``model`` (a built-in or torchvision name, or a factory), and ``num_classes`` / ``in_channels`` default to
+    what the state dict's last weight and first convolution say.
     """
     text = os.fspath(path)
     data = _read(text)
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-        return _from_ct_checkpoint(data, text, input_size)
+        return _check_classes(_from_ct_checkpoint(data, text, input_size), num_classes, text)
     hyper = data.get("hyper_parameters") if isinstance(data, dict) else None
     if isinstance(hyper, dict) and isinstance(hyper.get("ct_tune"), dict):
         info = hyper["ct_tune"]
         state = _find_state_dict(data, text)
         merged = {"format_version": CHECKPOINT_FORMAT_VERSION, **info, "state_dict": state}
-        return _from_ct_checkpoint(merged, text, input_size, prefix_search=True)
+        return _check_classes(_from_ct_checkpoint(merged, text, input_size, prefix_search=True), num_classes, text)
     state = _find_state_dict(data, text)
     if model is None:
         raise InputError(

@@ -11,6 +11,7 @@ checkpoint. The test split is never touched.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -27,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ct_tune._pretrain_config import PretrainConfig
 from ct_tune._tracking_uri import redact, resolve_tracking_uri
 from ct_tune.data import CTDataModule, create_datamodule
-from ct_tune.models import LoadedModel, create_model, save_checkpoint
+from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
 
 __all__ = ["ClassifierModule", "PretrainConfig", "evaluate", "pretrain"]
 
@@ -135,6 +136,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints."""
     started = time.perf_counter()
     config.check()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     out = config.output_path()
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -151,13 +153,22 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         val_size=config.val_size,
         augment=config.augment,
     )
-    model = create_model(
-        config.model,
-        num_classes=datamodule.num_classes,
-        in_channels=datamodule.native_channels,
-        weights=config.weights,
-        input_size=config.input_size,
-    )
+    if config.checkpoint:
+        model = load_checkpoint(
+            config.checkpoint,
+            model=config.model,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.native_channels,
+            input_size=config.input_size,
+        )
+    else:
+        model = create_model(
+            config.model,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.native_channels,
+            weights=config.weights,
+            input_size=config.input_size,
+        )
     datamodule.input_spec = model.input_spec
     logger.info("%s: %s", model.name, datamodule)
     module = ClassifierModule(

@@ -51,4 +51,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
         + (f" (default: {default})" if default else ""),
     )
     group.add_argument("--weights", metavar="W", help="torchvision weights: DEFAULT, IMAGENET1K_V1, ...")
+    group.add_argument(
+        "--checkpoint", metavar="FILE", help="weights for --model: a state dict or Lightning .ckpt (weights_only)"
+    )
     group.add_argument("--input-size", type=int, metavar="PX", help="side of the square input (default: the model's)")

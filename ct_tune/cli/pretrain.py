@@ -32,20 +32,24 @@ def register(subparsers) -> None:
     add_model_options(parser, default=DEFAULT_MODEL)
     add_data_options(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=15, help="(default: %(default)s)")
+    group.add_argument("--epochs", type=int, default=15, metavar="N", help="(default: %(default)s)")
     group.add_argument(
-        "--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default: %(default)s)"
+        "--lr",
+        type=float,
+        default=0.1,
+        metavar="LR",
+        help="peak learning rate of the one-cycle schedule (default: %(default)s)",
     )
-    group.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="(default: %(default)s)")
-    group.add_argument("--label-smoothing", type=float, default=0.0, help="(default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: %(default)s)")
+    group.add_argument("--weight-decay", type=float, default=5e-4, metavar="WD", help="(default: %(default)s)")
+    group.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS", help="(default: %(default)s)")
     group.add_argument(
         "--augment", action="store_true", help="random crops (and flips where labels allow) for training"
     )
     group.add_argument(
         "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ... (default: auto)"
     )
-    group.add_argument("--precision", help="Lightning precision, e.g. bf16-mixed (default: 32-true)")
+    group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. bf16-mixed (default: 32-true)")
     group.add_argument(
         "--out", metavar="PATH", help="checkpoint to write (default: checkpoints/<model>-<data>-seed<seed>.pt)"
     )
@@ -55,7 +59,9 @@ def register(subparsers) -> None:
         metavar="URI",
         help=f"MLflow database or server (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
     )
-    group.add_argument("--experiment", default="ct-tune-pretrain", help="MLflow experiment (default: %(default)s)")
+    group.add_argument(
+        "--experiment", default="ct-tune-pretrain", metavar="NAME", help="MLflow experiment (default: %(default)s)"
+    )
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
@@ -71,6 +77,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
         seed=args.seed,
         out=args.out,
         weights=args.weights,
+        checkpoint=os.path.expanduser(args.checkpoint) if args.checkpoint else None,
         input_size=args.input_size,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
@@ -90,7 +97,6 @@ def _run(args: argparse.Namespace) -> CommandResult:
     )
     config.check()
     resolve_tracking_uri(config.tracking_uri, create=False)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # libraries print (progress bars, banners) to stdout; stdout is for the result alone
     with contextlib.redirect_stdout(sys.stderr):
         from ct_tune.training import pretrain
