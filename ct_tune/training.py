@@ -10,11 +10,13 @@ checkpoint. The test split is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -139,62 +141,27 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     out = config.output_path()
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = create_datamodule(
-        config.data,
-        data_dir=config.data_dir,
-        download=config.download,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        train_size=config.train_size,
-        val_size=config.val_size,
-        augment=config.augment,
-    )
-    if config.checkpoint:
-        model = load_checkpoint(
-            config.checkpoint,
-            model=config.model,
-            num_classes=datamodule.num_classes,
-            in_channels=datamodule.native_channels,
-            input_size=config.input_size,
-        )
-    else:
-        model = create_model(
-            config.model,
-            num_classes=datamodule.num_classes,
-            in_channels=datamodule.native_channels,
-            weights=config.weights,
-            input_size=config.input_size,
-        )
-    datamodule.input_spec = model.input_spec
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the model: its initial weights too
+    datamodule, model = _data_and_model(config)
     logger.info("%s: %s", model.name, datamodule)
     module = ClassifierModule(
         model, lr=config.lr, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing
     )
-
     with tempfile.TemporaryDirectory(prefix=".ct-tune-pretrain-", dir=_existing_parent(out)) as scratch:
-        trainer, mlflow_logger = _trainer(config, tracking_uri, datamodule, scratch)
-        fit_started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings(
-                "ignore", message=r".*isinstance\(treespec, LeafSpec\).*"
-            )  # Lightning vs torch 2.13
-            trainer.fit(module, datamodule=datamodule)
-        fit_seconds = time.perf_counter() - fit_started
-        checkpoint = trainer.checkpoint_callback
-        best_path = checkpoint.best_model_path if checkpoint is not None else ""
-        best_epoch = None
-        if best_path:
-            lightning_state = torch.load(best_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(lightning_state["state_dict"])
-            best_epoch = int(lightning_state.get("epoch", -1))
+        with _torch_flags_restored():
+            trainer, mlflow_logger = _trainer(config, tracking_uri, datamodule, scratch)
+            fit_started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                # Lightning 2.6 on torch 2.13 calls a deprecated pytree check every step
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+                trainer.fit(module, datamodule=datamodule)
+            fit_seconds = time.perf_counter() - fit_started
+        best_epoch = _load_best(trainer, module)
     model.net.cpu()
 
-    device = _eval_device(trainer)
+    # the number every later command reproduces: the best weights on the materialised val split
+    device = trainer.strategy.root_device
     x, y = datamodule.tensors("val", device=device)
     val_accuracy = evaluate(model.to(device), x, y, batch_size=max(config.batch_size, 256))
     model.net.cpu()
@@ -275,5 +242,48 @@ def _trainer(
     return trainer, mlflow_logger
 
 
-def _eval_device(trainer: L.Trainer) -> torch.device:
-    return trainer.strategy.root_device
+def _data_and_model(config: PretrainConfig) -> tuple[CTDataModule, LoadedModel]:
+    """The data first (its classes and channels shape the model), then the model, whose spec shapes the data."""
+    datamodule = create_datamodule(
+        config.data,
+        data_dir=config.data_dir,
+        download=config.download,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        train_size=config.train_size,
+        val_size=config.val_size,
+        augment=config.augment,
+    )
+    shape = {"num_classes": datamodule.num_classes, "in_channels": datamodule.native_channels}
+    if config.checkpoint:
+        model = load_checkpoint(config.checkpoint, model=config.model, input_size=config.input_size, **shape)
+    else:
+        model = create_model(config.model, weights=config.weights, input_size=config.input_size, **shape)
+    datamodule.input_spec = model.input_spec
+    return datamodule, model
+
+
+def _load_best(trainer: L.Trainer, module: ClassifierModule) -> int | None:
+    """Put the best val epoch's weights (kept by ModelCheckpoint) back into the module; its epoch."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path:
+        return None
+    state = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    return int(state.get("epoch", -1))
+
+
+@contextlib.contextmanager
+def _torch_flags_restored() -> Iterator[None]:
+    """Lightning's ``deterministic`` sets process-wide torch flags; give the caller's back afterwards."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark

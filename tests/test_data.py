@@ -119,6 +119,7 @@ def test_same_seed_same_split_other_seed_other_split(digits):
     assert not np.array_equal(other.split_indices("val")[1], digits.split_indices("val")[1])
 
 
+@pytest.mark.slow
 def test_split_is_identical_in_another_process(digits):
     code = (
         "import json, ct_tune\n"

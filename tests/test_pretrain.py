@@ -104,6 +104,7 @@ def test_bad_names_fail_fast_with_one_line(cli, tmp_path, args, fragments):
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_missing_dataset_says_where_it_looked_and_how_to_fix(cli, tmp_path):
     line = _one_line_error(cli("pretrain", "--data", "cifar10", "--data-dir", "empty"), "dataset cifar10 not found in")
     assert str(tmp_path / "empty") in line
