@@ -277,6 +277,30 @@ class CTDataModule(L.LightningDataModule):
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
+        # normal tensors even if asked for inside inference mode: attacks later differentiate through them
+        with torch.inference_mode(False), torch.no_grad():
+            x, y, count = self._materialise(split, limit, device, dtype)
+        result = (x, y)
+        self._cache[key] = result
+        megabytes = x.numel() * x.element_size() / 2**20
+        logger.info(
+            "%s %s: %d images %dx%dx%d %s on %s (%.0f MB) in %.1f s",
+            self.name,
+            split,
+            count,
+            self.channels,
+            self.size,
+            self.size,
+            str(dtype).removeprefix("torch."),
+            device,
+            megabytes,
+            time.perf_counter() - started,
+        )
+        return result
+
+    def _materialise(
+        self, split: Split, limit: int | None, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, int]:
         pool, indices = self._splits[split]
         if limit is not None:
             indices = self._limited(split, limit)
@@ -292,23 +316,7 @@ class CTDataModule(L.LightningDataModule):
             position += count
         if not np.array_equal(y.numpy(), expected):
             raise RuntimeError(f"{self.name}: labels served by the dataset disagree with its label index")
-        result = (x, y.to(device))
-        self._cache[key] = result
-        megabytes = x.numel() * x.element_size() / 2**20
-        logger.info(
-            "%s %s: %d images %dx%dx%d %s on %s (%.0f MB) in %.1f s",
-            self.name,
-            split,
-            len(indices),
-            self.channels,
-            self.size,
-            self.size,
-            str(dtype).removeprefix("torch."),
-            device,
-            megabytes,
-            time.perf_counter() - started,
-        )
-        return result
+        return x, y.to(device), len(indices)
 
     def clear_cache(self) -> None:
         self._cache.clear()

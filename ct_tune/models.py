@@ -131,12 +131,17 @@ class InputSpec:
 
 @lru_cache(maxsize=64)
 def _stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype):
-    """Mean/std as broadcastable tensors, made once per device and dtype (no host copy per forward)."""
+    """Mean/std as broadcastable tensors, made once per device and dtype (no host copy per forward).
+
+    Made outside inference mode even when first asked for inside it: a cached inference tensor could not be
+    saved for backward, and a later gradient pass (an attack) would fail.
+    """
     shape = (len(mean), 1, 1)
-    return (
-        torch.tensor(mean, dtype=dtype, device=device).view(shape),
-        torch.tensor(std, dtype=dtype, device=device).view(shape),
-    )
+    with torch.inference_mode(False):
+        return (
+            torch.tensor(mean, dtype=dtype, device=device).view(shape),
+            torch.tensor(std, dtype=dtype, device=device).view(shape),
+        )
 
 
 # -------------------------------------------------------------------------------------------------- loaded model

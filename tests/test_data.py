@@ -158,6 +158,16 @@ def test_tensors_are_cached_per_split_limit_and_dtype(digits):
     assert torch.allclose(half[0].float(), first[0], atol=1e-3)
 
 
+def test_tensors_made_in_inference_mode_are_normal_tensors():
+    dm = create_datamodule("digits", seed=0, val_size=10)
+    with torch.inference_mode():
+        x, _ = dm.tensors("val")
+    assert not x.is_inference()
+    delta = torch.zeros_like(x, requires_grad=True)
+    ((x + delta) * x).sum().backward()  # x saved for backward: fails if x is an inference tensor
+    assert torch.equal(delta.grad, x)
+
+
 # --------------------------------------------------------------------------------- transforms from the model
 def test_model_input_spec_resizes_and_repeats_channels():
     dm = create_datamodule("digits", seed=0, val_size=20)

@@ -59,6 +59,15 @@ def test_input_spec_rejects_bad_values(kwargs, match):
         InputSpec(size=None, **kwargs)
 
 
+def test_normalize_first_used_in_inference_mode_still_supports_gradients():
+    spec = InputSpec(size=None, channels=3, mean=(0.3, 0.2, 0.1), std=(0.7, 0.6, 0.5))
+    with torch.inference_mode():
+        spec.normalize(torch.rand(1, 3, 2, 2))
+    x = torch.rand(1, 3, 2, 2, requires_grad=True)
+    spec.normalize(x).sum().backward()
+    assert torch.allclose(x.grad[0, :, 0, 0], 1 / torch.tensor([0.7, 0.6, 0.5]))
+
+
 def test_input_spec_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="3-channel"):
         InputSpec.uniform(3, 0.5, 0.5).normalize(torch.rand(2, 1, 4, 4))
