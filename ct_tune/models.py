@@ -289,7 +289,10 @@ def _register_builtins() -> None:
 
 # ---------------------------------------------------------------------------------------------------- create
 def check_model_name(name_or_path: str) -> None:
-    """Fail fast (before loading data) on a model that cannot be resolved; cheap, imports nothing heavy."""
+    """Fail fast (before loading data) on a model that cannot be resolved.
+
+    Built-in names, files and factories are checked without importing torchvision; other names need its list.
+    """
     _kind(name_or_path)
 
 
