@@ -1,0 +1,289 @@
+"""Pretraining: a LightningModule around a ``LoadedModel``, and ``pretrain()`` behind ``ct-tune pretrain``.
+
+The module holds the raw network as ``self.net`` and applies the model's ``InputSpec`` in ``forward``, so the
+data stays in pixel space as everywhere else in ct-tune. ``pretrain`` trains with a Lightning ``Trainer``
+(SGD with Nesterov momentum and a one-cycle schedule), keeps the best validation epoch with
+``ModelCheckpoint``, logs to MLflow with an explicit SQL tracking URI, re-scores the best weights on the
+materialised val split (the number every later ct-tune command will reproduce) and writes a ct-tune
+checkpoint. The test split is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from ct_tune._pretrain_config import PretrainConfig
+from ct_tune._tracking_uri import redact, resolve_tracking_uri
+from ct_tune.data import CTDataModule, create_datamodule
+from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
+
+__all__ = ["ClassifierModule", "PretrainConfig", "evaluate", "pretrain"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of ``model.net`` on pixel-space batches (normalised by the model's InputSpec).
+
+    Its Lightning checkpoints carry a ``ct_tune`` hyper-parameter (model name, kwargs, classes, input spec),
+    so ``ct_tune.models.load_checkpoint`` rebuilds them without being told the architecture.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        lr: float = 0.1,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        label_smoothing: float = 0.0,
+        warmup_fraction: float = 0.15,
+    ) -> None:
+        super().__init__()
+        self.net = model.net.train()  # models arrive in eval mode; Lightning keeps the mode it finds at fit start
+        self.input_spec = model.input_spec
+        self.save_hyperparameters(
+            {
+                "ct_tune": {
+                    "model": {
+                        "name": model.name,
+                        "kwargs": dict(model.model_kwargs),
+                        "num_classes": model.num_classes,
+                        "in_channels": model.in_channels,
+                        "weights": model.weights,
+                    },
+                    "input_spec": model.input_spec.to_dict(),
+                },
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "momentum": momentum,
+                "label_smoothing": label_smoothing,
+                "warmup_fraction": warmup_fraction,
+            }
+        )
+        self.train_accuracy = MulticlassAccuracy(num_classes=model.num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes=model.num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.input_spec.normalize(x))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.train_accuracy(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_acc", self.train_accuracy, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_accuracy(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True)
+        self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for parameter in self.net.parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.dim() <= 1 else decay).append(parameter)  # no decay on BN and biases
+        optimizer = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            nesterov=self.hparams.momentum > 0,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=self.hparams.lr,
+            total_steps=max(total, 1),
+            pct_start=self.hparams.warmup_fraction,
+            cycle_momentum=False,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.inference_mode()
+def evaluate(model: LoadedModel, x: Tensor, y: Tensor, *, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on pixel tensors (in eval mode, on the tensors' device)."""
+    model.net.eval()
+    correct = 0
+    for start in range(0, x.shape[0], batch_size):
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
+    return correct / max(1, x.shape[0])
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints."""
+    started = time.perf_counter()
+    config.check()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
+    tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    out = config.output_path()
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the model: its initial weights too
+    datamodule, model = _data_and_model(config)
+    logger.info("%s: %s", model.name, datamodule)
+    module = ClassifierModule(
+        model, lr=config.lr, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing
+    )
+    with tempfile.TemporaryDirectory(prefix=".ct-tune-pretrain-", dir=_existing_parent(out)) as scratch:
+        with _torch_flags_restored():
+            trainer, mlflow_logger = _trainer(config, tracking_uri, datamodule, scratch)
+            fit_started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                # Lightning 2.6 on torch 2.13 calls a deprecated pytree check every step
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+                trainer.fit(module, datamodule=datamodule)
+            fit_seconds = time.perf_counter() - fit_started
+        best_epoch = _load_best(trainer, module)
+    model.net.cpu()
+
+    # the number every later command reproduces: the best weights on the materialised val split
+    device = trainer.strategy.root_device
+    x, y = datamodule.tensors("val", device=device)
+    val_accuracy = evaluate(model.to(device), x, y, batch_size=max(config.batch_size, 256))
+    model.net.cpu()
+    datamodule.clear_cache()
+    description = datamodule.describe()
+    metadata = {
+        "dataset": description,
+        "val_accuracy": val_accuracy,
+        "best_epoch": best_epoch,
+        "training": {key: value for key, value in asdict(config).items() if key not in ("tracking_uri", "progress")},
+        "mlflow_run_id": mlflow_logger.run_id,
+    }
+    path = save_checkpoint(model, out, **metadata)
+    seconds = time.perf_counter() - started
+    client = mlflow_logger.experiment
+    client.log_metric(mlflow_logger.run_id, "val_accuracy", val_accuracy)
+    client.set_tag(mlflow_logger.run_id, "ct_tune.checkpoint", str(path.resolve()))
+    client.set_tag(mlflow_logger.run_id, "ct_tune.dataset_fingerprint", description["fingerprint"])
+    client.log_metric(mlflow_logger.run_id, "seconds", seconds)
+    return {
+        "checkpoint": str(path),
+        "val_accuracy": val_accuracy,
+        "seconds": round(seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "best_epoch": best_epoch,
+        "epochs": config.epochs,
+        "model": model.name,
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "data": config.data,
+        "sizes": description["sizes"],
+        "fingerprint": description["fingerprint"],
+        "seed": config.seed,
+        "device": str(device),
+        "mlflow_run_id": mlflow_logger.run_id,
+        "tracking_uri": redact(tracking_uri),
+    }
+
+
+def _existing_parent(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path.parent)
+
+
+def _trainer(
+    config: PretrainConfig, tracking_uri: str, datamodule: CTDataModule, scratch: str
+) -> tuple[L.Trainer, Any]:
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    mlflow_logger = MLFlowLogger(
+        experiment_name=config.experiment,
+        run_name=f"{config.output_path().stem}",
+        tracking_uri=tracking_uri,
+        tags={"ct_tune.command": "pretrain", "ct_tune.model": config.model, "ct_tune.data": config.data},
+        log_model=False,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False
+    )
+    steps_per_epoch = max(1, datamodule.sizes()["train"] // config.batch_size)
+    callbacks: list[Any] = [checkpoint]
+    if config.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 10)))
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=1,
+        precision=config.precision,
+        logger=mlflow_logger,
+        callbacks=callbacks,
+        # CUDA has no deterministic kernel for some backward passes (adaptive pooling): warn there, enforce on CPU
+        deterministic=True if not torch.cuda.is_available() else "warn",
+        default_root_dir=scratch,
+        log_every_n_steps=min(50, steps_per_epoch),
+        enable_progress_bar=config.progress,
+        enable_model_summary=config.progress,
+    )
+    return trainer, mlflow_logger
+
+
+def _data_and_model(config: PretrainConfig) -> tuple[CTDataModule, LoadedModel]:
+    """The data first (its classes and channels shape the model), then the model, whose spec shapes the data."""
+    datamodule = create_datamodule(
+        config.data,
+        data_dir=config.data_dir,
+        download=config.download,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        train_size=config.train_size,
+        val_size=config.val_size,
+        augment=config.augment,
+    )
+    shape = {"num_classes": datamodule.num_classes, "in_channels": datamodule.native_channels}
+    if config.checkpoint:
+        model = load_checkpoint(config.checkpoint, model=config.model, input_size=config.input_size, **shape)
+    else:
+        model = create_model(config.model, weights=config.weights, input_size=config.input_size, **shape)
+    datamodule.input_spec = model.input_spec
+    return datamodule, model
+
+
+def _load_best(trainer: L.Trainer, module: ClassifierModule) -> int | None:
+    """Put the best val epoch's weights (kept by ModelCheckpoint) back into the module; its epoch."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path:
+        return None
+    state = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    return int(state.get("epoch", -1))
+
+
+@contextlib.contextmanager
+def _torch_flags_restored() -> Iterator[None]:
+    """Lightning's ``deterministic`` sets process-wide torch flags; give the caller's back afterwards."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
