@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ct_tune._errors import InputError
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-
-from ct_tune._errors import InputError
 
 __all__ = ["DATASETS", "DatasetInfo", "Pool", "Source"]
 

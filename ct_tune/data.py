@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
-import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-
 from ct_tune._datasets import DATASETS, Source
 from ct_tune._errors import InputError
 from ct_tune._splits import stratified_partition, stratified_subset
 from ct_tune._transforms import build_transform
 from ct_tune.models import InputSpec
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "DATA_DIR_ENV",

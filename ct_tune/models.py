@@ -36,11 +36,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import Tensor, nn
-
 from ct_tune._errors import InputError
 from ct_tune._version import __version__
+
+import torch
+from torch import Tensor, nn
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -45,6 +45,29 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def check_split_matches_pretraining(model: LoadedModel, data: CTDataModule) -> None:
+    """Refuse a split whose val/test could hold images the checkpoint was trained on.
+
+    The partition of a dataset into train/val/test is fixed by its seed and fractions; subsets
+    (``train_size``, ``val_size``) only shrink the same, disjoint splits. Datasets with official val and
+    test splits do not depend on either.
+    """
+    trained = model.metadata.get("dataset") or {}
+    if trained.get("name") != data.name:
+        return
+    before, now = trained.get("settings") or {}, data.settings
+    keys = ["val_fraction", "test_fraction"]
+    if now.get("val_fraction") is not None or now.get("test_fraction") is not None:
+        keys.append("seed")
+    changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys if before.get(key) != now.get(key)]
+    if changed:
+        raise InputError(
+            f"the checkpoint was pretrained on {data.name} with another split ({', '.join(changed)}): its val/test "
+            "images may have been trained on; use the split settings it was trained with (data.seed, "
+            "data.val_fraction, data.test_fraction)"
+        )
+
+
 def objectives_of(spec: StudySpec) -> list[Objective]:
     return [make_objective(o.name, **o.model_dump(exclude={"name", "direction"})) for o in spec.objectives]
 
@@ -91,6 +114,7 @@ class Session:
             weights=model_spec.weights,
             input_size=model_spec.input_size,
         )
+        check_split_matches_pretraining(model, data)
         data.input_spec = model.input_spec
         model.to(resolved).eval()
         example = torch.zeros(1, data.channels, data.size, data.size, device=resolved)

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ct_tune._errors import InputError
 
@@ -30,6 +31,7 @@ DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 STORAGE_ENV = "CT_TUNE_STORAGE"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_SERVERS = ("http", "https", "databricks")
 SQLITE_TIMEOUT_SECONDS = 120
 
 
@@ -39,8 +41,21 @@ def resolve_storage(cli: str | None, spec: str | None = None) -> str:
 
 
 def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
-    """The MLflow backend store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the default."""
-    return normalize_url(cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI, what="tracking URI")
+    """The MLflow store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the default.
+
+    A database URL or an MLflow tracking server (http, https, databricks); never MLflow's plain file
+    store (MLflow 3 refuses it, and Lightning's logger would silently fall back to ./mlruns).
+    """
+    uri = cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI
+    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if scheme in TRACKING_SERVERS:
+        return uri
+    if scheme in ("", "file"):
+        raise InputError(
+            f"tracking URI {redact(uri)!r} is MLflow's file store, which ct-tune does not use; give a database "
+            f"({DEFAULT_TRACKING_URI}, postgresql://user@host/db) or a tracking server (http://host:5000)"
+        )
+    return normalize_url(uri, what="tracking URI")
 
 
 def normalize_url(url: str, *, what: str) -> str:
@@ -60,27 +75,32 @@ def normalize_url(url: str, *, what: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend not in ("sqlite", "postgresql", "mysql"):
         raise InputError(f"{what} {redact(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise InputError(f"{what} {url!r} names no database file; use e.g. {DEFAULT_STORAGE}")
     return parsed.render_as_string(hide_password=False)
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print or log."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable URL>"
+    """The URL with any password replaced by ***, safe to print or log (databases and servers alike)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+    if not parsed.database or parsed.database == ":memory:":
         return None
-    return Path(parsed.database)
+    return Path(parsed.database).expanduser()
 
 
 def prepare_sqlite(url: str) -> None:

@@ -21,16 +21,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ct_tune._pretrain_config import PretrainConfig
+from ct_tune.data import CTDataModule, create_datamodule
+from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
+from ct_tune.storage import prepare_sqlite, redact, resolve_tracking_uri
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
-
-from ct_tune._pretrain_config import PretrainConfig
-from ct_tune._tracking_uri import redact, resolve_tracking_uri
-from ct_tune.data import CTDataModule, create_datamodule
-from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
 
 __all__ = ["ClassifierModule", "PretrainConfig", "evaluate", "pretrain"]
 
@@ -140,6 +140,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     config.check()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    prepare_sqlite(tracking_uri)
     out = config.output_path()
     L.seed_everything(config.seed, workers=True, verbose=False)  # before the model: its initial weights too
     datamodule, model = _data_and_model(config)

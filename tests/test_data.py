@@ -6,15 +6,15 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-import torch
-from _fakes import WRITERS, write_imagefolder
-
 from ct_tune import InputError
 from ct_tune._splits import allocate, keyed_order, stratified_partition
 from ct_tune.data import CTDataModule, create_datamodule, list_datasets
 from ct_tune.models import InputSpec, create_model
+
+import numpy as np
+import pytest
+import torch
+from _fakes import WRITERS, write_imagefolder
 
 RGB32 = InputSpec(size=32, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
 

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import lightning as L
-import pytest
-import torch
-import torchvision
-from torch import nn
-
 import ct_tune
 from ct_tune import InputError
 from ct_tune import models as registry
@@ -25,6 +19,12 @@ from ct_tune.models import (
     save_checkpoint,
 )
 from ct_tune.training import ClassifierModule
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+from torch import nn
 
 
 def _same_outputs(a: LoadedModel, b: LoadedModel, x: torch.Tensor) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-from _fakes import write_imagefolder
-
 from ct_tune.data import create_datamodule
 from ct_tune.models import create_model, load_checkpoint, save_checkpoint
 from ct_tune.training import PretrainConfig, evaluate, pretrain
+
+import pytest
+import torch
+from _fakes import write_imagefolder
 
 
 def _one_line_error(result, *fragments: str) -> str:

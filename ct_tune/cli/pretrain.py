@@ -23,8 +23,8 @@ examples:
 
 
 def register(subparsers) -> None:
-    from ct_tune._tracking_uri import DEFAULT_TRACKING_URI
     from ct_tune.models import DEFAULT_MODEL
+    from ct_tune.storage import DEFAULT_TRACKING_URI
 
     parser = add_command(
         subparsers, "pretrain", _run, help="train a model on a dataset and write a checkpoint", description=DESCRIPTION
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> CommandResult:
     from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune._tracking_uri import resolve_tracking_uri
+    from ct_tune.storage import resolve_tracking_uri
 
     config = PretrainConfig(
         model=os.path.expanduser(args.model),
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
         progress=args.verbose - args.quiet >= 0,
     )
     config.check()
-    resolve_tracking_uri(config.tracking_uri, create=False)
+    resolve_tracking_uri(config.tracking_uri)  # a bad URI fails before any training
     # libraries print (progress bars, banners) to stdout; stdout is for the result alone
     with contextlib.redirect_stdout(sys.stderr):
         from ct_tune.training import pretrain
