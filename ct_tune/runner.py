@@ -25,21 +25,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ct_tune._errors import InputError
+from ct_tune._interrupts import InterruptGuard
 from ct_tune.objectives import Evaluator, ObjectiveResult
 from ct_tune.plots import beta_profile_figure, study_figures
 from ct_tune.samplers import build_pruner, build_sampler
 from ct_tune.search_space import C_PARAM, beta_param, param_names, suggest
 from ct_tune.steering import SteeringHandle
 from ct_tune.storage import database_reason, is_database_error, open_optuna_storage
-from ct_tune.study import ATTR_DISCARDED, ATTR_KIND, StudyInfo, best_trials, load_study
+from ct_tune.study import ATTR_DISCARDED, ATTR_KIND, StudyInfo, best_trials, count_states, load_study
 from ct_tune.tracking import ATTR_RUN_ID, Tracker
 
 if TYPE_CHECKING:
     import optuna
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
 PLOT_REFRESH_SECONDS = 30.0
+PRUNING_CHECKS = 10  # pruner decisions per trial, at evenly spaced fractions of the val set
 
 
 class Workbench(Protocol):
@@ -123,6 +126,8 @@ class TrialRunner:
         self.objective_names = spec.objective_names
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none"
         self.summary = RunSummary()
+        self._interrupts = InterruptGuard()
+        self._val_samples = len(bench.evaluator.data.val_y)
         self._last_plots = 0.0
         self._host = socket.gethostname()
 
@@ -135,13 +140,14 @@ class TrialRunner:
         self.tracker.set_status(parent, "RUNNING")
         status = "FINISHED"
         try:
-            while (reason := self._stop_reason()) is None:
-                if self._must_wait():
-                    time.sleep(self.settings.poll_seconds)
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
+            with self._interrupts.installed():
+                while (reason := self._stop_reason()) is None:
+                    if self._must_wait():
+                        time.sleep(self.settings.poll_seconds)
+                        continue
+                    with warnings.catch_warnings(), self._interrupts.deferred():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
             self.summary.reason = reason
         except KeyboardInterrupt:
             status = "KILLED"
@@ -160,6 +166,7 @@ class TrialRunner:
             self.tracker.set_status(parent, status)
             if self.settings.refresh_plots:
                 self.refresh_plots(force=True)
+            self.tracker.flush()
         return self.summary
 
     def _counts(self) -> tuple[int, int]:
@@ -167,15 +174,12 @@ class TrialRunner:
         from optuna.trial import TrialState
 
         try:
-            storage = self.info.storage
-            finished = storage.get_n_trials(self.info.study_id, TrialState.COMPLETE)
-            finished += storage.get_n_trials(self.info.study_id, TrialState.PRUNED)
-            running = storage.get_n_trials(self.info.study_id, TrialState.RUNNING)
+            states = count_states(self.info.storage, self.info.study_id)
         except Exception as error:
             if is_database_error(error):
                 raise _DatabaseGone(database_reason(error)) from error
             raise
-        return finished, running
+        return states[TrialState.COMPLETE.name] + states[TrialState.PRUNED.name], states[TrialState.RUNNING.name]
 
     def _stop_reason(self) -> str | None:
         if self.settings.deadline is not None and time.time() >= self.settings.deadline:
@@ -246,8 +250,9 @@ class TrialRunner:
         results: Mapping[str, ObjectiveResult] = {}
         state, failure = "FAIL", ""
         try:
-            self.bench.handle.update(betas, c=c)
-            results = self.bench.evaluator.evaluate(self._reporter(trial, history))
+            with self._interrupts.interruptible():
+                self.bench.handle.update(betas, c=c)
+                results = self.bench.evaluator.evaluate(self._reporter(trial, history))
             values = tuple(results[name].value for name in self.objective_names)
             if not all(math.isfinite(v) for v in values):
                 raise RuntimeError(f"objective values are not finite: {values}")
@@ -266,17 +271,27 @@ class TrialRunner:
             self._finish(trial, run_id, state, betas, c, results, history, seconds, failure)
 
     def _kind(self, trial: optuna.Trial) -> str:
-        if "failed_trial" in trial.system_attrs:
+        """baseline / paper-grid (enqueued), retry (of a trial whose worker died), or sampled."""
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        storage = self.info.storage
+        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.info.study_id, trial.number))
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) is not None:
             return "retry"
-        return str(trial.user_attrs.get(ATTR_KIND, "sampled"))
+        return str(frozen.user_attrs.get(ATTR_KIND, "sampled"))
 
     def _reporter(self, trial: optuna.Trial, history: list[tuple[str, float, int]]):
+        """Running values go to MLflow after every chunk; to Optuna (a storage write and a pruner
+        decision each) at most PRUNING_CHECKS times per trial."""
         name = self.objective_names[0] if len(self.objective_names) == 1 else None
+        gap = max(1, self._val_samples // PRUNING_CHECKS)
+        last = [0]
 
         def report(value: float, step: int) -> None:
             if name is not None:
                 history.append((f"{name}.running", value, step))
-            if self.prune:
+            if self.prune and (step - last[0] >= gap or step >= self._val_samples):
+                last[0] = step
                 trial.report(value, step)
                 if trial.should_prune():
                     raise _Pruned
@@ -310,7 +325,11 @@ class TrialRunner:
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {"ct_tune.failure": failure} if failure else {}
-        figure = beta_profile_figure(betas, title=f"trial {trial.number} ({state})", low=self.info.spec.search.beta.low)
+        low = self.info.spec.search.beta.low
+
+        def figure() -> Figure:
+            return beta_profile_figure(betas, title=f"trial {trial.number} ({state})", low=low)
+
         try:
             self.tracker.finish_trial_run(
                 run_id, state=state, metrics=metrics, history=history, tags=tags, record=record, figure=figure
@@ -337,28 +356,36 @@ class TrialRunner:
     # ----------------------------------------------------------------------------------------------
     # Parent run
     def refresh_plots(self, *, force: bool = False) -> None:
-        """Plots and best values on the parent run, at most every PLOT_REFRESH_SECONDS."""
+        """Plots and best values on the parent run, at most every PLOT_REFRESH_SECONDS (in the background)."""
         now = time.monotonic()
         if not force and now - self._last_plots < PLOT_REFRESH_SECONDS:
             return
         self._last_plots = now
         parent = self.info.mlflow["parent_run_id"]
         try:
-            study = self.study
-            for name, figure in study_figures(study, self.objective_names).items():
-                self.tracker.log_figure(parent, figure, f"plots/{name}.png")
             best = best_trials(self.info)
             if len(best) == 1:
-                betas, _ = self.info.profile_of(best[0])
-                title = f"best trial {best[0].number}: " + ", ".join(
-                    f"{n}={v:.4f}" for n, v in zip(self.objective_names, best[0].values, strict=True)
-                )
-                figure = beta_profile_figure(betas, title=title, low=self.info.spec.search.beta.low)
-                self.tracker.log_figure(parent, figure, "plots/best_beta_profile.png")
                 finished, _ = self._counts()
                 self.tracker.log(parent, metrics={f"best.{self.objective_names[0]}": best[0].values[0]}, step=finished)
         except Exception as error:  # plots must never stop a study
-            logger.warning("could not refresh the study plots: %s", error)
+            logger.warning("could not log the best value: %s", error)
+        self.tracker.log_figures_later(parent, self._study_figures)
+        if force:
+            self.tracker.flush()
+
+    def _study_figures(self) -> dict[str, Figure]:
+        figures = {
+            f"plots/{name}.png": figure for name, figure in study_figures(self.study, self.objective_names).items()
+        }
+        best = best_trials(self.info)
+        if len(best) == 1:
+            betas, _ = self.info.profile_of(best[0])
+            values = ", ".join(f"{n}={v:.4f}" for n, v in zip(self.objective_names, best[0].values, strict=True))
+            title = f"best trial {best[0].number}: {values}"
+            figures["plots/best_beta_profile.png"] = beta_profile_figure(
+                betas, title=title, low=self.info.spec.search.beta.low
+            )
+        return figures
 
 
 class _Pruned(Exception):

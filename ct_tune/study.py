@@ -109,20 +109,25 @@ def create_study(
             )
         return info, False
 
+    new_experiment = tracker.experiment_id(name, create=False) is None
     experiment_id = tracker.experiment_id(name, create=True)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        directions=spec.directions,
-        sampler=optuna.samplers.RandomSampler(),  # samplers are not stored; each run builds its own
-    )
+    study = None
+    mlflow_info: dict[str, Any] = {}
     try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=spec.directions,
+            sampler=optuna.samplers.RandomSampler(),  # samplers are not stored; each run builds its own
+        )
         study.set_metric_names(spec.objective_names)
-        mlflow_info = {
-            "tracking_uri": tracker.tracking_uri if "@" not in tracker.tracking_uri else redact(tracker.tracking_uri),
-            "experiment_id": experiment_id,
-            "artifact_location": tracker.artifact_location,
-        }
+        mlflow_info.update(
+            {
+                "tracking_uri": redact(tracker.tracking_uri),  # never a password; workers pass their own
+                "experiment_id": experiment_id,
+                "artifact_location": tracker.artifact_location,
+            }
+        )
         parent_params = {
             "study": name,
             "granularity": spec.search.granularity,
@@ -147,9 +152,37 @@ def create_study(
         for params, kind in initial_trials(spec, units):
             study.enqueue_trial(params, user_attrs={ATTR_KIND: kind}, skip_if_exists=True)
     except BaseException:
-        optuna.delete_study(study_name=name, storage=storage)
+        # all or nothing: no orphan study, experiment or parent run
+        if study is not None:
+            optuna.delete_study(study_name=name, storage=storage)
+        if new_experiment:
+            tracker.delete_experiment(name)
+        elif "parent_run_id" in mlflow_info:
+            tracker.client.delete_run(mlflow_info["parent_run_id"])
         raise
     return load_study(name=name, storage_url=storage_url), True
+
+
+def requeue_initial_trials(info: StudyInfo) -> int:
+    """Enqueue again the baseline / paper-grid trials that ended FAIL (a crash, a Ctrl-C), so that the
+    ReLU baseline is always part of the study. Returns how many were enqueued."""
+    from optuna.trial import TrialState
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    present = [
+        t.system_attrs.get("fixed_params", t.params) for t in info.study.get_trials(deepcopy=False, states=alive)
+    ]
+    added = 0
+    for params, kind in initial_trials(info.spec, info.units):
+        if not any(_same_params(params, other) for other in present):
+            info.study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
+            present.append(params)
+            added += 1
+    return added
+
+
+def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(abs(float(a[k]) - float(b[k])) < 1e-12 for k in a)
 
 
 def load_study(*, name: str, storage_url: str, storage: optuna.storages.BaseStorage | None = None) -> StudyInfo:
@@ -202,7 +235,7 @@ def list_studies(*, storage_url: str) -> list[dict[str, Any]]:
     for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
         attrs = summary.user_attrs
         spec = attrs.get(ATTR_SPEC, {})
-        states = _count_states(storage, storage.get_study_id_from_name(summary.study_name))
+        states = count_states(storage, storage.get_study_id_from_name(summary.study_name))
         rows.append(
             {
                 "name": summary.study_name,
@@ -222,15 +255,31 @@ def list_studies(*, storage_url: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _count_states(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, int]:
+def count_states(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, int]:
+    """Trials per state name, in one query on an RDB storage.
+
+    ``get_n_trials`` loads every trial of a state (with its params) to count it: a cost that grows with
+    the study and is paid several times per trial by the budget checks.
+    """
+    from optuna.storages import RDBStorage
     from optuna.trial import TrialState
 
+    counts = dict.fromkeys((state.name for state in TrialState), 0)
+    if isinstance(storage, RDBStorage):
+        from sqlalchemy import text
+
+        query = text("SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state")
+        with storage.engine.connect() as connection:
+            for state, count in connection.execute(query, {"study_id": study_id}):
+                name = state.name if isinstance(state, TrialState) else str(state)
+                counts[name] = int(count)
+        return counts
     return {state.name: storage.get_n_trials(study_id, state) for state in TrialState}
 
 
 def counts(info: StudyInfo) -> dict[str, int]:
     """Trials per state; trials discarded for the budget are counted apart from real failures."""
-    states = _count_states(info.storage, info.study_id)
+    states = count_states(info.storage, info.study_id)
     discarded = 0
     if states.get("FAIL"):
         from optuna.trial import TrialState

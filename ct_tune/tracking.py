@@ -18,7 +18,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,10 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
+        # Figures are drawn and written off the trial's critical path (matplotlib text layout costs
+        # 0.1-0.4 s a figure); ``flush`` waits for them. One thread: pyplot is not thread-safe.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ct-tune-figures")
+        self._pending: list[Future[None]] = []
         prepare_sqlite(tracking_uri)
         try:
             self.client: MlflowClient = MlflowClient(tracking_uri=tracking_uri)
@@ -156,15 +161,16 @@ class Tracker:
         history: Sequence[tuple[str, float, int]] = (),
         tags: Mapping[str, str] | None = None,
         record: Mapping[str, Any] | None = None,
-        figure: Figure | None = None,
+        figure: Callable[[], Figure] | None = None,
     ) -> None:
-        """Metrics, running values, state and artifacts in as few calls as MLflow allows."""
+        """Metrics, running values, state and the record in as few calls as MLflow allows; the
+        figure (built by ``figure()``) is drawn in the background."""
         self.log(run_id, metrics=metrics, history=history, tags={TAG_STATE: state, **(tags or {})})
         if record is not None:
             self.client.log_dict(run_id, dict(record), "trial.json")
-        if figure is not None:
-            self.log_figure(run_id, figure, "beta_profile.png")
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+        if figure is not None:
+            self.log_figures_later(run_id, lambda: {"beta_profile.png": figure()})
 
     def close_run(self, run_id: str, *, state: str = "FAIL", reason: str = "") -> None:
         """Close a run left RUNNING (its worker died or was interrupted)."""
@@ -211,6 +217,25 @@ class Tracker:
             from ct_tune.plots import close
 
             close(figure)
+
+    def log_figures_later(self, run_id: str, build: Callable[[], Mapping[str, Figure]]) -> None:
+        """Build figures and log them as artifacts of ``run_id`` in the background thread."""
+
+        def work() -> None:
+            for artifact_file, figure in build().items():
+                self.log_figure(run_id, figure, artifact_file)
+
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._background.submit(work))
+
+    def flush(self) -> None:
+        """Wait for background figures; a failed one is a warning (plots never fail a study)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as error:
+                logger.warning("could not log a figure to MLflow: %s", error)
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)

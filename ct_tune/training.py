@@ -136,6 +136,25 @@ def evaluate(model: LoadedModel, x: Tensor, y: Tensor, *, batch_size: int = 512)
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints."""
+    with _mlflow_tracking_uri_restored():
+        return _pretrain(config)
+
+
+@contextlib.contextmanager
+def _mlflow_tracking_uri_restored() -> Iterator[None]:
+    """Lightning's MLFlowLogger calls ``mlflow.set_tracking_uri``, which also writes
+    ``$MLFLOW_TRACKING_URI`` into this process's environment: every later MLflow client (and every
+    subprocess) would then log to the pretraining store. Put both back as they were."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(previous)  # None unsets the variable again
+
+
+def _pretrain(config: PretrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     config.check()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in

@@ -53,3 +53,62 @@ def cli(tmp_path: Path):
         return run_cli(*args, **kwargs)
 
     return _run
+
+
+@pytest.fixture
+def cli_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture):
+    """``ct-tune ARGS`` called in this process (no interpreter start-up): for the many short error-path
+    tests. End-to-end tests use ``cli``, which runs a real subprocess."""
+    from ct_tune.cli import main
+
+    def _run(*args: str, cwd: Path | None = None) -> CliResult:
+        monkeypatch.chdir(cwd or tmp_path)
+        capfd.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default small ResNet pretrained on digits once per test session (~10 s, ~97% val)."""
+    from ct_tune._pretrain_config import PretrainConfig
+    from ct_tune.training import pretrain
+
+    root = tmp_path_factory.mktemp("pretrained")
+    config = PretrainConfig(
+        data="digits",
+        epochs=6,
+        out=str(root / "digits.pt"),
+        tracking_uri=f"sqlite:///{root}/mlflow.db",
+        progress=False,
+    )
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    result = pretrain(config)
+    assert result["val_accuracy"] > 0.9, result
+    # Lightning's MLflow logger sets $MLFLOW_TRACKING_URI process-wide; pretrain must put it back.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    return Path(result["checkpoint"])
+
+
+def write_spec(path: Path, checkpoint: Path, **sections) -> Path:
+    """A digits study spec on ``checkpoint``; keyword arguments replace top-level sections."""
+    import yaml
+
+    spec = {
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": "digits", "seed": 0},
+        "search": {"granularity": "block", "beta": {"low": 0.7, "high": 1.0}, "enqueue_baseline": True},
+        "objectives": [{"name": "accuracy"}],
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 3},
+        "budget": {"n_trials": 6},
+        "run": {"batch_size": 128},
+    }
+    spec.update(sections)
+    path.write_text(yaml.safe_dump(spec))
+    return path

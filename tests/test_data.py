@@ -14,7 +14,8 @@ from ct_tune.models import InputSpec, create_model
 import numpy as np
 import pytest
 import torch
-from _fakes import WRITERS, write_imagefolder
+
+from tests._fakes import WRITERS, write_imagefolder
 
 RGB32 = InputSpec(size=32, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
 

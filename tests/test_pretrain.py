@@ -11,7 +11,8 @@ from ct_tune.training import PretrainConfig, evaluate, pretrain
 
 import pytest
 import torch
-from _fakes import write_imagefolder
+
+from tests._fakes import write_imagefolder
 
 
 def _one_line_error(result, *fragments: str) -> str:
@@ -94,7 +95,7 @@ def test_pretrain_starts_from_a_weights_file(cli, tmp_path):
     [
         (("--model", "resnet19"), ("unknown model 'resnet19'", "cifar_resnet_small", "resnet18", "vit_b_16")),
         (("--data", "cifar11"), ("unknown dataset 'cifar11'", "digits, mnist5k, cifar10")),
-        (("--tracking-uri", "./mlruns"), ("not a database or tracking server", "sqlite:///mlruns/mlflow.db")),
+        (("--tracking-uri", "./mlruns"), ("MLflow's file store", "sqlite:///mlruns/mlflow.db")),
         (("--epochs", "0"), ("--epochs must be at least 1",)),
         (("--checkpoint", "nowhere.pt"), ("checkpoint file nowhere.pt not found",)),
     ],

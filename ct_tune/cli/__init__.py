@@ -13,6 +13,7 @@ function; heavy imports (lightning, optuna, mlflow) happen inside the command, s
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from ct_tune.cli._common import CommandResult, build_root_parser, configure_logging, emit, fail
@@ -24,6 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = ("study", "pretrain", "evaluate", "units", "u
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = build_root_parser()
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

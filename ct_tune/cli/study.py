@@ -124,11 +124,13 @@ def _tracker(args: argparse.Namespace, info: Any):
     from ct_tune.storage import resolve_tracking_uri
     from ct_tune.tracking import Tracker
 
-    stored = info.mlflow.get("tracking_uri") if info is not None else None
-    return Tracker(
-        resolve_tracking_uri(args.tracking_uri, stored),
-        artifact_location=(info.mlflow if info else {}).get("artifact_location"),
-    )
+    uri = resolve_tracking_uri(args.tracking_uri, info.mlflow.get("tracking_uri"))
+    if ":***@" in uri:
+        raise InputError(
+            f"study {info.name!r} logs to {uri}, whose password is not stored: pass --tracking-uri with it, set "
+            "MLFLOW_TRACKING_URI, or keep the password in ~/.pgpass / PGPASSWORD"
+        )
+    return Tracker(uri, artifact_location=info.mlflow.get("artifact_location"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,10 +145,10 @@ def _create(args: argparse.Namespace) -> CommandResult:
     spec = load_spec(args.spec)
     name = args.name or spec.name or Path(args.spec).stem
     storage_url = resolve_storage(args.storage, spec.storage)
-    tracker = Tracker(
-        resolve_tracking_uri(args.tracking_uri, spec.tracking_uri), artifact_location=spec.artifact_location
-    )
-    session = Session.open(spec, device="cpu", steer=False)  # loads model and data once: finds units, checks files
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    # Model and data first: a bad checkpoint or dataset must fail before any store is touched.
+    session = Session.open(spec, device="cpu", steer=False)
+    tracker = Tracker(tracking_uri, artifact_location=spec.artifact_location)
     info, created = create_study(
         spec=spec,
         name=name,
@@ -196,7 +198,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
 
     from ct_tune.runner import RunSettings, TrialRunner, describe_trial
     from ct_tune.session import Session, StudyBench
-    from ct_tune.study import counts
+    from ct_tune.study import counts, requeue_initial_trials
 
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials must be at least 1, not {args.n_trials}")
@@ -211,6 +213,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
     if target is not None and finished >= target and args.n_trials is None:
         return _already_done(info, finished)
 
+    requeued = requeue_initial_trials(info)
     session = Session.open(spec, device=args.device)
     expected = info.meta.get("fingerprint")
     if expected and session.trace.fingerprint != expected:
@@ -227,6 +230,8 @@ def _run(args: argparse.Namespace) -> CommandResult:
         on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
     )
     runner = TrialRunner(info, StudyBench(session), tracker, settings)
+    if requeued:
+        progress.write(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
     progress.write(
         f"study {info.name}: {len(info.units)} {spec.search.granularity} units on {session.device_label}, "
         f"{finished} trial(s) finished, target {target if target is not None else 'none'}"
@@ -272,7 +277,8 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True, leave=False)
+            # disable=None: no bar when stderr is not a terminal (logs stay readable lines)
+            self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
     def trial(self, line: dict[str, Any], text: str) -> None:
         self.write(text)

@@ -1,0 +1,64 @@
+"""Ctrl-C that never splits a trial's bookkeeping.
+
+A trial is interruptible while it evaluates: Ctrl-C there fails it (Optuna marks it FAIL, ct-tune
+closes its MLflow run FAILED). Between the evaluation's end and Optuna's ``tell`` the result is being
+written to both stores; an interrupt there waits until both hold the same state, then stops the run.
+A second Ctrl-C while one is waiting interrupts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+
+class InterruptGuard:
+    def __init__(self) -> None:
+        self._deferring = 0
+        self._pending = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._deferring and not self._pending:
+            self._pending = True
+            return
+        self._pending = False
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGINT through the guard (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Bookkeeping: an interrupt is held until the block ends, then raised."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if self._deferring == 0 and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Evaluation: an interrupt (held or new) is raised at once."""
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+        saved, self._deferring = self._deferring, 0
+        try:
+            yield
+        finally:
+            self._deferring = saved
