@@ -62,6 +62,8 @@ def _ui(args: argparse.Namespace) -> CommandResult:
         args.host,
         "--port",
         str(args.port),
+        "--workers",
+        "1",  # a local dashboard for one user: one server process, not MLflow's default four
     ]
     artifacts = default_artifact_location(tracking_uri)
     if artifacts:

@@ -91,7 +91,9 @@ def fit_linear_probe(
         lr=1.0,
         max_iter=max_iter,
         history_size=20,
-        tolerance_grad=1e-6,
+        # Stop once every gradient entry of the mean loss is below 1e-4: predictions no longer move,
+        # and it takes ~3x fewer iterations than 1e-6 (the fit must stay small next to a feature pass).
+        tolerance_grad=1e-4,
         tolerance_change=1e-9,
         line_search_fn="strong_wolfe",
     )

@@ -1,0 +1,72 @@
+"""`ct-tune evaluate`: one profile scored as a trial would be, and its one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_evaluate_several_objectives_with_unit_betas(cli_fast, digits_checkpoint):
+    result = cli_fast(
+        "evaluate",
+        "--checkpoint",
+        str(digits_checkpoint),
+        "--data",
+        "digits",
+        "--granularity",
+        "stage",
+        "--beta",
+        "layer1=0.8,layer3=0.9",
+        "--objective",
+        "accuracy,adversarial,probe",
+        "--steps",
+        "3",
+        "--n",
+        "100",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    payload = result.json()
+    assert payload["betas"] == {"stem": 1.0, "layer1": 0.8, "layer2": 1.0, "layer3": 0.9}
+    results = payload["results"]
+    assert set(results) == {"accuracy", "adversarial", "probe"}
+    assert 0.9 < results["accuracy"]["value"] <= 1.0
+    assert results["adversarial"]["eps"] == pytest.approx(8 / 255) and results["adversarial"]["n"] == 100
+    assert results["adversarial"]["value"] <= results["adversarial"]["clean_accuracy"]
+    assert 0.8 < results["probe"]["value"] <= 1.0
+    assert len(results["accuracy"]["per_class"]) == 10
+
+
+def test_evaluate_beta_one_equals_plain_model(cli_fast, digits_checkpoint):
+    one = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--beta", "1", "--json").json()
+    smooth = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--beta", "0.5", "--json").json()
+    assert one["results"]["accuracy"]["per_class"] != smooth["results"]["accuracy"]["per_class"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--beta", "0.9", "--profile", "p.json"), "not allowed with argument"),
+        (("--beta", "layer9=0.9", "--granularity", "stage"), "unknown unit(s) layer9"),
+        (("--beta", "1.5"), "(0, 1]"),
+        (("--beta", "x"), "is not a number"),
+        (("--beta", "0.9", "--objective", "robustness"), "expected one of 'accuracy', 'probe', 'adversarial'"),
+        (("--beta", "0.9", "--objective", "adversarial", "--eps", "abc"), "objectives.0.eps: got 'abc'"),
+        (("--beta", "0.9", "--granularity", "layers"), "search.granularity: got 'layers'"),
+        (("--beta", "0.9", "--data", "cifar11"), "unknown dataset 'cifar11'"),
+        (("--beta", "0.9", "--profile", "missing.json"), "not allowed with argument"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(cli_fast, digits_checkpoint, args, message):
+    result = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_evaluate_missing_profile_and_checkpoint(cli_fast, digits_checkpoint):
+    missing = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--profile", "missing.json")
+    assert missing.returncode == 2 and "profile file missing.json does not exist" in missing.stderr
+    no_model = cli_fast("evaluate", "--checkpoint", "nowhere.pt", "--beta", "0.9")
+    assert no_model.returncode == 2 and "nowhere.pt not found" in no_model.stderr
