@@ -112,6 +112,25 @@ def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_c
             assert float(run.data.params[f"beta.{unit}"]) == optuna_trial["params"][f"beta.{unit}"]
         if optuna_trial["state"] == "COMPLETE":
             assert run.data.metrics["accuracy"] == pytest.approx(optuna_trial["value"]["accuracy"])
+    # optuna-dashboard (a standard tool) reads the same study through its web API.
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(f"sqlite:///{tmp_path}/studies/optuna.db")
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status: list[str] = []
+        body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+        assert status[0].startswith("200"), status
+        return json.loads(body)
+
+    summaries = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["e2e"]
+    assert len(get(f"/api/studies/{summaries[0]['study_id']}")["trials"]) == 6
     assert parents[0].data.metrics["test.accuracy"] == pytest.approx(
         next(r for r in rows if r["number"] == trial["number"])["test"]["accuracy"]
     )
