@@ -1,11 +1,32 @@
-"""Exceptions ct-tune raises for bad user input.
+"""Exceptions ct-tune raises for problems a user can act on; the CLI prints them as one line.
 
-``InputError`` is a ``ValueError`` so library callers can catch the usual type; the CLI turns it into
-one line on stderr and exit code 2. Its message names the problem and the fix, in one line.
+Exit codes: ``InputError`` 2 (bad input, or a store that cannot be reached at start), ``StorageLost`` 3
+(a database went away during a run: run again to resume), ``WorkerFailed`` 1. ``InputError`` is a
+``ValueError`` so library callers can catch the usual type.
 """
 
 from __future__ import annotations
 
 
-class InputError(ValueError):
+class CTTuneError(Exception):
+    """A problem with a one-line explanation; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class InputError(CTTuneError, ValueError):
     """Bad input from the user (argument, file, spec, data): the message says what and how to fix."""
+
+    exit_code = 2
+
+
+class StorageLost(CTTuneError):
+    """The Optuna storage (or the MLflow store) stopped answering during a run."""
+
+    exit_code = 3
+
+
+class WorkerFailed(CTTuneError):
+    """A worker process ended with an error; its log file says why."""
+
+    exit_code = 1

@@ -1,9 +1,10 @@
-"""Ctrl-C that never splits a trial's bookkeeping.
+"""Ctrl-C (and SIGTERM) that never splits a trial's bookkeeping.
 
 A trial is interruptible while it evaluates: Ctrl-C there fails it (Optuna marks it FAIL, ct-tune
 closes its MLflow run FAILED). Between the evaluation's end and Optuna's ``tell`` the result is being
 written to both stores; an interrupt there waits until both hold the same state, then stops the run.
-A second Ctrl-C while one is waiting interrupts at once.
+A second Ctrl-C while one is waiting interrupts at once. SIGTERM (a cluster scheduler's preemption,
+``kill``) is handled like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ class InterruptGuard:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Route SIGINT through the guard (main thread only; elsewhere a no-op)."""
+        """Route SIGINT and SIGTERM through the guard (main thread only; elsewhere a no-op)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

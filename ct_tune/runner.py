@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import time
 import warnings
@@ -24,14 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ct_tune._errors import InputError
+from ct_tune._errors import StorageLost
 from ct_tune._interrupts import InterruptGuard
 from ct_tune.objectives import Evaluator, ObjectiveResult
 from ct_tune.plots import beta_profile_figure, study_figures
 from ct_tune.samplers import build_pruner, build_sampler
 from ct_tune.search_space import C_PARAM, beta_param, param_names, suggest
 from ct_tune.steering import SteeringHandle
-from ct_tune.storage import database_reason, is_database_error, open_optuna_storage
+from ct_tune.storage import database_cause, database_reason, is_database_error, open_optuna_storage
 from ct_tune.study import ATTR_DISCARDED, ATTR_KIND, StudyInfo, best_trials, count_states, load_study
 from ct_tune.tracking import ATTR_RUN_ID, Tracker
 
@@ -156,9 +157,10 @@ class TrialRunner:
         except Exception as error:
             status = "FAILED"
             if is_database_error(error) or isinstance(error, _DatabaseGone):
-                self.summary.reason = f"database unreachable: {database_reason(error)}"
-                raise InputError(
-                    f"the Optuna storage stopped answering ({database_reason(error)}); this worker stopped. "
+                reason = database_reason(database_cause(error))
+                self.summary.reason = f"database unreachable: {reason}"
+                raise StorageLost(
+                    f"the Optuna storage stopped answering ({reason}); this worker stopped. "
                     f"Run 'ct-tune study run {self.info.name}' again once it is back: the study resumes"
                 ) from None
             raise
@@ -322,6 +324,7 @@ class TrialRunner:
             record["results"][name] = result.to_dict()
         if results:
             metrics["compute_seconds"] = compute
+        metrics.update(memory_metrics(self.bench.evaluator.target.device))
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {"ct_tune.failure": failure} if failure else {}
@@ -361,31 +364,53 @@ class TrialRunner:
         if not force and now - self._last_plots < PLOT_REFRESH_SECONDS:
             return
         self._last_plots = now
-        parent = self.info.mlflow["parent_run_id"]
-        try:
-            best = best_trials(self.info)
-            if len(best) == 1:
-                finished, _ = self._counts()
-                self.tracker.log(parent, metrics={f"best.{self.objective_names[0]}": best[0].values[0]}, step=finished)
-        except Exception as error:  # plots must never stop a study
-            logger.warning("could not log the best value: %s", error)
-        self.tracker.log_figures_later(parent, self._study_figures)
-        if force:
-            self.tracker.flush()
+        refresh_study_plots(self.info, self.tracker, wait=force)
 
-    def _study_figures(self) -> dict[str, Figure]:
-        figures = {
-            f"plots/{name}.png": figure for name, figure in study_figures(self.study, self.objective_names).items()
-        }
-        best = best_trials(self.info)
+
+def refresh_study_plots(info: StudyInfo, tracker: Tracker, *, wait: bool = True) -> None:
+    """The parent run's best value (metric) and plots: history, Pareto front, importances, best profile."""
+    names = info.objective_names
+    parent = info.mlflow["parent_run_id"]
+    try:
+        best = best_trials(info)
         if len(best) == 1:
-            betas, _ = self.info.profile_of(best[0])
-            values = ", ".join(f"{n}={v:.4f}" for n, v in zip(self.objective_names, best[0].values, strict=True))
-            title = f"best trial {best[0].number}: {values}"
-            figures["plots/best_beta_profile.png"] = beta_profile_figure(
-                betas, title=title, low=self.info.spec.search.beta.low
+            states = count_states(info.storage, info.study_id)
+            step = states["COMPLETE"] + states["PRUNED"]
+            tracker.log(parent, metrics={f"best.{names[0]}": best[0].values[0]}, step=step)
+    except Exception as error:  # plots must never stop a study
+        logger.warning("could not log the best value: %s", error)
+
+    def figures() -> dict[str, Figure]:
+        drawn = {f"plots/{name}.png": figure for name, figure in study_figures(info.study, names).items()}
+        best = best_trials(info)
+        if len(best) == 1:
+            betas, _ = info.profile_of(best[0])
+            values = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, best[0].values, strict=True))
+            low = info.spec.search.beta.low
+            drawn["plots/best_beta_profile.png"] = beta_profile_figure(
+                betas, title=f"best trial {best[0].number}: {values}", low=low
             )
-        return figures
+        return drawn
+
+    tracker.log_figures_later(parent, figures)
+    if wait:
+        tracker.flush()
+
+
+def memory_metrics(device: Any) -> dict[str, float]:
+    """This process's resident memory, and on CUDA the peak allocated since the previous trial (MB)."""
+    metrics: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as statm:
+            metrics["worker_rss_mb"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux
+        pass
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        metrics["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    return metrics
 
 
 class _Pruned(Exception):

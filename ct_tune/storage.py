@@ -108,9 +108,14 @@ def prepare_sqlite(url: str) -> None:
     path = sqlite_path(url)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as error:
+        raise InputError(
+            f"cannot open the SQLite database {path}: {error}; check the path and its permissions"
+        ) from None
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -154,9 +159,32 @@ def database_reason(error: BaseException) -> str:
 
 
 def is_database_error(error: BaseException) -> bool:
-    """True for errors that mean the database went away (not a bug in ct-tune)."""
-    try:
-        from sqlalchemy.exc import DBAPIError, OperationalError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(error, (OperationalError, DBAPIError))
+    """True when a database failure is the cause, anywhere in the exception chain.
+
+    The chain matters: when Optuna cannot ``tell`` a trial because the database went away, its own
+    error handling fails next (optuna 5.0 raises ``UnboundLocalError`` from ``_run_trial``), so the
+    exception that surfaces is not the database error itself.
+    """
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (OperationalError, DBAPIError, StorageInternalError)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def database_cause(error: BaseException) -> BaseException:
+    """The database error in ``error``'s chain (``error`` itself when there is none)."""
+    from sqlalchemy.exc import DBAPIError
+
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, DBAPIError):
+            return current
+        current = current.__cause__ or current.__context__
+    return error

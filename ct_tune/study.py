@@ -21,7 +21,7 @@ from ct_tune.profile import BetaProfile
 from ct_tune.search_space import initial_trials, profile_from_params
 from ct_tune.spec import StudySpec, spec_from_dict
 from ct_tune.storage import open_optuna_storage, redact
-from ct_tune.tracking import ATTR_RUN_ID, Tracker
+from ct_tune.tracking import ATTR_RUN_ID, TAG_STATE, TAG_TRIAL, Tracker
 
 if TYPE_CHECKING:
     import optuna
@@ -179,6 +179,28 @@ def requeue_initial_trials(info: StudyInfo) -> int:
             present.append(params)
             added += 1
     return added
+
+
+def close_orphan_runs(info: StudyInfo, tracker: Tracker) -> int:
+    """Close MLflow runs left RUNNING although their trial is not running any more (a worker died while
+    its database was unreachable, so nobody could close the run). Returns how many were closed."""
+    from optuna.trial import TrialState
+
+    experiment = info.mlflow.get("experiment_id")
+    if experiment is None:
+        return 0
+    runs = tracker.runs(experiment, filter_string=f"tags.`{TAG_STATE}` = 'RUNNING'")
+    if not runs:
+        return 0
+    trials = {t.number: t for t in info.study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in runs:
+        trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
+        alive = trial is not None and trial.state == TrialState.RUNNING
+        if not (alive and trial.user_attrs.get(ATTR_RUN_ID) == run.info.run_id):
+            tracker.close_run(run.info.run_id, state="FAIL", reason="its worker stopped before closing it")
+            closed += 1
+    return closed
 
 
 def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:

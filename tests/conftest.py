@@ -112,3 +112,42 @@ def write_spec(path: Path, checkpoint: Path, **sections) -> Path:
     spec.update(sections)
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL server for the session (see tests/postgres.py)."""
+    import shutil
+    import tempfile
+
+    from tests.postgres import start_server
+
+    root = Path(tempfile.mkdtemp(prefix="ct-tune-pg-"))  # not under pytest's root-only tmp: the server user must enter
+    root.chmod(0o755)
+    server = start_server(root / "cluster")
+    if server is None:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("CT_TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required here (CT_TUNE_REQUIRE_POSTGRES=1) but its binaries were not found")
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Stores:
+    backend: str
+    storage: str  # Optuna storage URL
+    tracking: str  # MLflow backend store URL (a separate database: both use an alembic_version table)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    """The Optuna storage and MLflow store of a test, on every supported backend."""
+    if request.param == "sqlite":
+        return Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    server = request.getfixturevalue("postgres")
+    return Stores(
+        "postgres", server.url(server.create_database("optuna")), server.url(server.create_database("mlflow"))
+    )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from ct_tune._errors import InputError
+from ct_tune._errors import CTTuneError
 from ct_tune._version import __version__
 
 PROG = "ct-tune"
@@ -98,11 +98,11 @@ def emit(result: CommandResult, *, as_json: bool) -> None:
 
 
 def fail(error: BaseException) -> int | None:
-    """Print a user error as one line on stderr and return its exit code; None for bugs (re-raise)."""
-    if isinstance(error, InputError):
+    """Print a ct-tune error as one line on stderr and return its exit code; None for bugs (re-raise)."""
+    if isinstance(error, CTTuneError):
         message = " ".join(str(error).split())  # one line, whatever the message held
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
+        return error.exit_code
     return None
 
 
