@@ -73,6 +73,9 @@ class RunSummary:
     discarded: int = 0
     reason: str = ""
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds per kind of work, summed over this worker's trials: "evaluate" (scoring the model),
+    # "tracking" (MLflow calls), "optuna" (sampling, storage reads and writes, heartbeats).
+    seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
 
 
 class _Discarded(Exception):
@@ -127,6 +130,7 @@ class TrialRunner:
         self.objective_names = spec.objective_names
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none"
         self.summary = RunSummary()
+        self._trial_evaluate = self._trial_tracking = 0.0
         self._interrupts = InterruptGuard()
         self._val_samples = len(bench.evaluator.data.val_y)
         self._last_plots = 0.0
@@ -146,9 +150,12 @@ class TrialRunner:
                     if self._must_wait():
                         time.sleep(self.settings.poll_seconds)
                         continue
+                    started = time.perf_counter()
                     with warnings.catch_warnings(), self._interrupts.deferred():
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
+                    spent = self.summary.seconds
+                    spent["optuna"] += time.perf_counter() - started - self._trial_evaluate - self._trial_tracking
             self.summary.reason = reason
         except KeyboardInterrupt:
             status = "KILLED"
@@ -223,14 +230,16 @@ class TrialRunner:
     # ----------------------------------------------------------------------------------------------
     # One trial
     def _objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self._trial_evaluate = self._trial_tracking = 0.0
         if self._is_surplus(trial):
             trial.set_user_attr(ATTR_DISCARDED, "the budget was reached by other workers")
             self.summary.discarded += 1
             raise _Discarded
         started = time.perf_counter()
         betas, c = suggest(trial, self.info.spec, self.info.units)
-        kind = self._kind(trial)
-        trial.set_user_attr(ATTR_KIND, kind)
+        kind, stored_kind = self._kind(trial)
+        if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
+            trial.set_user_attr(ATTR_KIND, kind)
         params = {beta_param(unit): value for unit, value in betas.items()}
         params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.info.spec.sampler.name})
         tags = {
@@ -238,6 +247,7 @@ class TrialRunner:
             "ct_tune.device": self.bench.device_label,
             "ct_tune.kind": kind,
         }
+        tracking_started = time.perf_counter()
         run_id = self.tracker.start_trial_run(
             self.info.mlflow["experiment_id"],
             self.info.mlflow["parent_run_id"],
@@ -246,6 +256,7 @@ class TrialRunner:
             params=params,
             tags=tags,
         )
+        self._trial_tracking += time.perf_counter() - tracking_started
         trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
 
         history: list[tuple[str, float, int]] = []
@@ -253,8 +264,12 @@ class TrialRunner:
         state, failure = "FAIL", ""
         try:
             with self._interrupts.interruptible():
-                self.bench.handle.update(betas, c=c)
-                results = self.bench.evaluator.evaluate(self._reporter(trial, history))
+                evaluate_started = time.perf_counter()
+                try:
+                    self.bench.handle.update(betas, c=c)
+                    results = self.bench.evaluator.evaluate(self._reporter(trial, history))
+                finally:
+                    self._trial_evaluate = time.perf_counter() - evaluate_started
             values = tuple(results[name].value for name in self.objective_names)
             if not all(math.isfinite(v) for v in values):
                 raise RuntimeError(f"objective values are not finite: {values}")
@@ -272,15 +287,17 @@ class TrialRunner:
             seconds = time.perf_counter() - started
             self._finish(trial, run_id, state, betas, c, results, history, seconds, failure)
 
-    def _kind(self, trial: optuna.Trial) -> str:
-        """baseline / paper-grid (enqueued), retry (of a trial whose worker died), or sampled."""
+    def _kind(self, trial: optuna.Trial) -> tuple[str, str]:
+        """(kind, kind stored on the trial): baseline / paper-grid (enqueued), retry (of a trial whose
+        worker died: it inherited the dead trial's attributes), or sampled."""
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         storage = self.info.storage
         frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.info.study_id, trial.number))
+        stored = str(frozen.user_attrs.get(ATTR_KIND, "sampled"))
         if RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) is not None:
-            return "retry"
-        return str(frozen.user_attrs.get(ATTR_KIND, "sampled"))
+            return "retry", stored
+        return stored, stored
 
     def _reporter(self, trial: optuna.Trial, history: list[tuple[str, float, int]]):
         """Running values go to MLflow after every chunk; to Optuna (a storage write and a pruner
@@ -333,6 +350,7 @@ class TrialRunner:
         def figure() -> Figure:
             return beta_profile_figure(betas, title=f"trial {trial.number} ({state})", low=low)
 
+        tracking_started = time.perf_counter()
         try:
             self.tracker.finish_trial_run(
                 run_id, state=state, metrics=metrics, history=history, tags=tags, record=record, figure=figure
@@ -345,7 +363,11 @@ class TrialRunner:
             "seconds": seconds,
             "values": {n: r.value for n, r in results.items()},
         }
+        self._trial_tracking += time.perf_counter() - tracking_started
+        self.summary.seconds["evaluate"] += self._trial_evaluate
+        self.summary.seconds["tracking"] += self._trial_tracking
         line["betas"], line["c"] = betas, c
+        line["rss_mb"] = metrics.get("worker_rss_mb")
         if state in ("COMPLETE", "PRUNED"):
             self.summary.finished += 1
         else:

@@ -232,6 +232,11 @@ def worker(args: argparse.Namespace) -> CommandResult:
     finally:
         session.close()
     emit_event(
-        "summary", finished=summary.finished, failed=summary.failed, discarded=summary.discarded, reason=summary.reason
+        "summary",
+        finished=summary.finished,
+        failed=summary.failed,
+        discarded=summary.discarded,
+        reason=summary.reason,
+        seconds=summary.seconds,
     )
     return CommandResult({}, emitted=True)
