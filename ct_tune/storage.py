@@ -75,8 +75,12 @@ def normalize_url(url: str, *, what: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend not in ("sqlite", "postgresql", "mysql"):
         raise InputError(f"{what} {redact(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
-    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise InputError(f"{what} {url!r} names no database file; use e.g. {DEFAULT_STORAGE}")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise InputError(f"{what} {url!r} names no database file; use e.g. {DEFAULT_STORAGE}")
+        # Absolute: the same URL then names the same file whatever the working directory of a later
+        # command, and MLflow (which caches stores by URL string) never mixes two directories' files.
+        parsed = parsed.set(database=str(Path(parsed.database).expanduser().absolute()))
     return parsed.render_as_string(hide_password=False)
 
 

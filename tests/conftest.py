@@ -151,3 +151,12 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
     return Stores(
         "postgres", server.url(server.create_database("optuna")), server.url(server.create_database("mlflow"))
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_store_environment():
+    """Fail any test that leaves $MLFLOW_TRACKING_URI or $CT_TUNE_STORAGE changed for later tests."""
+    before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "CT_TUNE_STORAGE")}
+    yield
+    after = {key: os.environ.get(key) for key in before}
+    assert after == before, f"the test changed the store environment: {before} -> {after}"

@@ -173,8 +173,8 @@ def test_resume_after_interrupt_continues_without_duplicates(cli, cli_fast, tmp_
         stdout=subprocess.PIPE,
         text=True,
     )
-    for line in proc.stderr:  # wait until the run is underway, then Ctrl-C in the middle of a trial
-        if "target" in line:
+    for line in proc.stderr:  # wait until the model is loaded and trials start, then Ctrl-C inside one
+        if "worker 0 on" in line:
             break
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)

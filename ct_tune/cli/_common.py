@@ -82,6 +82,8 @@ def configure_logging(level: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(threshold)
     root.propagate = False
+    # MLflow logs its schema migrations at INFO; $MLFLOW_LOGGING_LEVEL only counts before mlflow is imported.
+    logging.getLogger("mlflow").setLevel(max(threshold, logging.WARNING))
 
 
 def emit(result: CommandResult, *, as_json: bool) -> None:

@@ -14,7 +14,7 @@ from ct_tune._errors import InputError, StorageLost, WorkerFailed
 from ct_tune.cli._common import CommandResult
 from ct_tune.cli._study_common import Progress, open_study, parse_timeout, summary_result, tracker_for
 
-INTERRUPTED = "interrupted; the running trial(s) were marked FAIL. Resume with: ct-tune study run {name}"
+INTERRUPTED = "interrupted (a trial that was running is marked FAIL). Resume with: ct-tune study run {name}"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -99,7 +99,7 @@ def _group_usage(parser: argparse.ArgumentParser) -> CommandResult:
 def _create(args: argparse.Namespace) -> CommandResult:
     from ct_tune.session import Session
     from ct_tune.spec import load_spec
-    from ct_tune.storage import redact, resolve_storage, resolve_tracking_uri
+    from ct_tune.storage import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
     from ct_tune.study import create_study
     from ct_tune.tracking import Tracker
 
@@ -107,8 +107,10 @@ def _create(args: argparse.Namespace) -> CommandResult:
     name = args.name or spec.name or Path(args.spec).stem
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    # Model and data first: a bad checkpoint or dataset must fail before any store is touched.
+    # Model and data first, then the Optuna storage: a bad checkpoint, dataset or storage URL fails
+    # before the MLflow store is touched.
     session = Session.open(spec, device="cpu", steer=False)
+    open_optuna_storage(storage_url)
     tracker = Tracker(tracking_uri, artifact_location=spec.artifact_location)
     info, created = create_study(
         spec=spec,
