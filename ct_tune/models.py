@@ -187,6 +187,20 @@ class LoadedModel:
         """
         return _Normalized(self.net, self.input_spec)
 
+    def architecture(self) -> dict[str, Any]:
+        """What rebuilds this network (``model``) and feeds it (``input_spec``): the part of a
+        checkpoint besides the weights, also kept in Lightning checkpoints' hyper-parameters."""
+        return {
+            "model": {
+                "name": self.name,
+                "kwargs": dict(self.model_kwargs),
+                "num_classes": self.num_classes,
+                "in_channels": self.in_channels,
+                "weights": self.weights,
+            },
+            "input_spec": self.input_spec.to_dict(),
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -553,14 +567,7 @@ def save_checkpoint(model: LoadedModel, path: str | os.PathLike[str], **metadata
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "ct_tune_version": __version__,
         "torch_version": str(torch.__version__),
-        "model": {
-            "name": model.name,
-            "kwargs": dict(model.model_kwargs),
-            "num_classes": model.num_classes,
-            "in_channels": model.in_channels,
-            "weights": model.weights,
-        },
-        "input_spec": model.input_spec.to_dict(),
+        **model.architecture(),
         "metadata": {**model.metadata, **metadata},
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.net.state_dict().items()},
     }

@@ -59,16 +59,7 @@ class ClassifierModule(L.LightningModule):
         self.input_spec = model.input_spec
         self.save_hyperparameters(
             {
-                "ct_tune": {
-                    "model": {
-                        "name": model.name,
-                        "kwargs": dict(model.model_kwargs),
-                        "num_classes": model.num_classes,
-                        "in_channels": model.in_channels,
-                        "weights": model.weights,
-                    },
-                    "input_spec": model.input_spec.to_dict(),
-                },
+                "ct_tune": model.architecture(),
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "momentum": momentum,
