@@ -23,38 +23,42 @@ ATTR_REPORT = "ct_tune.report"
 def report_study(
     info: StudyInfo, tracker: Tracker, *, trial_numbers: Sequence[int] | None = None, device: str | None = None
 ) -> dict[str, Any]:
+    """Rows for the chosen trials (best, or Pareto front, or given numbers), then one for the ReLU
+    baseline, each scored on the test split; a trial that is both is evaluated once."""
     trials = [choose_trial(info, n) for n in trial_numbers] if trial_numbers else best_trials(info)
     if not trials:
         raise InputError(f"study {info.name!r} has no completed trial yet; run it with 'ct-tune study run {info.name}'")
     baseline = baseline_trial(info)
-    if baseline is not None and all(t.number != baseline.number for t in trials):
-        trials = [*trials, baseline]
+    listed = [(trial, False) for trial in trials] + ([(baseline, True)] if baseline is not None else [])
     session = Session.open(info.spec, device=device)
     try:
         expected = info.meta.get("fingerprint")
         if expected and session.trace.fingerprint != expected:
             raise InputError(f"the model differs from the one study {info.name!r} was created with; cannot report")
         evaluator = session.evaluator("test")
+        scored: dict[int, Any] = {}
         rows = []
-        for trial in trials:
+        for trial, is_baseline in listed:
             betas, c = info.profile_of(trial)
-            session.handle.update(betas, c=c)
-            results = evaluator.evaluate()
-            test = {name: result.value for name, result in results.items()}
+            if trial.number not in scored:
+                session.handle.update(betas, c=c)
+                scored[trial.number] = evaluator.evaluate()
+                run_id = trial.user_attrs.get(ATTR_RUN_ID)
+                if run_id:
+                    metrics = {f"test.{name}": r.value for name, r in scored[trial.number].items()}
+                    tracker.log(run_id, metrics=metrics)
+            results = scored[trial.number]
             rows.append(
                 {
                     "number": trial.number,
-                    "is_baseline": baseline is not None and trial.number == baseline.number,
+                    "is_baseline": is_baseline,
                     "val": dict(zip(info.objective_names, trial.values, strict=True)),
-                    "test": test,
+                    "test": {name: result.value for name, result in results.items()},
                     "test_details": {name: result.details for name, result in results.items()},
                     "betas": betas,
                     "c": c,
                 }
             )
-            run_id = trial.user_attrs.get(ATTR_RUN_ID)
-            if run_id:
-                tracker.log(run_id, metrics={f"test.{name}": value for name, value in test.items()})
     finally:
         session.close()
     report = {

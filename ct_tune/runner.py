@@ -345,7 +345,7 @@ class TrialRunner:
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {"ct_tune.failure": failure} if failure else {}
-        low = self.info.spec.search.beta.low
+        low = self.info.spec.search.lowest
 
         def figure() -> Figure:
             return beta_profile_figure(betas, title=f"trial {trial.number} ({state})", low=low)
@@ -408,7 +408,7 @@ def refresh_study_plots(info: StudyInfo, tracker: Tracker, *, wait: bool = True)
         if len(best) == 1:
             betas, _ = info.profile_of(best[0])
             values = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, best[0].values, strict=True))
-            low = info.spec.search.beta.low
+            low = info.spec.search.lowest
             drawn["plots/best_beta_profile.png"] = beta_profile_figure(
                 betas, title=f"best trial {best[0].number}: {values}", low=low
             )

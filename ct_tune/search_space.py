@@ -31,22 +31,36 @@ def param_names(spec: StudySpec, units: Sequence[str]) -> list[str]:
 def distributions(spec: StudySpec, units: Sequence[str]) -> dict[str, optuna.distributions.BaseDistribution]:
     from optuna.distributions import FloatDistribution
 
-    beta = spec.search.beta
-    space: dict[str, optuna.distributions.BaseDistribution] = {
-        beta_param(unit): FloatDistribution(beta.low, beta.high, step=beta.step, log=beta.log) for unit in units
-    }
+    space: dict[str, optuna.distributions.BaseDistribution] = {}
+    for unit in units:
+        beta = spec.search.range_of(unit)
+        space[beta_param(unit)] = FloatDistribution(beta.low, beta.high, step=beta.step, log=beta.log)
     if isinstance(spec.search.c, CRange):
         space[C_PARAM] = FloatDistribution(spec.search.c.low, spec.search.c.high)
     return space
 
 
+def check_units(spec: StudySpec, units: Sequence[str]) -> None:
+    """Refuse per-unit ranges naming units the model does not have (one line, listing the valid ones)."""
+    from ct_tune._errors import InputError
+    from ct_tune.sites import describe
+
+    unknown = [unit for unit in spec.search.ranges if unit not in units]
+    if unknown:
+        raise InputError(
+            f"search.ranges names unknown unit(s) {describe(unknown)} for granularity {spec.search.granularity!r}; "
+            f"valid units: {describe(list(units), limit=40)}"
+        )
+
+
 def suggest(trial: optuna.Trial, spec: StudySpec, units: Sequence[str]) -> tuple[dict[str, float], float]:
     """Ask the trial for every beta (and c) in network order; returns (betas per unit, c)."""
-    beta = spec.search.beta
-    params = {
-        beta_param(unit): trial.suggest_float(beta_param(unit), beta.low, beta.high, step=beta.step, log=beta.log)
-        for unit in units
-    }
+    params = {}
+    for unit in units:
+        beta = spec.search.range_of(unit)
+        params[beta_param(unit)] = trial.suggest_float(
+            beta_param(unit), beta.low, beta.high, step=beta.step, log=beta.log
+        )
     if isinstance(spec.search.c, CRange):
         params[C_PARAM] = trial.suggest_float(C_PARAM, spec.search.c.low, spec.search.c.high)
     return profile_from_params(params, spec, units)

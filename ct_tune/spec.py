@@ -109,22 +109,37 @@ def _on_grid(distance: float, step: float) -> bool:
 class SearchSpec(_Strict):
     granularity: Literal["global", "stage", "block", "site"] = "block"
     beta: BetaRange = BetaRange()
+    # Ranges for single units (names as `ct-tune units` lists them), overriding `beta` for those units;
+    # pipelines use them to search around an earlier stage's best profile.
+    ranges: dict[str, BetaRange] = Field(default_factory=dict)
     c: Annotated[float, Field(ge=0, le=1)] | CRange = 0.5  # a number fixes c; a range searches it
     enqueue_baseline: bool = True  # beta = 1 everywhere (plain ReLU) as the first trial
     enqueue_paper_grid: bool = False  # one trial per global beta 0.70, 0.71, ..., 0.99
 
     @model_validator(mode="after")
     def _enqueued_in_range(self) -> SearchSpec:
-        if self.enqueue_baseline and not self.beta.contains(1.0):
-            raise ValueError("enqueue_baseline needs beta 1.0 inside the range (set beta.high: 1.0)")
+        ranges = [("beta", self.beta), *((f"ranges.{unit}", r) for unit, r in self.ranges.items())]
+        if self.enqueue_baseline:
+            for name, beta in ranges:
+                if not beta.contains(1.0):
+                    raise ValueError(f"enqueue_baseline needs beta 1.0 inside {name} (set its high to 1.0)")
         if self.enqueue_paper_grid:
-            outside = [v for v in paper_grid() if not self.beta.contains(v)]
-            if outside:
-                raise ValueError(
-                    f"enqueue_paper_grid needs 0.70..0.99 on the beta range; {outside[0]} is outside "
-                    f"[{self.beta.low}, {self.beta.high}] or off its step"
-                )
+            for name, beta in ranges:
+                outside = [v for v in paper_grid() if not beta.contains(v)]
+                if outside:
+                    raise ValueError(
+                        f"enqueue_paper_grid needs 0.70..0.99 inside {name}; {outside[0]} is outside "
+                        f"[{beta.low}, {beta.high}] or off its step"
+                    )
         return self
+
+    def range_of(self, unit: str) -> BetaRange:
+        return self.ranges.get(unit, self.beta)
+
+    @property
+    def lowest(self) -> float:
+        """The smallest beta any unit may take (for plot axes)."""
+        return min([self.beta.low, *(r.low for r in self.ranges.values())])
 
     @property
     def searches_c(self) -> bool:
@@ -313,6 +328,8 @@ class StudySpec(_Strict):
             raise ValueError("the cmaes sampler handles a single objective; use tpe or nsga2 for several")
         if self.sampler.name == "grid" and self.search.searches_c:
             raise ValueError("the grid sampler needs a fixed c (search.c: 0.5)")
+        if self.sampler.name == "grid" and self.search.ranges:
+            raise ValueError("the grid sampler takes one beta grid for every unit; remove search.ranges")
         if self.budget.n_trials is None and self.budget.timeout is None:
             raise ValueError("set budget.n_trials or budget.timeout (or both)")
         enqueued = int(self.search.enqueue_baseline) + (30 if self.search.enqueue_paper_grid else 0)

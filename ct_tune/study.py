@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import InputError
 from ct_tune._version import __version__
 from ct_tune.profile import BetaProfile
-from ct_tune.search_space import initial_trials, profile_from_params
+from ct_tune.search_space import check_units, initial_trials, profile_from_params
 from ct_tune.spec import StudySpec, spec_from_dict
 from ct_tune.storage import open_optuna_storage, redact
 from ct_tune.tracking import ATTR_RUN_ID, TAG_STATE, TAG_TRIAL, Tracker
@@ -94,6 +94,7 @@ def create_study(
     import optuna
 
     _quiet_optuna()
+    check_units(spec, units)
     storage = open_optuna_storage(storage_url)
     if study_exists(storage, name):
         if not resume_if_exists:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -126,8 +127,12 @@ def evaluate(model: LoadedModel, x: Tensor, y: Tensor, *, batch_size: int = 512)
 
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
-    """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints."""
-    with _mlflow_tracking_uri_restored():
+    """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints.
+
+    Lightning prints its progress bar and model summary to stdout; they go to stderr here, because
+    stdout is for results (a caller's ``--json`` or table).
+    """
+    with _mlflow_tracking_uri_restored(), contextlib.redirect_stdout(sys.stderr):
         return _pretrain(config)
 
 

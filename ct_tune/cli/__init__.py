@@ -21,7 +21,7 @@ from ct_tune.cli._common import CommandResult, build_root_parser, configure_logg
 __all__ = ["main"]
 
 # Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("study", "pretrain", "evaluate", "units", "ui", "db")
+COMMAND_MODULES: tuple[str, ...] = ("study", "pipeline", "quickstart", "pretrain", "evaluate", "units", "ui", "db")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-trials", type=int, help="finish this many more trials in this launch (default: the spec's budget)"
     )
     parser.add_argument("--timeout", help="stop starting trials after this long (seconds, or 30m, 2h)")
+    add_worker_options(parser)
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """How trials are run: worker processes, devices, heartbeats, logs."""
     parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else 1)")
     parser.add_argument("--devices", help="auto, cpu, or GPUs like cuda:0,cuda:1 (default: the spec's run.device)")
     parser.add_argument("--heartbeat", type=int, default=10, help="seconds between a worker's heartbeats (default 10)")
@@ -45,29 +51,60 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    """How to run a study: what ``study run`` and every stage of ``pipeline run`` take."""
+
+    workers: int | None = None
+    devices: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    heartbeat: int = 10
+    grace: int | None = None
+    log_dir: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        n_trials = getattr(args, "n_trials", None)
+        if n_trials is not None and n_trials < 1:
+            raise InputError(f"--n-trials must be at least 1, not {n_trials}")
+        return cls(
+            workers=args.workers,
+            devices=args.devices,
+            n_trials=n_trials,
+            timeout=parse_timeout(getattr(args, "timeout", None)),
+            heartbeat=args.heartbeat,
+            grace=args.grace,
+            log_dir=args.log_dir,
+            progress=not args.no_progress,
+        )
+
+
 def run(args: argparse.Namespace) -> CommandResult:
-    """Prepare the study once, then run one worker here or launch several."""
+    info = open_study(args)
+    finished, failed, reason = run_study(info, tracker_for(args, info), RunOptions.from_args(args))
+    return summary_result(info, reason, finished, failed)
+
+
+def run_study(info, tracker, options: RunOptions) -> tuple[int, int, str]:
+    """Prepare the study once, then run one worker here or launch several; (finished, failed, why it stopped)."""
     from ct_tune.study import close_orphan_runs, counts, requeue_initial_trials
     from ct_tune.workers import plan_workers
 
-    if args.n_trials is not None and args.n_trials < 1:
-        raise InputError(f"--n-trials must be at least 1, not {args.n_trials}")
-    timeout = parse_timeout(args.timeout)
-    info = open_study(args)
-    tracker = tracker_for(args, info)
     spec = info.spec
-    plans = plan_workers(args.workers, args.devices or spec.run.device)
+    plans = plan_workers(options.workers, options.devices or spec.run.device)
     state = counts(info)
     finished = state.get("COMPLETE", 0) + state.get("PRUNED", 0)
-    target = finished + args.n_trials if args.n_trials is not None else spec.budget.n_trials
-    timeout = timeout if timeout is not None else spec.budget.timeout
+    target = finished + options.n_trials if options.n_trials is not None else spec.budget.n_trials
+    timeout = options.timeout if options.timeout is not None else spec.budget.timeout
     if target is not None and finished >= target:
-        return summary_result(info, f"budget already reached ({finished} trials); use --n-trials to run more", 0, 0)
+        return 0, 0, f"budget already reached ({finished} trials); use --n-trials to run more"
 
     # Done once, before any worker starts: workers racing on these would duplicate them.
     requeued = requeue_initial_trials(info)
     closed = close_orphan_runs(info, tracker)
-    progress = Progress(total=None if target is None else target - finished, enabled=not args.no_progress)
+    progress = Progress(total=None if target is None else target - finished, enabled=options.progress)
     if requeued:
         progress.write(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
     if closed:
@@ -80,19 +117,17 @@ def run(args: argparse.Namespace) -> CommandResult:
     )
     try:
         if len(plans) == 1:
-            finished_now, failed_now, reason = _run_here(args, info, tracker, plans[0], target, deadline, progress)
-        else:
-            finished_now, failed_now, reason = _launch(args, info, tracker, plans, target, deadline, progress)
+            return _run_here(options, info, tracker, plans[0], target, deadline, progress)
+        return _launch(options, info, tracker, plans, target, deadline, progress)
     except KeyboardInterrupt:
         progress.close()
         print(f"ct-tune: {INTERRUPTED.format(name=info.name)}", file=sys.stderr)
         raise
     finally:
         progress.close()
-    return summary_result(info, reason, finished_now, failed_now)
 
 
-def _run_here(args, info, tracker, plan, target, deadline, progress) -> tuple[int, int, str]:
+def _run_here(options: RunOptions, info, tracker, plan, target, deadline, progress) -> tuple[int, int, str]:
     from ct_tune.runner import RunSettings, TrialRunner, describe_trial
     from ct_tune.session import StudyBench
 
@@ -103,8 +138,8 @@ def _run_here(args, info, tracker, plan, target, deadline, progress) -> tuple[in
     settings = RunSettings(
         target_total=target,
         deadline=deadline,
-        heartbeat_interval=args.heartbeat,
-        grace_period=args.grace,
+        heartbeat_interval=options.heartbeat,
+        grace_period=options.grace,
         on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
     )
     try:
@@ -114,13 +149,13 @@ def _run_here(args, info, tracker, plan, target, deadline, progress) -> tuple[in
     return summary.finished, summary.failed, summary.reason
 
 
-def _launch(args, info, tracker, plans, target, deadline, progress) -> tuple[int, int, str]:
+def _launch(options: RunOptions, info, tracker, plans, target, deadline, progress) -> tuple[int, int, str]:
     from ct_tune.runner import describe_trial, refresh_study_plots
     from ct_tune.storage import redact
     from ct_tune.workers import EXIT_DATABASE_LOST, launch
 
     names = info.objective_names
-    log_dir = Path(args.log_dir or f"logs/{info.name}")
+    log_dir = Path(options.log_dir or f"logs/{info.name}")
 
     def on_event(index: int, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -136,8 +171,8 @@ def _launch(args, info, tracker, plans, target, deadline, progress) -> tuple[int
         tracking_uri=tracker.tracking_uri,
         target_total=target,
         deadline=deadline,
-        heartbeat=args.heartbeat,
-        grace=args.grace,
+        heartbeat=options.heartbeat,
+        grace=options.grace,
         log_dir=log_dir,
         on_event=on_event,
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sys
 
 from ct_tune.cli._common import CommandResult, add_command
 from ct_tune.cli._options import add_data_options, add_model_options
@@ -97,11 +95,9 @@ def _run(args: argparse.Namespace) -> CommandResult:
     )
     config.check()
     resolve_tracking_uri(config.tracking_uri)  # a bad URI fails before any training
-    # libraries print (progress bars, banners) to stdout; stdout is for the result alone
-    with contextlib.redirect_stdout(sys.stderr):
-        from ct_tune.training import pretrain
+    from ct_tune.training import pretrain
 
-        payload = pretrain(config)
+    payload = pretrain(config)
     return CommandResult(payload=payload, render=lambda: _render(payload))
 
 
