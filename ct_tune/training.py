@@ -278,6 +278,10 @@ def _data_and_model(config: PretrainConfig) -> tuple[CTDataModule, LoadedModel]:
         model = load_checkpoint(config.checkpoint, model=config.model, input_size=config.input_size, **shape)
     else:
         model = create_model(config.model, weights=config.weights, input_size=config.input_size, **shape)
+    if model.input_spec.size is None and datamodule.native_size is not None:
+        # The checkpoint remembers the image size it learned at, as ImageNet weights remember 224: data it is
+        # later transferred to (28x28 MNIST for a model of 8x8 digits) is resized to what its filters expect.
+        model.input_spec = model.input_spec.with_size(datamodule.native_size)
     datamodule.input_spec = model.input_spec
     return datamodule, model
 
