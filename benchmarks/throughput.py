@@ -98,7 +98,11 @@ def paper_loop(checkpoint: Path, data, objective: str, batch_size: int) -> list[
             continue
         head = dict(model.net.named_modules())[default_feature_layer(model.net)]
         captured: list[torch.Tensor] = []
-        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].flatten(1)))
+
+        def keep(_module: nn.Module, args: tuple, store: list[torch.Tensor] = captured) -> None:
+            store.append(args[0].flatten(1))
+
+        hook = head.register_forward_pre_hook(keep)
         features, labels = {}, {}
         with torch.inference_mode():
             for split, loader in loaders.items():
@@ -129,9 +133,7 @@ def ct_tune_study(root: Path, checkpoint: Path, data_name: str, objective: str, 
     prepare_sqlite(storage)
     tracker = Tracker(tracking)
     session = Session.open(spec, device="cpu")
-    info, _ = create_study(
-        spec=spec, name=name, storage_url=storage, tracker=tracker, units=session.units, meta=session.meta()
-    )
+    create_study(spec=spec, name=name, storage_url=storage, tracker=tracker, units=session.units, meta=session.meta())
     bench = StudyBench(session)
     setup = time.perf_counter() - started
     run_started = time.perf_counter()
