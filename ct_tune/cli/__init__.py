@@ -12,26 +12,33 @@ function; heavy imports (lightning, optuna, mlflow) happen inside the command, s
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
 
 from ct_tune.cli._common import CommandResult, build_root_parser, configure_logging, emit, fail
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 # Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = ("study", "pipeline", "quickstart", "pretrain", "evaluate", "units", "ui", "db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the root options and every command's sub-parser."""
+    parser = build_root_parser()
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ct_tune.cli.{name}").register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    parser = build_root_parser()
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"ct_tune.cli.{name}").register(subparsers)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
