@@ -217,6 +217,10 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     assert global_parent.data.tags["ct_tune.stage"] == "global"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert client.get_run(block_parent.info.run_id).info.status in ("RUNNING", "FINISHED")
+    # the filter the README shows for a pipeline's runs
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("ct-tune/pipe.")]
+    tagged = client.search_runs(experiments, "tags.`ct_tune.pipeline` = 'pipe'")
+    assert {r.info.run_id for r in tagged} == {global_parent.info.run_id, block_parent.info.run_id}
     assert "dashboards: ct-tune ui" in cli("pipeline", "run", "p.yaml", "--no-progress").stdout
 
     # run again: every stage has used its budget, nothing is added
@@ -241,4 +245,4 @@ def test_quickstart_offline_with_two_workers(cli, tmp_path, digits_checkpoint):
     profile = ct_tune.BetaProfile.load(tmp_path / "profiles" / "quickstart.json")
     assert set(profile.betas) == set(UNITS)
     plots = [line for line in out.splitlines() if line.startswith("plots of quickstart.block")]
-    assert plots and Path(plots[0].split(": ", 1)[1].split(", ")[0]).is_file()
+    assert plots and (tmp_path / plots[0].split(": ", 1)[1].split(", ")[0]).is_file()

@@ -208,7 +208,7 @@ def render_outcome(outcome: PipelineOutcome, *, show_plots: int = 4) -> None:
         shown = _short(outcome.profile_path)
         print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
     for stage in outcome.stages:
-        shown = ", ".join(stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
+        shown = ", ".join(_short(path) for path in stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
         print(f"plots of {stage.study}: {shown}")
     print(f"dashboards: ct-tune ui --tracking-uri '{outcome.tracking_uri}'")
 
