@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats (a smoke run)")
+    parser.add_argument("--models", choices=["all", "cifar", "torchvision"], default="all")
     args = parser.parse_args()
     batch, repeats = (8, 2) if args.quick else (args.batch_size, args.repeats)
     torch.manual_seed(0)
@@ -111,6 +112,12 @@ def main() -> None:
         "torchvision resnet18 @32x32": tvm.resnet18(num_classes=10).eval(),
         "CIFAR-style resnet18 @32x32": cifar_resnet18().eval(),
     }
+    if args.models != "all":
+        models = {
+            name: model
+            for name, model in models.items()
+            if name.startswith(args.models[:5].upper()) or name.startswith(args.models)
+        }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, per-block betas, {repeats} pairs"
     )

@@ -11,11 +11,11 @@ so a new trial's betas never recompile.
 The compiled math is written for speed on CPU, where CT is bound by its transcendental functions:
 - arguments of ``exp`` are clamped to +-80 (float32; 700 for float64): below -87 ``exp`` returns
   denormals, which x86 computes tens of times slower (a 5x slowdown of the whole kernel was measured
-  at beta = 0.9); the gate is set to exactly 0 below -80 and the softplus term changes by less than
-  m * exp(-80);
-- ``softplus(u) * m`` is ``relu(x) + m * log(1 + exp(-|u|))``: one exponential shared with the
-  backward's ``sigmoid(u)``, no overflow, and ``log`` on [1, 2] is cheaper than ``log1p`` (float32;
-  float64 keeps ``log1p``). It differs from ``F.softplus``'s threshold at 20 by at most m * 2e-9.
+  at beta = 0.9); the gate is set to exactly 0 below -80, and the softplus exponential is clamped at
+  -40 (its square must stay normal), which changes that term by less than m * 5e-18;
+- ``softplus(u) * m`` is ``relu(x) + m * log1p(exp(-|u|))``: the same exponential as the backward's
+  ``sigmoid(u)``, no overflow; in float32 that ``log1p`` of [0, 1] is a short series (``_log1p_unit``),
+  float64 keeps ``torch.log1p``. It differs from ``F.softplus``'s switch to x at 20 by at most m * 2e-9.
 
 When it pays: compiling costs seconds per process (the first call; the on-disk inductor cache makes
 later processes faster), saving a fraction of a microsecond per thousand elements. ``CT_TUNE_FUSED``:
@@ -164,6 +164,11 @@ def _limit(dtype: torch.dtype) -> float:
     return 700.0 if dtype == torch.float64 else 80.0
 
 
+def _soft_limit(dtype: torch.dtype) -> float:
+    """Lowest argument of the softplus exponential: its square must stay a normal float in ``_log1p_unit``."""
+    return 700.0 if dtype == torch.float64 else 40.0
+
+
 def _gate(z: torch.Tensor) -> torch.Tensor:
     """sigmoid(z) without denormals: exactly 0 below -limit (so that ``gate * x`` is 0 for any huge
     negative x, as in the eager formula) and 1 above it (sigmoid(80) rounds to 1 in float32)."""
@@ -171,13 +176,27 @@ def _gate(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z < -limit, torch.zeros_like(z), torch.sigmoid(z.clamp(-limit, limit)))
 
 
+def _log1p_unit(t: torch.Tensor) -> torch.Tensor:
+    """log(1 + t) for t in [0, 1] as 2 atanh(s), s = t / (2 + t) <= 1/3: odd powers of s up to s^17.
+
+    Relative error below 3e-7 in float32, and 1.6 ns/element less than inductor's vectorised
+    ``log1p`` on this CPU (which took a third of the forward kernel's time).
+    """
+    s = t / (2.0 + t)
+    s2 = s * s
+    series = torch.full_like(s, 1.0 / 17)
+    for k in range(15, 0, -2):
+        series = series * s2 + 1.0 / k
+    return 2.0 * s * series
+
+
 def _forward_math(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """CT of ``x`` (rows, features) with constants ``p`` (rows or 1, 5), in float32 or float64."""
     xf = x.float() if x.dtype in _LOW_PRECISION else x
     a, inv_m, m, c, relu = (p[:, k : k + 1] for k in range(_COLUMNS))
     s1 = _gate(xf * a)
-    e2 = torch.exp(torch.clamp(-(xf * inv_m).abs(), min=-_limit(xf.dtype)))
-    log_term = torch.log1p(e2) if xf.dtype == torch.float64 else torch.log(1.0 + e2)
+    e2 = torch.exp(torch.clamp(-(xf * inv_m).abs(), min=-_soft_limit(xf.dtype)))
+    log_term = torch.log1p(e2) if xf.dtype == torch.float64 else _log1p_unit(e2)
     smooth = c * s1 * xf + (1.0 - c) * (torch.relu(xf) + m * log_term)
     return torch.where(relu > 0, torch.relu(xf), smooth).to(x.dtype)
 
@@ -193,7 +212,7 @@ def _backward_math(x: torch.Tensor, p: torch.Tensor, grad: torch.Tensor) -> torc
     a, inv_m, _m, c, relu = (p[:, k : k + 1] for k in range(_COLUMNS))
     s1 = _gate(xf * a)
     u = xf * inv_m
-    e2 = torch.exp(torch.clamp(-u.abs(), min=-_limit(xf.dtype)))
+    e2 = torch.exp(torch.clamp(-u.abs(), min=-_soft_limit(xf.dtype)))
     s2 = torch.where(u >= 0, torch.ones_like(e2), e2) / (1.0 + e2)
     slope = c * (s1 + (xf * (s1 * (1.0 - s1))) * a) + (1.0 - c) * s2
     relu_slope = (xf > 0).to(xf.dtype)
