@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ct_tune._errors import StorageLost
+from ct_tune._fused import fused_status
 from ct_tune._interrupts import InterruptGuard
 from ct_tune.objectives import Evaluator, ObjectiveResult
 from ct_tune.plots import beta_profile_figure, study_figures
@@ -130,6 +131,8 @@ class TrialRunner:
         )
         self.objective_names = spec.objective_names
         self.batch = spec.run.trials_per_batch
+        device_type = getattr(bench.evaluator.target.device, "type", "cpu")
+        logger.info("worker %d: CT activation %s", settings.worker, fused_status(device_type))
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
         if self.batch > 1:
             logger.info(

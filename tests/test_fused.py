@@ -28,7 +28,9 @@ def inputs(dtype: torch.dtype) -> torch.Tensor:
 
 
 def tolerances(dtype: torch.dtype) -> dict[str, float]:
-    return {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-8, "atol": 1e-9}  # F.softplus switches to x at 20: m * 2e-9
+    return (
+        {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-8, "atol": 1e-9}
+    )  # F.softplus switches to x at 20: m * 2e-9
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
