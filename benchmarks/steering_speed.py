@@ -2,9 +2,12 @@
 
     python benchmarks/steering_speed.py [--batch-size 64] [--repeats 7] [--quick]
 
-Plain and steered runs alternate (plain, steered, plain, ...) and the ratio is taken per pair, so load
-on this noisy machine hits both sides alike; the median of the paired ratios is reported. A ratio of
-1.0 means steering is free; the eager CT activation costs several memory passes per ReLU.
+Three sides run in turn, round after round: the plain model, the steered copy with the eager CT formula
+(``CT_TUNE_FUSED=0``) and the same steered copy with the fused kernels (``ct_tune._fused``); each
+steered side's ratio plain/steered is taken per round, so load on this noisy machine hits all sides
+alike, and the median over rounds is reported. A ratio of 1.0 means steering is free. The last line is
+the compile cost a fresh process pays on its first fused call (inductor's on-disk cache makes it
+smaller after the first run on a machine).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import ct_tune
+from ct_tune._fused import set_fused
 
 import torch
 import torchvision.models as tvm
@@ -36,21 +42,26 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def paired_ratio(
-    plain: Callable[[], object], steered: Callable[[], object], repeats: int
-) -> tuple[float, float, float]:
-    """Median plain/steered time ratio over alternating runs, and the median time of each side."""
-    plain(), steered()  # warm-up
-    plain_times, steered_times = [], []
+def paired_ratios(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Per side: (median time, median of its per-round ratio plain/side). Sides run in turn each round."""
+    for work in sides.values():  # warm-up (and, for the fused side, the compile)
+        work()
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        plain_times.append(seconds(plain))
-        steered_times.append(seconds(steered))
-    ratios = [p / s for p, s in zip(plain_times, steered_times, strict=True)]
-    return statistics.median(ratios), statistics.median(plain_times), statistics.median(steered_times)
+        for name, work in sides.items():
+            times[name].append(seconds(work))
+    plain = times["plain"]
+    return {
+        name: (statistics.median(t), statistics.median(p / s for p, s in zip(plain, t, strict=True)))
+        for name, t in times.items()
+    }
 
 
-def measure(name: str, model: nn.Module, batch: int, repeats: int) -> list[tuple[str, str, float, float, float]]:
-    """Time the model with plain ReLU against an identical copy steered with a per-block profile."""
+def measure(
+    name: str, model: nn.Module, batch: int, repeats: int
+) -> list[tuple[str, str, dict[str, tuple[float, float]]]]:
+    """Time the model with plain ReLU against an identical copy steered with a per-block profile, with
+    the eager CT formula and with the fused kernels (switched per call: the same hooks, the same model)."""
     x = torch.rand(batch, 3, 32, 32)
     steered_model = copy.deepcopy(model)
     blocks = ct_tune.units(steered_model, x[:1], "block")
@@ -59,8 +70,9 @@ def measure(name: str, model: nn.Module, batch: int, repeats: int) -> list[tuple
     rows = []
     for label, inference in (("inference", True), ("forward+backward", False)):
 
-        def run(net: nn.Module, inference: bool = inference) -> Callable[[], None]:
+        def run(net: nn.Module, fused: bool | None = None, inference: bool = inference) -> Callable[[], None]:
             def work() -> None:
+                set_fused(fused)
                 if inference:
                     with torch.inference_mode():
                         net(x)
@@ -69,9 +81,22 @@ def measure(name: str, model: nn.Module, batch: int, repeats: int) -> list[tuple
 
             return work
 
-        ratio, t_plain, t_steered = paired_ratio(run(model), run(steered_model), repeats)
-        rows.append((name, label, batch / t_plain, batch / t_steered, ratio))
+        sides = {"plain": run(model), "eager": run(steered_model, False), "fused": run(steered_model, True)}
+        rows.append((name, label, paired_ratios(sides, repeats)))
+    set_fused(None)
     return rows
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds of the first fused forward and backward in a fresh process (compile, or inductor's disk cache)."""
+    code = (
+        "import time, torch; from ct_tune import _fused; _fused.set_fused(True); "
+        "x = torch.randn(8, 16, 32, 32, requires_grad=True); p = _fused.scalar_params(0.9, 0.5, x.dtype, x.device); "
+        "t = time.perf_counter(); y = _fused.ct_fused(x, p); f = time.perf_counter() - t; "
+        "t = time.perf_counter(); y.sum().backward(); b = time.perf_counter() - t; print(f, b)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"forward": float(out[0]), "backward": float(out[1])}
 
 
 def main() -> None:
@@ -79,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats (a smoke run)")
+    parser.add_argument("--models", choices=["all", "cifar", "torchvision"], default="all")
     args = parser.parse_args()
     batch, repeats = (8, 2) if args.quick else (args.batch_size, args.repeats)
     torch.manual_seed(0)
@@ -86,13 +112,25 @@ def main() -> None:
         "torchvision resnet18 @32x32": tvm.resnet18(num_classes=10).eval(),
         "CIFAR-style resnet18 @32x32": cifar_resnet18().eval(),
     }
+    if args.models != "all":
+        models = {
+            name: model
+            for name, model in models.items()
+            if name.startswith(args.models[:5].upper()) or name.startswith(args.models)
+        }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, per-block betas, {repeats} pairs"
     )
-    print(f"{'model':<30} {'pass':<18} {'plain img/s':>12} {'steered img/s':>14} {'steered/plain':>14}")
+    print(
+        f"{'model':<30} {'pass':<18} {'plain img/s':>12} {'eager img/s':>12} {'fused img/s':>12} "
+        f"{'eager/plain':>12} {'fused/plain':>12}"
+    )
     for name, model in models.items():
-        for row in measure(name, model, batch, repeats):
-            print(f"{row[0]:<30} {row[1]:<18} {row[2]:>12.1f} {row[3]:>14.1f} {row[4]:>14.3f}")
+        for model_name, label, sides in measure(name, model, batch, repeats):
+            speeds = "".join(f" {batch / sides[side][0]:>12.1f}" for side in ("plain", "eager", "fused"))
+            print(f"{model_name:<30} {label:<18}{speeds} {sides['eager'][1]:>12.3f} {sides['fused'][1]:>12.3f}")
+    first = compile_seconds()
+    print(f"first fused call in a fresh process: forward {first['forward']:.1f} s, backward {first['backward']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from ct_tune import _fused
 from ct_tune._errors import InputError
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_beta", "check_c", "ct"]
+__all__ = ["check_beta", "check_c", "ct", "ct_hot"]
 
 BetaLike = float | torch.Tensor
 
@@ -81,6 +82,17 @@ def ct_unchecked(x: torch.Tensor, beta: BetaLike, c: float) -> torch.Tensor:
     gate = torch.sigmoid(compute * (beta / m))
     out = (c * gate) * compute + (1.0 - c) * F.softplus(compute, beta=1.0 / m)
     return out.to(x.dtype) if compute is not x else out
+
+
+def ct_hot(x: torch.Tensor, beta: BetaLike, c: float) -> torch.Tensor:
+    """What the steering hooks call: exact ReLU at beta = 1, the fused kernels where they are on
+    (``ct_tune._fused``: one memory pass forward, one backward), else the eager formula."""
+    if isinstance(beta, float):
+        if beta == 1.0:
+            return torch.relu(x)
+        if x.is_floating_point() and x.numel() and _fused.use_fused(x):
+            return _fused.ct_fused(x, _fused.scalar_params(beta, c, x.dtype, x.device))
+    return ct_unchecked(x, beta, c)
 
 
 def _ct_tensor_beta(x: torch.Tensor, beta: torch.Tensor, c: float) -> torch.Tensor:

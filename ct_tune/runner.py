@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ct_tune._errors import StorageLost
+from ct_tune._fused import fused_status
 from ct_tune._interrupts import InterruptGuard
 from ct_tune.objectives import Evaluator, ObjectiveResult
 from ct_tune.plots import beta_profile_figure, study_figures
@@ -128,9 +130,19 @@ class TrialRunner:
             pruner=build_pruner(spec),
         )
         self.objective_names = spec.objective_names
-        self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none"
+        self.batch = spec.run.trials_per_batch
+        device_type = getattr(bench.evaluator.target.device, "type", "cpu")
+        logger.info("worker %d: CT activation %s", settings.worker, fused_status(device_type))
+        self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
+        if self.batch > 1:
+            logger.info(
+                "worker %d: %d trials per batch (asked together, scored in one pass, told together); no pruning",
+                settings.worker,
+                self.batch,
+            )
         self.summary = RunSummary()
         self._trial_evaluate = self._trial_tracking = 0.0
+        self._round_evaluate = self._round_tracking = 0.0  # summed over the trials of one loop round
         self._interrupts = InterruptGuard()
         self._val_samples = len(bench.evaluator.data.val_y)
         self._last_plots = 0.0
@@ -151,11 +163,15 @@ class TrialRunner:
                         time.sleep(self.settings.poll_seconds)
                         continue
                     started = time.perf_counter()
+                    self._round_evaluate = self._round_tracking = 0.0
                     with warnings.catch_warnings(), self._interrupts.deferred():
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
+                        if self.batch == 1:
+                            self.study.optimize(self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False)
+                        else:
+                            self._run_batch()
                     spent = self.summary.seconds
-                    spent["optuna"] += time.perf_counter() - started - self._trial_evaluate - self._trial_tracking
+                    spent["optuna"] += time.perf_counter() - started - self._round_evaluate - self._round_tracking
             self.summary.reason = reason
         except KeyboardInterrupt:
             status = "KILLED"
@@ -236,29 +252,7 @@ class TrialRunner:
             self.summary.discarded += 1
             raise _Discarded
         started = time.perf_counter()
-        betas, c = suggest(trial, self.info.spec, self.info.units)
-        kind, stored_kind = self._kind(trial)
-        if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
-            trial.set_user_attr(ATTR_KIND, kind)
-        params = {beta_param(unit): value for unit, value in betas.items()}
-        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.info.spec.sampler.name})
-        tags = {
-            "ct_tune.worker": str(self.settings.worker),
-            "ct_tune.device": self.bench.device_label,
-            "ct_tune.kind": kind,
-        }
-        tracking_started = time.perf_counter()
-        run_id = self.tracker.start_trial_run(
-            self.info.mlflow["experiment_id"],
-            self.info.mlflow["parent_run_id"],
-            study_name=self.info.name,
-            trial_number=trial.number,
-            params=params,
-            tags=tags,
-        )
-        self._trial_tracking += time.perf_counter() - tracking_started
-        trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
-
+        betas, c, run_id = self._begin(trial)
         history: list[tuple[str, float, int]] = []
         results: Mapping[str, ObjectiveResult] = {}
         state, failure = "FAIL", ""
@@ -286,6 +280,111 @@ class TrialRunner:
         finally:
             seconds = time.perf_counter() - started
             self._finish(trial, run_id, state, betas, c, results, history, seconds, failure)
+
+    def _begin(self, trial: optuna.Trial) -> tuple[dict[str, float], float, str]:
+        """Sample the trial's betas and open its MLflow child run: (betas, c, run id)."""
+        betas, c = suggest(trial, self.info.spec, self.info.units)
+        kind, stored_kind = self._kind(trial)
+        if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
+            trial.set_user_attr(ATTR_KIND, kind)
+        params = {beta_param(unit): value for unit, value in betas.items()}
+        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.info.spec.sampler.name})
+        tags = {
+            "ct_tune.worker": str(self.settings.worker),
+            "ct_tune.device": self.bench.device_label,
+            "ct_tune.kind": kind,
+        }
+        if self.batch > 1:
+            tags["ct_tune.trials_per_batch"] = str(self.batch)
+        tracking_started = time.perf_counter()
+        run_id = self.tracker.start_trial_run(
+            self.info.mlflow["experiment_id"],
+            self.info.mlflow["parent_run_id"],
+            study_name=self.info.name,
+            trial_number=trial.number,
+            params=params,
+            tags=tags,
+        )
+        self._trial_tracking += time.perf_counter() - tracking_started
+        trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
+        return betas, c, run_id
+
+    # ----------------------------------------------------------------------------------------------
+    # K trials at once
+    def _run_batch(self) -> None:
+        """Ask up to K trials, score them in one pass, tell each: the budget stays exact (each trial is
+        checked for surplus like a single one), every trial keeps a heartbeat, and none is pruned."""
+        import optuna
+        from optuna.trial import TrialState
+
+        k = self.batch
+        if self.settings.target_total is not None:
+            finished, running = self._counts()
+            k = max(1, min(k, self.settings.target_total - finished - running))
+        if _heartbeat_interval(self.study._storage) is not None:
+            optuna.storages.fail_stale_trials(self.study)  # what study.optimize does before each ask
+        trials: list[optuna.Trial] = []
+        try:
+            for _ in range(k):
+                trials.append(self.study.ask())
+        except BaseException:
+            for trial in trials:
+                self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        live = []
+        for trial in trials:
+            if self._is_surplus(trial):
+                trial.set_user_attr(ATTR_DISCARDED, "the budget was reached by other workers")
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.summary.discarded += 1
+            else:
+                live.append(trial)
+        if not live:
+            return
+        with _Heartbeats(self.study._storage, [trial._trial_id for trial in live]):
+            self._score_batch(live)
+
+    def _score_batch(self, trials: list[optuna.Trial]) -> None:
+        from optuna.trial import TrialState
+
+        started = time.perf_counter()
+        begun: list[tuple[optuna.Trial, dict[str, float], float, str]] = []
+        results: list[dict[str, ObjectiveResult]] = []
+        evaluate_seconds = 0.0
+        try:
+            for trial in trials:
+                self._trial_tracking = 0.0
+                begun.append((trial, *self._begin(trial)))
+                self._round_tracking += self._trial_tracking
+            with self._interrupts.interruptible():
+                evaluate_started = time.perf_counter()
+                try:
+                    results = self.bench.evaluator.evaluate_profiles(
+                        self.bench.handle, [(betas, c) for _, betas, c, _ in begun]
+                    )
+                finally:
+                    evaluate_seconds = time.perf_counter() - evaluate_started
+        except BaseException as error:
+            failure = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+            share = (time.perf_counter() - started) / max(len(trials), 1)
+            for trial, betas, c, run_id in begun:
+                self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
+                self._finish(trial, run_id, "FAIL", betas, c, {}, [], share, failure)
+            for trial in trials:
+                self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        share = (time.perf_counter() - started) / len(trials)
+        for (trial, betas, c, run_id), trial_results in zip(begun, results, strict=True):
+            values = tuple(trial_results[name].value for name in self.objective_names)
+            state, failure = "COMPLETE", ""
+            if not all(math.isfinite(v) for v in values):
+                state, failure = "FAIL", repr(RuntimeError(f"objective values are not finite: {values}"))
+            self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
+            self._finish(trial, run_id, state, betas, c, trial_results, [], share, failure)
+            if state == "COMPLETE":
+                self.study.tell(trial, values[0] if len(values) == 1 else list(values))
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
 
     def _kind(self, trial: optuna.Trial) -> tuple[str, str]:
         """(kind, kind stored on the trial): baseline / paper-grid (enqueued), retry (of a trial whose
@@ -366,6 +465,8 @@ class TrialRunner:
         self._trial_tracking += time.perf_counter() - tracking_started
         self.summary.seconds["evaluate"] += self._trial_evaluate
         self.summary.seconds["tracking"] += self._trial_tracking
+        self._round_evaluate += self._trial_evaluate
+        self._round_tracking += self._trial_tracking
         line["betas"], line["c"] = betas, c
         line["rss_mb"] = metrics.get("worker_rss_mb")
         if state in ("COMPLETE", "PRUNED"):
@@ -433,6 +534,48 @@ def memory_metrics(device: Any) -> dict[str, float]:
         metrics["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
     return metrics
+
+
+def _heartbeat_interval(storage: Any) -> int | None:
+    """The storage's heartbeat interval, None when it has no heartbeats (Optuna's own test)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval() if interval is not None else None
+
+
+class _Heartbeats:
+    """Keeps the heartbeats of several running trials (Optuna's thread serves the one trial of
+    ``study.optimize``; a batch of asked trials needs its own). A failing write is logged once: the
+    main loop meets the lost database itself."""
+
+    def __init__(self, storage: Any, trial_ids: list[int]) -> None:
+        self.storage = storage
+        self.trial_ids = trial_ids
+        self.interval = _heartbeat_interval(storage)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeats:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._beat, name="ct-tune-heartbeats", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        assert self.interval is not None
+        while True:
+            try:
+                for trial_id in self.trial_ids:
+                    self.storage.record_heartbeat(trial_id)
+            except Exception as error:
+                logger.warning("could not record heartbeats: %s", database_reason(error))
+                return
+            if self._stop.wait(timeout=self.interval):
+                return
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 class _Pruned(Exception):

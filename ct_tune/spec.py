@@ -284,7 +284,10 @@ class BudgetSpec(_Strict):
 class RunSpec(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # reduced precision applies on CUDA only
-    batch_size: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=256, gt=0)  # samples per forward pass (times trials_per_batch)
+    # Trials scored together: K beta profiles in one forward pass over K copies of each batch (accuracy,
+    # probe; adversarial attacks run one profile at a time). Pays when one trial does not fill the device.
+    trials_per_batch: int = Field(default=1, ge=1)
 
 
 class StudySpec(_Strict):
@@ -324,6 +327,11 @@ class StudySpec(_Strict):
         multi = len(self.objectives) > 1
         if multi and self.pruner.name != "none":
             raise ValueError("pruning needs a single objective (Optuna cannot prune multi-objective trials)")
+        if self.run.trials_per_batch > 1 and self.pruner.name != "none":
+            raise ValueError(
+                f"run.trials_per_batch: {self.run.trials_per_batch} scores trials together, so none can be pruned "
+                "midway; set pruner: none, or trials_per_batch: 1"
+            )
         if self.sampler.name == "cmaes" and multi:
             raise ValueError("the cmaes sampler handles a single objective; use tpe or nsga2 for several")
         if self.sampler.name == "grid" and self.search.searches_c:

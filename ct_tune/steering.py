@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
-from ct_tune.activation import BetaLike, check_beta, check_c, ct_unchecked
+from ct_tune.activation import BetaLike, check_beta, check_c, ct_hot
+from ct_tune.batched import GroupedBeta
 from ct_tune.grouping import check_granularity, group_sites
 from ct_tune.sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
 
@@ -143,6 +145,7 @@ class SteeringHandle:
             self.units = tuple(dict.fromkeys(self._site_units.values()))
         self._state = _State()
         self._betas: dict[str, BetaLike] = {}
+        self._profiles = 1
         self._hooks: list[RemovableHandle] = []
         self._wrapped: list[tuple[nn.Module, Any]] = []
         self._mode: _InlineReluMode | None = None
@@ -155,10 +158,48 @@ class SteeringHandle:
         if c is not None:
             check_c(c)
         betas = self._resolve(beta)
-        state = self._state
         if c is not None:
-            state.c = float(c)
-        self._betas = betas
+            self._state.c = float(c)
+        self._profiles = 1
+        self._distribute(betas)
+
+    def update_batched(self, profiles: Sequence[BetaSpec], *, c: float | Sequence[float] | None = None) -> None:
+        """Steer with K profiles at once (batched trials): slice k of every batch gets profile k.
+
+        The model must then be called on K stacked copies of the samples (``ct_tune.batched.stack``);
+        slice k of the output (``ct_tune.batched.split``) is what ``update(profiles[k], c=c[k])``
+        would give. ``c`` is one value for every profile or one per profile. ``update()`` ends it.
+        """
+        if isinstance(profiles, (Mapping, str, float, int)) or not profiles:
+            raise InputError("update_batched takes a non-empty list of profiles (a beta or {unit: beta} each)")
+        resolved = [self._resolve(profile) for profile in profiles]
+        if any(isinstance(value, torch.Tensor) for betas in resolved for value in betas.values()):
+            raise InputError("batched profiles take float betas (one profile per slice already gives per-sample betas)")
+        k = len(resolved)
+        if c is None:
+            cs = [self._state.c] * k
+        elif isinstance(c, Real):
+            check_c(c)
+            cs = [float(c)] * k
+        else:
+            cs = [float(value) for value in c]
+            if len(cs) != k:
+                raise InputError(f"c gives {len(cs)} values for {k} profiles; give one c, or one per profile")
+            for value in cs:
+                check_c(value)
+        grouped = {unit: GroupedBeta([betas[unit] for betas in resolved], cs) for unit in self.units}
+        self._profiles = k
+        self._distribute(grouped)  # type: ignore[arg-type]
+
+    @property
+    def profiles(self) -> int:
+        """How many profiles steer the model at once: 1 after ``update``, K after ``update_batched``."""
+        return self._profiles
+
+    def _distribute(self, betas: Mapping[str, BetaLike | GroupedBeta]) -> None:
+        """Put each unit's value where the wrapped forwards and the mode read it."""
+        state = self._state
+        self._betas = dict(betas)
         if self.trace is None:
             state.default = betas["global"]
             return
@@ -199,6 +240,8 @@ class SteeringHandle:
 
     def profile(self, **metadata: Any) -> BetaProfile:
         """The current betas as a ``BetaProfile`` (save it with ``.save(path)``)."""
+        if self._profiles != 1:
+            raise InputError(f"the model is steered with {self._profiles} profiles at once; update() with one first")
         from ct_tune.profile import BetaProfile
 
         return BetaProfile.from_handle(self, **metadata)
@@ -242,8 +285,8 @@ class SteeringHandle:
                 slot.calls += 1
             if self._mode is not None:
                 with self._mode.bypassed():
-                    return ct_unchecked(input, beta, state.c)
-            return ct_unchecked(input, beta, state.c)
+                    return _apply_ct(input, beta, state.c)
+            return _apply_ct(input, beta, state.c)
 
         self._wrapped.append((module, previous))
         module.forward = forward
@@ -308,6 +351,13 @@ class SteeringHandle:
         return f"SteeringHandle({name}, granularity={self.granularity!r}, units={len(self.units)}, {state})"
 
 
+def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta, c: float) -> torch.Tensor:
+    """One ReLU call, steered: K profiles on K slices, or one beta (fused kernels where they are on)."""
+    if isinstance(beta, GroupedBeta):
+        return beta(x)
+    return ct_hot(x, beta, c)
+
+
 def _as_beta(value: BetaLike) -> BetaLike:
     return value if isinstance(value, torch.Tensor) else float(value)
 
@@ -334,10 +384,10 @@ class _InlineReluMode(TorchFunctionMode):
         x = args[0] if args else kwargs["input"]
         inplace = func in INPLACE_RELU_FUNCTIONS or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
         if not inplace:
-            return ct_unchecked(x, beta, self.state.c)
+            return _apply_ct(x, beta, self.state.c)
         # Keep in-place semantics (callers may ignore the return value); CT reads a copy so that
         # autograd does not see its saved input overwritten.
-        return x.copy_(ct_unchecked(x.clone(), beta, self.state.c))
+        return x.copy_(_apply_ct(x.clone(), beta, self.state.c))
 
     def _beta_for_call(self) -> BetaLike:
         state = self.state

@@ -247,6 +247,8 @@ BAD_SPECS = {
     "dataset": ({"data": {"name": "cifar11"}}, "unknown dataset 'cifar11'"),
     "head": ("imagefolder", "has a head for 10 classes"),
     "split": ({"data": {"name": "digits", "seed": 3}}, "another split"),
+    "trials per batch": ({"run": {"trials_per_batch": 0}}, "run.trials_per_batch: got 0"),
+    "batch and pruner": ({"run": {"trials_per_batch": 4}, "pruner": "median"}, "so none can be pruned midway"),
     "storage": ({"storage": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot open the Optuna storage"),
 }
 

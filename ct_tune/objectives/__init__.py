@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
 from ct_tune.objectives._accuracy import AccuracyObjective
@@ -37,6 +37,9 @@ __all__ = [
     "make_objective",
     "pgd_attack",
 ]
+
+if TYPE_CHECKING:
+    from ct_tune.steering import SteeringHandle
 
 Objective = AccuracyObjective | ProbeObjective | AdversarialObjective
 
@@ -88,6 +91,33 @@ class Evaluator:
         for objective in self.objectives:
             results[objective.name] = objective.evaluate(self.target, self.data, report)
         return results
+
+    def evaluate_profiles(
+        self, handle: SteeringHandle, profiles: Sequence[tuple[Mapping[str, float], float]]
+    ) -> list[dict[str, ObjectiveResult]]:
+        """Score K profiles ``(betas, c)``: one result mapping per profile, in order.
+
+        Accuracy and probe score all K in the same forward passes (the handle steers with K profiles,
+        each on its own copy of the batch). The adversarial objective runs its attacks one profile at
+        a time: PGD drops each sample once fooled, so K profiles would leave K different batches.
+        """
+        if len(profiles) == 1:
+            handle.update(profiles[0][0], c=profiles[0][1])
+            return [dict(self.evaluate())]
+        k = len(profiles)
+        self.target.net.eval()
+        found: list[dict[str, ObjectiveResult]] = [{} for _ in range(k)]
+        batched = [o for o in self.objectives if hasattr(o, "evaluate_many")]
+        if batched:
+            handle.update_batched([betas for betas, _ in profiles], c=[c for _, c in profiles])
+            for objective in batched:
+                for i, result in enumerate(objective.evaluate_many(self.target, self.data, k)):
+                    found[i][objective.name] = result
+        for objective in (o for o in self.objectives if not hasattr(o, "evaluate_many")):
+            for i, (betas, c) in enumerate(profiles):
+                handle.update(betas, c=c)
+                found[i][objective.name] = objective.evaluate(self.target, self.data, None)
+        return [{name: results[name] for name in self.names} for results in found]
 
     def timed_evaluate(self, report: ReportFn | None = None) -> tuple[Mapping[str, ObjectiveResult], float]:
         start = time.perf_counter()

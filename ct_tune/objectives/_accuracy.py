@@ -42,10 +42,43 @@ class AccuracyObjective:
                 report(seen[1] / seen[0], seen[0])
 
         target.for_batches(len(y), step)
+        return self._result(hit1, hitk, y, target, time.perf_counter() - start, target.clock.seconds - clock_start)
+
+    def evaluate_many(self, target: EvalTarget, data: EvalData, profiles: int) -> list[ObjectiveResult]:
+        """One result per profile of a net steered with ``profiles`` at once (``update_batched``);
+        every forward pass scores all of them. Times are the batch's, shared equally."""
+        start = time.perf_counter()
+        clock_start = target.clock.seconds
+        x, y = data.val_x, data.val_y
+        k = min(self.top_k, target.num_classes)
+        hit1 = torch.zeros(profiles, len(y), dtype=torch.bool, device=y.device)
+        hitk = torch.zeros_like(hit1)
+
+        def step(batch: slice) -> None:
+            with torch.inference_mode(), target.clock.measure():
+                logits = target.logits_stacked(x[batch], profiles)
+            top = logits.topk(k, dim=2).indices
+            truth = y[batch].view(1, -1, 1)
+            hit1[:, batch] = top[..., 0] == truth[..., 0]
+            hitk[:, batch] = (top == truth).any(dim=2)
+
+        target.for_batches(len(y), step)
+        seconds = (time.perf_counter() - start) / profiles
+        compute = (target.clock.seconds - clock_start) / profiles
+        return [self._result(hit1[i], hitk[i], y, target, seconds, compute) for i in range(profiles)]
+
+    def _result(
+        self,
+        hit1: torch.Tensor,
+        hitk: torch.Tensor,
+        y: torch.Tensor,
+        target: EvalTarget,
+        seconds: float,
+        compute_seconds: float,
+    ) -> ObjectiveResult:
+        k = min(self.top_k, target.num_classes)
         top1 = float(hit1.float().mean())
         details = {"top1": top1, "n": len(y), "per_class": per_class_accuracy(hit1, y, target.num_classes)}
         if target.num_classes > 5:
             details[f"top{k}"] = float(hitk.float().mean())
-        return ObjectiveResult(
-            self.name, top1, details, time.perf_counter() - start, target.clock.seconds - clock_start
-        )
+        return ObjectiveResult(self.name, top1, details, seconds, compute_seconds)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ct_tune._errors import InputError
+from ct_tune.batched import split, stack
 from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
@@ -144,27 +145,87 @@ class ProbeObjective:
                 report(float(hits[: batch.stop].float().mean()), batch.stop)
 
         target.for_batches(len(y), step)
-        value = float(hits.float().mean())
+        return self._result(
+            hits,
+            y,
+            tap,
+            train_features,
+            probe,
+            fit_seconds,
+            target,
+            time.perf_counter() - start,
+            target.clock.seconds - clock_start,
+            len(data.train_y),
+        )
+
+    def evaluate_many(self, target: EvalTarget, data: EvalData, profiles: int) -> list[ObjectiveResult]:
+        """One result per profile of a net steered with ``profiles`` at once (``update_batched``): every
+        feature pass serves all of them, then one probe is fitted per profile (the same fit as
+        ``evaluate``, so a batched trial scores what a single one would)."""
+        if data.train_x is None or data.train_y is None:
+            raise InputError("the probe objective needs the train split's tensors")
+        start = time.perf_counter()
+        clock_start = target.clock.seconds
+        tap = FeatureTap(target.net, self.feature_layer or default_feature_layer(target.net))
+        train_features = self._features(target, tap, data.train_x, profiles)  # (profiles, n, d)
+        fit_start = time.perf_counter()
+        probes = [
+            fit_linear_probe(f, data.train_y, target.num_classes, l2=self.l2, max_iter=self.max_iter)
+            for f in train_features
+        ]
+        fit_seconds = (time.perf_counter() - fit_start) / profiles
+        y = data.val_y
+        hits = torch.zeros(profiles, len(y), dtype=torch.bool, device=y.device)
+
+        def step(batch: slice) -> None:
+            with torch.inference_mode(), target.clock.measure():
+                features = split(tap.features(target, stack(data.val_x[batch], profiles)), profiles)
+            for i, probe in enumerate(probes):
+                hits[i, batch] = probe.logits(features[i]).argmax(1) == y[batch]
+
+        target.for_batches(len(y), step)
+        seconds = (time.perf_counter() - start) / profiles
+        compute = (target.clock.seconds - clock_start) / profiles
+        return [
+            self._result(
+                hits[i], y, tap, train_features[i], probes[i], fit_seconds, target, seconds, compute, len(data.train_y)
+            )
+            for i in range(profiles)
+        ]
+
+    def _result(
+        self,
+        hits: torch.Tensor,
+        y: torch.Tensor,
+        tap: FeatureTap,
+        train_features: torch.Tensor,
+        probe: LinearProbe,
+        fit_seconds: float,
+        target: EvalTarget,
+        seconds: float,
+        compute_seconds: float,
+        n_train: int,
+    ) -> ObjectiveResult:
         details = {
             "n": len(y),
-            "n_train": len(data.train_y),
+            "n_train": n_train,
             "feature_layer": tap.layer,
-            "feature_dim": int(train_features.shape[1]),
+            "feature_dim": int(train_features.shape[-1]),
             "probe_iterations": probe.iterations,
             "probe_fit_seconds": fit_seconds,
             "per_class": per_class_accuracy(hits, y, target.num_classes),
         }
-        return ObjectiveResult(
-            self.name, value, details, time.perf_counter() - start, target.clock.seconds - clock_start
-        )
+        return ObjectiveResult(self.name, float(hits.float().mean()), details, seconds, compute_seconds)
 
     @staticmethod
-    def _features(target: EvalTarget, tap: FeatureTap, x: torch.Tensor) -> torch.Tensor:
+    def _features(target: EvalTarget, tap: FeatureTap, x: torch.Tensor, profiles: int = 1) -> torch.Tensor:
+        """Features of every sample: (n, d), or (profiles, n, d) for a net steered with K profiles."""
         parts: list[torch.Tensor] = []
 
         def step(batch: slice) -> None:
             with torch.inference_mode(), target.clock.measure():
-                parts.append(tap.features(target, x[batch]))
+                features = tap.features(target, stack(x[batch], profiles))
+                parts.append(split(features, profiles) if profiles > 1 else features)
 
         target.for_batches(len(x), step)
-        return torch.cat(parts).clone()  # clone: out of inference mode, so autograd may use it
+        return torch.cat(parts, dim=1 if profiles > 1 else 0).clone()  # clone: out of inference mode (autograd)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ct_tune.batched import split, stack
 from ct_tune.objectives._base import ComputeClock, autocast
 
 import torch
@@ -48,6 +49,10 @@ class EvalTarget:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             return self.net(self.normalize(x)).float()
+
+    def logits_stacked(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits of K stacked copies of ``x`` as (k, n, classes), for a net steered with K profiles."""
+        return split(self.logits(stack(x, k)), k)
 
     def for_batches(self, n: int, step: Callable[[slice], None]) -> None:
         """Call ``step`` on consecutive slices of ``n`` samples, halving the batch on CUDA OOM."""

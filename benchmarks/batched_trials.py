@@ -1,0 +1,110 @@
+"""Trials per second when K trials are scored in one pass (``run.trials_per_batch``), K = 1, 2, 4, 8.
+
+    python benchmarks/batched_trials.py [--data digits mnist5k] [--objectives accuracy probe] [--rounds 3]
+                                        [--checkpoint-dir DIR]
+
+On the pretrained small built-in ResNet (pretrained first when DIR has no checkpoint: about 20 s on
+digits, 70 s on mnist5k). Each measurement scores the same 8 random per-block profiles, K at a time,
+with ``Evaluator.evaluate_profiles`` (what a worker calls; Optuna and MLflow time per trial is the
+same for every K and left out). The Ks run in rotation, round after round; the best round is printed
+(other load on the machine only slows rounds down) with its ratio to K = 1. The CT activation is
+fixed for the whole run (``--fused 1``, the default: the compiled kernels, as a long study runs once
+``auto`` has switched; ``--fused 0``: the eager formula).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+from ct_tune import _fused
+from ct_tune.session import Session, objectives_of
+from ct_tune.spec import spec_from_dict
+
+import torch
+
+KS = (1, 2, 4, 8)
+PROFILES = 8
+
+
+def checkpoint_for(root: Path, data: str) -> Path:
+    path = root / f"{data}.pt"
+    if path.exists():
+        return path
+    from ct_tune._pretrain_config import PretrainConfig
+    from ct_tune.training import pretrain
+
+    config = PretrainConfig(data=data, out=str(path), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False)
+    return Path(pretrain(config)["checkpoint"])
+
+
+def measure(checkpoint: Path, data: str, objective: str, rounds: int, batch_size: int) -> dict[int, float]:
+    """Best trials/s per K over the rounds (other load on the machine only ever slows a round down)."""
+    spec = spec_from_dict(
+        {
+            "model": {"checkpoint": str(checkpoint)},
+            "data": {"name": data},
+            "search": {"granularity": "block", "enqueue_baseline": False},
+            "objectives": [objective],
+            "run": {"device": "cpu", "batch_size": batch_size},
+        }
+    )
+    session = Session.open(spec)
+    try:
+        evaluator = session.evaluator("val", objectives_of(spec))
+        rng = random.Random(0)
+        profiles = [({unit: rng.uniform(0.7, 1.0) for unit in session.units}, 0.5) for _ in range(PROFILES)]
+        for k in KS:  # warm-up: tensors materialised, first-call costs
+            evaluator.evaluate_profiles(session.handle, profiles[:k])
+        rates: dict[int, list[float]] = {k: [] for k in KS}
+        for _ in range(rounds):
+            for k in KS:
+                start = time.perf_counter()
+                for first in range(0, PROFILES, k):
+                    evaluator.evaluate_profiles(session.handle, profiles[first : first + k])
+                rates[k].append(PROFILES / (time.perf_counter() - start))
+        return {k: max(values) for k, values in rates.items()}
+    finally:
+        session.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["digits", "mnist5k"], choices=["digits", "mnist5k"])
+    parser.add_argument("--objectives", nargs="+", default=["accuracy", "probe"], choices=["accuracy", "probe"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--fused",
+        choices=["0", "1"],
+        default="1",
+        help="CT activation: 1 fused kernels (compiled in the warm-up), 0 eager",
+    )
+    parser.add_argument("--checkpoint-dir", default=None, help="reuse or write pretrained checkpoints here")
+    args = parser.parse_args()
+    import tempfile
+
+    _fused.set_fused(args.fused == "1")  # fixed: "auto" would switch mid-measurement and bill one K for a compile
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.checkpoint_dir or scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        checkpoints = {data: checkpoint_for(root, data) for data in args.data}
+        print(
+            f"cifar_resnet_small, per-block betas, {PROFILES} profiles per measurement, batch {args.batch_size} "
+            f"samples (x K in each pass), {args.rounds} rounds, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, CT activation: {_fused.fused_status('cpu')}"
+        )
+        header = "".join(f" {f'K={k} trials/s':>14}" for k in KS) + "".join(f" {f'K={k}/K=1':>9}" for k in KS[1:])
+        print(f"{'data':<9} {'objective':<10}{header}")
+        for data in args.data:
+            for objective in args.objectives:
+                rates = measure(checkpoints[data], data, objective, args.rounds, args.batch_size)
+                cells = "".join(f" {rates[k]:>14.2f}" for k in KS)
+                ratios = "".join(f" {rates[k] / rates[1]:>9.2f}" for k in KS[1:])
+                print(f"{data:<9} {objective:<10}{cells}{ratios}")
+
+
+if __name__ == "__main__":
+    main()
