@@ -182,25 +182,27 @@ def main() -> None:
                     row.val.append(val)
                     row.reach.append(trials_to_reach(history[:budget], grid_val))
                 say(f"seed {seed}: TPE {granularity} done ({time.perf_counter() - started:.0f} s)")
-            if large <= len(grid):
-                continue
-            history = grid + run_tpe(ranged, seed, large - len(grid), enqueued=[warm])
-            val, betas = select(history, large)
-            row = rows.setdefault(("grid -> block", large), Row("grid -> block", large))
-            test_bench = benches["global"] if "global" in betas else ranged
-            row.test.append(test_bench.test(betas))
-            row.val.append(val)
-            row.reach.append(trials_to_reach(history, grid_val))
-            say(f"seed {seed}: grid -> block done ({time.perf_counter() - started:.0f} s)")
+            if large > len(grid):
+                history = grid + run_tpe(ranged, seed, large - len(grid), enqueued=[warm])
+                val, betas = select(history, large)
+                row = rows.setdefault(("grid -> block", large), Row("grid -> block", large))
+                test_bench = benches["global"] if "global" in betas else ranged
+                row.test.append(test_bench.test(betas))
+                row.val.append(val)
+                row.reach.append(trials_to_reach(history, grid_val))
+                say(f"seed {seed}: grid -> block done ({time.perf_counter() - started:.0f} s)")
+            evaluations = sum(b.evaluations for b in benches.values()) + ranged.evaluations
+            print_table(rows, len(grid), seed + 1, evaluations, time.perf_counter() - started)
 
-    evaluations = sum(b.evaluations for b in benches.values()) + ranged.evaluations
+
+def print_table(rows: dict, grid_size: int, seeds: int, evaluations: int, seconds: float) -> None:
     print()
     print(
-        f"digits -> mnist5k transfer (linear probe), cifar_resnet_small, {args.seeds} seeds, "
-        f"{evaluations} val evaluations in {time.perf_counter() - started:.0f} s"
+        f"digits -> mnist5k transfer (linear probe), cifar_resnet_small, {seeds} seed(s), "
+        f"{evaluations} val evaluations in {seconds:.0f} s"
     )
     print(f"{'method':<15} {'trials':>6}  {'test mean':>9} {'spread':>15}  {'val mean':>8}  trials to grid's best val")
-    base = statistics.mean(rows[("paper grid", len(grid))].test)
+    base = statistics.mean(rows[("paper grid", grid_size)].test)
     for row in sorted(rows.values(), key=lambda r: (r.budget, r.method)):
         reached = [r for r in row.reach if r is not None]
         reach = (
@@ -211,7 +213,8 @@ def main() -> None:
         mean = statistics.mean(row.test)
         print(
             f"{row.method:<15} {row.budget:>6}  {mean:9.4f} {min(row.test):.4f}..{max(row.test):.4f}  "
-            f"{statistics.mean(row.val):8.4f}  {reach}   (test {mean - base:+.4f} vs grid)"
+            f"{statistics.mean(row.val):8.4f}  {reach}   (test {mean - base:+.4f} vs grid)",
+            flush=True,
         )
 
 
