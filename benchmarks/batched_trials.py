@@ -93,7 +93,7 @@ def main() -> None:
         checkpoints = {data: checkpoint_for(root, data) for data in args.data}
         print(
             f"cifar_resnet_small, per-block betas, {PROFILES} profiles per measurement, batch {args.batch_size} "
-            f"samples (x K in each pass), {args.rounds} rounds, torch {torch.__version__}, "
+            f"rows per pass (samples x K), {args.rounds} rounds, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, CT activation: {_fused.fused_status('cpu')}"
         )
         header = "".join(f" {f'K={k} trials/s':>14}" for k in KS) + "".join(f" {f'K={k}/K=1':>9}" for k in KS[1:])
