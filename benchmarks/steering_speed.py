@@ -96,11 +96,14 @@ def compile_seconds() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats (a smoke run)")
     parser.add_argument("--models", choices=["all", "cifar", "torchvision"], default="all")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch, repeats = (8, 2) if args.quick else (args.batch_size, args.repeats)
     torch.manual_seed(0)
     models = {
