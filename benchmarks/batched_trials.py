@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["digits", "mnist5k"], choices=["digits", "mnist5k"])
     parser.add_argument("--objectives", nargs="+", default=["accuracy", "probe"], choices=["accuracy", "probe"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
         "--fused",
@@ -84,6 +85,8 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint-dir", default=None, help="reuse or write pretrained checkpoints here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import tempfile
 
     _fused.set_fused(args.fused == "1")  # fixed: "auto" would switch mid-measurement and bill one K for a compile
@@ -93,7 +96,7 @@ def main() -> None:
         checkpoints = {data: checkpoint_for(root, data) for data in args.data}
         print(
             f"cifar_resnet_small, per-block betas, {PROFILES} profiles per measurement, batch {args.batch_size} "
-            f"samples (x K in each pass), {args.rounds} rounds, torch {torch.__version__}, "
+            f"rows per pass (samples x K), {args.rounds} rounds, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, CT activation: {_fused.fused_status('cpu')}"
         )
         header = "".join(f" {f'K={k} trials/s':>14}" for k in KS) + "".join(f" {f'K={k}/K=1':>9}" for k in KS[1:])

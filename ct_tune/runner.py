@@ -321,7 +321,7 @@ class TrialRunner:
         if self.settings.target_total is not None:
             finished, running = self._counts()
             k = max(1, min(k, self.settings.target_total - finished - running))
-        if _heartbeat_interval(self.study._storage) is not None:
+        if _heartbeat_interval(self.info.storage) is not None:
             optuna.storages.fail_stale_trials(self.study)  # what study.optimize does before each ask
         trials: list[optuna.Trial] = []
         try:
@@ -341,7 +341,7 @@ class TrialRunner:
                 live.append(trial)
         if not live:
             return
-        with _Heartbeats(self.study._storage, [trial._trial_id for trial in live]):
+        with _Heartbeats(self.info.storage, [trial._trial_id for trial in live]):
             self._score_batch(live)
 
     def _score_batch(self, trials: list[optuna.Trial]) -> None:

@@ -284,9 +284,10 @@ class BudgetSpec(_Strict):
 class RunSpec(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # reduced precision applies on CUDA only
-    batch_size: int = Field(default=256, gt=0)  # samples per forward pass (times trials_per_batch)
+    batch_size: int = Field(default=256, gt=0)  # rows per forward pass (batched trials: samples x K)
     # Trials scored together: K beta profiles in one forward pass over K copies of each batch (accuracy,
-    # probe; adversarial attacks run one profile at a time). Pays when one trial does not fill the device.
+    # probe; adversarial attacks run one profile at a time). Pays when one trial does not fill the device
+    # (a val set smaller than batch_size, a GPU); on a CPU it was measured no faster than 1.
     trials_per_batch: int = Field(default=1, ge=1)
 
 

@@ -62,7 +62,7 @@ class AccuracyObjective:
             hit1[:, batch] = top[..., 0] == truth[..., 0]
             hitk[:, batch] = (top == truth).any(dim=2)
 
-        target.for_batches(len(y), step)
+        target.for_batches(len(y), step, copies=profiles)
         seconds = (time.perf_counter() - start) / profiles
         compute = (target.clock.seconds - clock_start) / profiles
         return [self._result(hit1[i], hitk[i], y, target, seconds, compute) for i in range(profiles)]

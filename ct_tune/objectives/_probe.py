@@ -183,7 +183,7 @@ class ProbeObjective:
             for i, probe in enumerate(probes):
                 hits[i, batch] = probe.logits(features[i]).argmax(1) == y[batch]
 
-        target.for_batches(len(y), step)
+        target.for_batches(len(y), step, copies=profiles)
         seconds = (time.perf_counter() - start) / profiles
         compute = (target.clock.seconds - clock_start) / profiles
         return [
@@ -227,5 +227,5 @@ class ProbeObjective:
                 features = tap.features(target, stack(x[batch], profiles))
                 parts.append(split(features, profiles) if profiles > 1 else features)
 
-        target.for_batches(len(x), step)
+        target.for_batches(len(x), step, copies=profiles)
         return torch.cat(parts, dim=1 if profiles > 1 else 0).clone()  # clone: out of inference mode (autograd)

@@ -54,11 +54,16 @@ class EvalTarget:
         """Logits of K stacked copies of ``x`` as (k, n, classes), for a net steered with K profiles."""
         return split(self.logits(stack(x, k)), k)
 
-    def for_batches(self, n: int, step: Callable[[slice], None]) -> None:
-        """Call ``step`` on consecutive slices of ``n`` samples, halving the batch on CUDA OOM."""
+    def for_batches(self, n: int, step: Callable[[slice], None], copies: int = 1) -> None:
+        """Call ``step`` on consecutive slices of ``n`` samples, halving the batch on CUDA OOM.
+
+        ``batch_size`` counts rows of a forward pass: with ``copies`` stacked copies of each sample
+        (batched trials) a slice holds ``batch_size // copies`` samples. Bigger passes were measured
+        slower per row on CPU (activations leave the cache); on a GPU, raise ``batch_size`` instead.
+        """
         start = 0
         while start < n:
-            stop = min(start + self.batch_size, n)
+            stop = min(start + max(1, self.batch_size // copies), n)
             try:
                 step(slice(start, stop))
             except torch.cuda.OutOfMemoryError:
