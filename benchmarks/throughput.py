@@ -104,11 +104,11 @@ def paper_loop(checkpoint: Path, data, objective: str, batch_size: int) -> list[
 
         hook = head.register_forward_pre_hook(keep)
         features, labels = {}, {}
-        with torch.inference_mode():
+        with torch.no_grad():
             for split, loader in loaders.items():
                 captured.clear()
                 ys = [y for x, y in loader if model(x) is not None]
-                features[split], labels[split] = torch.cat(captured).clone(), torch.cat(ys)
+                features[split], labels[split] = torch.cat(captured), torch.cat(ys)
         hook.remove()
         probe = fit_linear_probe(features["train"], labels["train"], data.num_classes, l2=1e-3, max_iter=100)
         scores.append(float((probe.logits(features["val"]).argmax(1) == labels["val"]).float().mean()))
