@@ -35,19 +35,7 @@ from ct_tune.session import Session
 from ct_tune.spec import paper_grid, spec_from_dict
 
 import optuna
-
-
-def pretrained_checkpoint(root: Path) -> Path:
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
-
-    cached = Path("checkpoints/cifar_resnet_small-digits-seed0.pt")
-    if cached.is_file():
-        return cached
-    config = PretrainConfig(
-        data="digits", out=str(root / "digits.pt"), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False
-    )
-    return Path(pretrain(config)["checkpoint"])
+from _common import pretrained_digits_checkpoint
 
 
 @dataclass
@@ -155,7 +143,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_checkpoint(Path(scratch))
+        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_digits_checkpoint(Path(scratch))
         benches = {g: open_bench(checkpoint, g) for g in ("global", "stage", "block")}
         small, large = args.trials, args.trials * args.factor
         say: Callable[[str], None] = lambda text: print(text, flush=True)  # noqa: E731

@@ -39,23 +39,11 @@ from ct_tune.study import create_study, load_study
 from ct_tune.tracking import Tracker
 
 import torch
+from _common import pretrained_digits_checkpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
 BETAS = [1.0, *paper_grid()]
-
-
-def pretrained_checkpoint(root: Path) -> Path:
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
-
-    cached = Path("checkpoints/cifar_resnet_small-digits-seed0.pt")
-    if cached.is_file():
-        return cached
-    config = PretrainConfig(
-        data="digits", out=str(root / "digits.pt"), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False
-    )
-    return Path(pretrain(config)["checkpoint"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_checkpoint(root)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_digits_checkpoint(root)
         train_size = 2000 if args.objective == "probe" else None
         data = create_datamodule(args.data, seed=0, batch_size=args.batch_size, train_size=train_size)
         data.input_spec = create_model(
