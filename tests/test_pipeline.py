@@ -105,8 +105,12 @@ def test_missing_pipeline_file_and_warm_start_without_result(cli_fast, tmp_path,
     result = cli_fast("pipeline", "run", "nope.yaml")
     assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr
 
-    # a first stage whose every trial fails leaves nothing to warm-start from: one line, exit 2
     _pipeline(tmp_path / "p.yaml", digits_checkpoint)
+    result = cli_fast("pipeline", "run", "p.yaml", "--workers", "0")  # refused before any stage's study exists
+    assert result.returncode == 2 and "--workers must be at least 1" in result.stderr
+    assert cli_fast("study", "list", "--json").json()["studies"] == []
+
+    # a first stage whose every trial fails leaves nothing to warm-start from: one line, exit 2
     data = yaml.safe_load((tmp_path / "p.yaml").read_text())
     data["stages"][0]["search"] = {"granularity": "global", "enqueue_baseline": False}
     data["stages"][0]["budget"] = {"timeout": 0.001}

@@ -71,6 +71,21 @@ def add_command(
     return parser
 
 
+def add_group(subparsers: Any, name: str, *, help: str, description: str) -> Any:
+    """A command with sub-commands (``ct-tune study ...``); bare, it prints its usage and exits 2.
+    Returns the sub-parsers to ``add_command`` into."""
+    group = subparsers.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+    def usage(args: argparse.Namespace) -> NoReturn:
+        group.print_help(sys.stderr)
+        raise SystemExit(2)
+
+    group.set_defaults(handler=usage)
+    return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
 def configure_logging(level: int) -> None:
     """Logs go to stderr; -v/-q move the threshold from INFO."""
     threshold = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(level, logging.DEBUG)

@@ -12,18 +12,16 @@ import sys
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.cli._common import CommandResult, add_command
+from ct_tune.cli._common import CommandResult, add_command, add_group
 
 
 def register(subparsers: Any) -> None:
-    group = subparsers.add_parser(
+    commands = add_group(
+        subparsers,
         "db",
         help="create or upgrade the Optuna and MLflow databases",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    group.set_defaults(handler=lambda args: (group.print_help(sys.stderr), sys.exit(2)))
-    commands = group.add_subparsers(dest="db_command", metavar="COMMAND")
     for name, handler, text in (
         ("init", _init, "create both schemas if missing (idempotent)"),
         ("upgrade", _upgrade, "upgrade both schemas to the installed Optuna and MLflow versions"),

@@ -10,20 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ct_tune.cli._common import CommandResult, add_command, print_table
+from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._study_common import profile_text
 from ct_tune.cli._study_run import RunOptions, add_worker_options, run_study
 
 
 def register(subparsers: Any) -> None:
-    group = subparsers.add_parser(
+    commands = add_group(
+        subparsers,
         "pipeline",
         help="run several studies in order (global, then per block, then the report)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    group.set_defaults(handler=lambda args: (group.print_help(sys.stderr), sys.exit(2)))
-    commands = group.add_subparsers(dest="pipeline_command", metavar="COMMAND")
     run = add_command(commands, "run", _run, help="run every stage (resumable), then report on the test split")
     run.add_argument("file", help="pipeline file (YAML); see pipelines/ for examples")
     add_worker_options(run)
@@ -67,7 +65,10 @@ def run_pipeline(
     from ct_tune.storage import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
     from ct_tune.study import best_trials, export_profile, load_study, study_exists
     from ct_tune.tracking import Tracker
+    from ct_tune.workers import plan_workers
 
+    for stage in pipeline.stages:  # bad --workers/--devices fail now, not after the first stage's study exists
+        plan_workers(options.workers, options.devices or stage_spec(pipeline, stage.name).run.device)
     outcomes: list[StageOutcome] = []
     infos: dict[str, Any] = {}
     tracker = None

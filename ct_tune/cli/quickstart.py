@@ -92,11 +92,11 @@ def register(subparsers: Any) -> None:
 def _quickstart(args: argparse.Namespace) -> CommandResult:
     from ct_tune._errors import InputError
     from ct_tune.pipeline import PipelineSpec
+    from ct_tune.workers import plan_workers
 
     if args.trials is not None and args.trials < 1:
         raise InputError(f"--trials must be at least 1, not {args.trials}")
-    if args.workers < 1:
-        raise InputError(f"--workers must be at least 1, not {args.workers}")
+    plan_workers(args.workers, "cpu")  # a bad --workers fails before pretraining
     definition = quickstart_pipeline(args.name, trials=args.trials)
     try:
         pipeline = PipelineSpec.model_validate(definition)

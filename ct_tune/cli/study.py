@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.cli._common import CommandResult, add_command, print_table
+from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._study_common import (
     add_store_options,
     open_study,
@@ -34,14 +34,7 @@ A study searches CT betas for one model with Optuna and logs every trial to MLfl
 
 
 def register(subparsers: Any) -> None:
-    group = subparsers.add_parser(
-        "study",
-        help="create, run, inspect and export studies",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    group.set_defaults(handler=lambda args: _group_usage(group))
-    commands = group.add_subparsers(dest="study_command", metavar="COMMAND")
+    commands = add_group(subparsers, "study", help="create, run, inspect and export studies", description=DESCRIPTION)
 
     create = add_command(commands, "create", _create, help="validate a spec and create its study")
     create.add_argument("spec", help="study spec (YAML); see studies/ for examples")
@@ -85,11 +78,6 @@ def register(subparsers: Any) -> None:
     report.add_argument("--trial", type=int, action="append", help="trial number(s) (default: best or Pareto front)")
     report.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
     add_store_options(report)
-
-
-def _group_usage(parser: argparse.ArgumentParser) -> CommandResult:
-    parser.print_help(sys.stderr)
-    raise SystemExit(2)
 
 
 # --------------------------------------------------------------------------------------------------
