@@ -80,6 +80,11 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
 
 
+def _failure_text(error: BaseException) -> str:
+    """What a failed trial's MLflow run records as its failure."""
+    return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+
+
 class _Discarded(Exception):
     """The budget was reached by other workers between our count and this trial's creation."""
 
@@ -264,9 +269,7 @@ class TrialRunner:
                     results = self.bench.evaluator.evaluate(self._reporter(trial, history))
                 finally:
                     self._trial_evaluate = time.perf_counter() - evaluate_started
-            values = tuple(results[name].value for name in self.objective_names)
-            if not all(math.isfinite(v) for v in values):
-                raise RuntimeError(f"objective values are not finite: {values}")
+            values = self._values(results)
             state = "COMPLETE"
             return values[0] if len(values) == 1 else values
         except _Pruned:
@@ -275,7 +278,7 @@ class TrialRunner:
 
             raise optuna.TrialPruned() from None
         except BaseException as error:
-            failure = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+            failure = _failure_text(error)
             raise
         finally:
             seconds = time.perf_counter() - started
@@ -365,7 +368,7 @@ class TrialRunner:
                 finally:
                     evaluate_seconds = time.perf_counter() - evaluate_started
         except BaseException as error:
-            failure = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+            failure = _failure_text(error)
             share = (time.perf_counter() - started) / max(len(trials), 1)
             for trial, betas, c, run_id in begun:
                 self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
@@ -375,16 +378,24 @@ class TrialRunner:
             raise
         share = (time.perf_counter() - started) / len(trials)
         for (trial, betas, c, run_id), trial_results in zip(begun, results, strict=True):
-            values = tuple(trial_results[name].value for name in self.objective_names)
-            state, failure = "COMPLETE", ""
-            if not all(math.isfinite(v) for v in values):
-                state, failure = "FAIL", repr(RuntimeError(f"objective values are not finite: {values}"))
+            try:
+                values = self._values(trial_results)
+                state, failure = "COMPLETE", ""
+            except RuntimeError as error:
+                state, failure = "FAIL", _failure_text(error)
             self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
             self._finish(trial, run_id, state, betas, c, trial_results, [], share, failure)
             if state == "COMPLETE":
                 self.study.tell(trial, values[0] if len(values) == 1 else list(values))
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
+
+    def _values(self, results: Mapping[str, ObjectiveResult]) -> tuple[float, ...]:
+        """The objective values in the spec's order; a value that is not finite fails the trial."""
+        values = tuple(results[name].value for name in self.objective_names)
+        if not all(math.isfinite(v) for v in values):
+            raise RuntimeError(f"objective values are not finite: {values}")
+        return values
 
     def _kind(self, trial: optuna.Trial) -> tuple[str, str]:
         """(kind, kind stored on the trial): baseline / paper-grid (enqueued), retry (of a trial whose
