@@ -24,20 +24,10 @@ from ct_tune.session import Session, objectives_of
 from ct_tune.spec import spec_from_dict
 
 import torch
+from _common import pretrained_checkpoint
 
 KS = (1, 2, 4, 8)
 PROFILES = 8
-
-
-def checkpoint_for(root: Path, data: str) -> Path:
-    path = root / f"{data}.pt"
-    if path.exists():
-        return path
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
-
-    config = PretrainConfig(data=data, out=str(path), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False)
-    return Path(pretrain(config)["checkpoint"])
 
 
 def measure(checkpoint: Path, data: str, objective: str, rounds: int, batch_size: int) -> dict[int, float]:
@@ -93,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.checkpoint_dir or scratch)
         root.mkdir(parents=True, exist_ok=True)
-        checkpoints = {data: checkpoint_for(root, data) for data in args.data}
+        checkpoints = {data: pretrained_checkpoint(root, data) for data in args.data}
         print(
             f"cifar_resnet_small, per-block betas, {PROFILES} profiles per measurement, batch {args.batch_size} "
             f"rows per pass (samples x K), {args.rounds} rounds, torch {torch.__version__}, "

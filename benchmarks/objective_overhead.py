@@ -19,21 +19,13 @@ import ct_tune
 from ct_tune.session import Session
 from ct_tune.spec import spec_from_dict
 
+from _common import pretrained_checkpoint
+
 OBJECTIVES = [
     {"name": "accuracy"},
     {"name": "probe"},
     {"name": "adversarial", "eps": "8/255", "steps": 10, "n": 500},
 ]
-
-
-def pretrained_checkpoint(root: Path, data: str) -> Path:
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
-
-    config = PretrainConfig(
-        data=data, out=str(root / f"{data}.pt"), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False
-    )
-    return Path(pretrain(config)["checkpoint"])
 
 
 def main() -> None:

@@ -26,15 +26,7 @@ from ct_tune.study import create_study, load_study
 from ct_tune.tracking import Tracker
 from ct_tune.workers import launch, plan_workers
 
-
-def pretrained(root: Path) -> Path:
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
-
-    config = PretrainConfig(
-        data="digits", out=str(root / "digits.pt"), tracking_uri=f"sqlite:///{root}/pre.db", progress=False
-    )
-    return Path(pretrain(config)["checkpoint"])
+from _common import pretrained_checkpoint
 
 
 def make_study(root: Path, checkpoint: Path, objective: str, trials: int, name: str):
@@ -104,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained(root)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_checkpoint(root)
         measured: dict[int, list[dict]] = {1: [], 2: []}
         for round_ in range(args.rounds):
             for workers in (1, 2):
