@@ -67,13 +67,14 @@ def run_pipeline(
     from ct_tune.tracking import Tracker
     from ct_tune.workers import plan_workers
 
-    for stage in pipeline.stages:  # bad --workers/--devices fail now, not after the first stage's study exists
-        plan_workers(options.workers, options.devices or stage_spec(pipeline, stage.name).run.device)
+    specs = {stage.name: stage_spec(pipeline, stage.name) for stage in pipeline.stages}
+    for spec in specs.values():  # bad --workers/--devices fail now, not after the first stage's study exists
+        plan_workers(options.workers, options.devices or spec.run.device)
     outcomes: list[StageOutcome] = []
     infos: dict[str, Any] = {}
     tracker = None
     for index, stage in enumerate(pipeline.stages):
-        plain = stage_spec(pipeline, stage.name)
+        plain = specs[stage.name]
         storage_url = resolve_storage(storage, plain.storage)
         tracker = tracker or Tracker(
             resolve_tracking_uri(tracking_uri, plain.tracking_uri), artifact_location=plain.artifact_location
@@ -83,7 +84,7 @@ def run_pipeline(
             info = load_study(name=name, storage_url=storage_url)
             say(f"stage {index + 1}/{len(pipeline.stages)} {stage.name}: study {name} exists, resuming")
         else:
-            info = _create_stage(pipeline, stage, index, storage_url, tracker, infos, say)
+            info = _create_stage(pipeline, stage, plain, index, storage_url, tracker, infos, say)
         infos[stage.name] = info
         finished, _, stopped = run_study(info, tracker, options)
         plots = _plot_files(tracker, info.mlflow["parent_run_id"])
@@ -114,12 +115,11 @@ def run_pipeline(
     )
 
 
-def _create_stage(pipeline, stage, index, storage_url, tracker, infos, say):
+def _create_stage(pipeline, stage, plain, index, storage_url, tracker, infos, say):
     from ct_tune.pipeline import ATTR_PIPELINE, map_profile, stage_spec, warm_start_params, warm_start_ranges
     from ct_tune.session import Session
     from ct_tune.study import ATTR_KIND, best_trials, create_study
 
-    plain = stage_spec(pipeline, stage.name)
     session = Session.open(plain, device="cpu", steer=False)  # the units, and the sites to map profiles with
     spec, profiles, c = plain, [], 0.5
     if stage.warm_start is not None:
