@@ -13,8 +13,7 @@ def pretrained_checkpoint(root: Path, data: str = "digits") -> Path:
     path = root / f"{data}.pt"
     if path.exists():
         return path
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
+    from ct_tune.training import PretrainConfig, pretrain
 
     config = PretrainConfig(data=data, out=str(path), tracking_uri=f"sqlite:///{root}/mlflow.db", progress=False)
     return Path(pretrain(config)["checkpoint"])

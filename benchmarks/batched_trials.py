@@ -19,9 +19,9 @@ import random
 import time
 from pathlib import Path
 
-from ct_tune import _fused
-from ct_tune.session import Session, objectives_of
-from ct_tune.spec import spec_from_dict
+from ct_tune.search._bench import Bench, objectives_of
+from ct_tune.search._spec import spec_from_dict
+from ct_tune.steering import _fused
 
 import torch
 from _common import pretrained_checkpoint
@@ -41,23 +41,23 @@ def measure(checkpoint: Path, data: str, objective: str, rounds: int, batch_size
             "run": {"device": "cpu", "batch_size": batch_size},
         }
     )
-    session = Session.open(spec)
+    bench = Bench.open(spec)
     try:
-        evaluator = session.evaluator("val", objectives_of(spec))
+        evaluator = bench.evaluator("val", objectives_of(spec))
         rng = random.Random(0)
-        profiles = [({unit: rng.uniform(0.7, 1.0) for unit in session.units}, 0.5) for _ in range(PROFILES)]
+        profiles = [({unit: rng.uniform(0.7, 1.0) for unit in bench.units}, 0.5) for _ in range(PROFILES)]
         for k in KS:  # warm-up: tensors materialised, first-call costs
-            evaluator.evaluate_profiles(session.handle, profiles[:k])
+            evaluator.evaluate_profiles(bench.handle, profiles[:k])
         rates: dict[int, list[float]] = {k: [] for k in KS}
         for _ in range(rounds):
             for k in KS:
                 start = time.perf_counter()
                 for first in range(0, PROFILES, k):
-                    evaluator.evaluate_profiles(session.handle, profiles[first : first + k])
+                    evaluator.evaluate_profiles(bench.handle, profiles[first : first + k])
                 rates[k].append(PROFILES / (time.perf_counter() - start))
         return {k: max(values) for k, values in rates.items()}
     finally:
-        session.close()
+        bench.close()
 
 
 def main() -> None:

@@ -15,9 +15,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import ct_tune
-from ct_tune.session import Session
-from ct_tune.spec import spec_from_dict
+from ct_tune.search._bench import Bench, objectives_of
+from ct_tune.search._spec import spec_from_dict
 
 from _common import pretrained_checkpoint
 
@@ -46,17 +45,17 @@ def main() -> None:
                 "run": {"device": "cpu", "batch_size": args.batch_size},
             }
         )
-        session = Session.open(spec)
-        evaluators = {o.name: session.evaluator("val", [o]) for o in ct_tune.session.objectives_of(spec)}
+        bench = Bench.open(spec)
+        evaluators = {o.name: bench.evaluator("val", [o]) for o in objectives_of(spec)}
         for evaluator in evaluators.values():  # warm-up: materialise tensors, first-call costs
             evaluator.evaluate()
-        session.handle.update({unit: 0.9 for unit in session.units})
+        bench.handle.update({unit: 0.9 for unit in bench.units})
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in evaluators}
         for _ in range(args.repeats):
             for name, evaluator in evaluators.items():
                 result = evaluator.evaluate()[name]
                 times[name].append((result.seconds, result.compute_seconds))
-        session.close()
+        bench.close()
     print(
         f"{args.data} val ({len(evaluators['accuracy'].data.val_y)} images), cifar_resnet_small, per-block betas, "
         f"batch {args.batch_size}, {args.repeats} repeats, torch threads {__import__('torch').get_num_threads()}"

@@ -28,22 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ct_tune  # noqa: F401  (first: makes torchvision importable)
-from ct_tune.pipeline import map_profile, warm_start_ranges
-from ct_tune.samplers import build_sampler
-from ct_tune.search_space import beta_param, param_names, suggest, uniform_params
-from ct_tune.session import Session
-from ct_tune.spec import paper_grid, spec_from_dict
+from ct_tune.search._bench import Bench
+from ct_tune.search._pipeline_spec import map_profile, warm_start_ranges
+from ct_tune.search._samplers import build_sampler
+from ct_tune.search._space import beta_param, param_names, suggest, uniform_params
+from ct_tune.search._spec import paper_grid, spec_from_dict
 
 import optuna
 from _common import pretrained_digits_checkpoint
 
 
 @dataclass
-class Bench:
-    """One granularity: its session (model steered at that granularity), val and test evaluators."""
+class Method:
+    """One granularity: its bench (model steered at that granularity), val and test evaluators."""
 
     granularity: str
-    session: Session
+    session: Bench
     spec: object
     test_cache: dict[tuple, float] = field(default_factory=dict)
     evaluations: int = 0
@@ -65,7 +65,7 @@ class Bench:
         return self.test_cache[key]
 
 
-def open_bench(checkpoint: Path, granularity: str, ranges: dict | None = None) -> Bench:
+def open_bench(checkpoint: Path, granularity: str, ranges: dict | None = None) -> Method:
     search = {"granularity": granularity, "enqueue_baseline": True}
     if ranges:
         search.update(enqueue_baseline=False, ranges=ranges)
@@ -80,17 +80,17 @@ def open_bench(checkpoint: Path, granularity: str, ranges: dict | None = None) -
             "budget": {"n_trials": 1},
         }
     )
-    return Bench(granularity, Session.open(spec, device="cpu"), spec)
+    return Method(granularity, Bench.open(spec, device="cpu"), spec)
 
 
 History = list[tuple[float, dict[str, float]]]  # (val score, betas) per trial, in order
 
 
-def run_grid(bench: Bench) -> History:
+def run_grid(bench: Method) -> History:
     return [(bench.val({"global": beta}), {"global": beta}) for beta in [1.0, *paper_grid()]]
 
 
-def run_tpe(bench: Bench, seed: int, trials: int, enqueued: list[dict[str, float]] | None = None) -> History:
+def run_tpe(bench: Method, seed: int, trials: int, enqueued: list[dict[str, float]] | None = None) -> History:
     spec = bench.spec.model_copy(update={"sampler": bench.spec.sampler.model_copy(update={"seed": seed})})
     units = bench.units
     study = optuna.create_study(direction="maximize", sampler=build_sampler(spec, param_names(spec, units)))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import ct_tune
-from ct_tune._fused import set_fused
+from ct_tune.steering._fused import set_fused
 
 import torch
 import torchvision.models as tvm
@@ -85,7 +85,7 @@ def measure(
 def compile_seconds() -> dict[str, float]:
     """Seconds of the first fused forward and backward in a fresh process (compile, or inductor's disk cache)."""
     code = (
-        "import time, torch; from ct_tune import _fused; _fused.set_fused(True); "
+        "import time, torch; from ct_tune.steering import _fused; _fused.set_fused(True); "
         "x = torch.randn(8, 16, 32, 32, requires_grad=True); p = _fused.scalar_params(0.9, 0.5, x.dtype, x.device); "
         "t = time.perf_counter(); y = _fused.ct_fused(x, p); f = time.perf_counter() - t; "
         "t = time.perf_counter(); y.sum().backward(); b = time.perf_counter() - t; print(f, b)"

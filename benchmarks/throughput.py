@@ -27,16 +27,11 @@ import time
 from pathlib import Path
 
 import ct_tune
-from ct_tune.activation import paper_grid
 from ct_tune.data import create_datamodule
 from ct_tune.models import create_model
 from ct_tune.objectives._probe import default_feature_layer, fit_linear_probe
-from ct_tune.runner import RunSettings, TrialRunner
-from ct_tune.session import Session, StudyBench
-from ct_tune.spec import spec_from_dict
-from ct_tune.storage import prepare_sqlite
-from ct_tune.study import create_study, load_study
-from ct_tune.tracking import Tracker
+from ct_tune.search import Bench, paper_grid
+from ct_tune.search._loop import LoopSettings, TrialLoop
 
 import torch
 from _common import pretrained_digits_checkpoint
@@ -105,33 +100,28 @@ def paper_loop(checkpoint: Path, data, objective: str, batch_size: int) -> list[
 
 # --------------------------------------------------------------------------------------------------
 def ct_tune_study(root: Path, checkpoint: Path, data_name: str, objective: str, batch_size: int, name: str):
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": str(checkpoint)},
-            "data": {"name": data_name, "seed": 0, **({"train_size": 2000} if objective == "probe" else {})},
-            "search": {"granularity": "global", "enqueue_baseline": True, "enqueue_paper_grid": True},
-            "objectives": [{"name": objective}],
-            "sampler": {"name": "tpe", "seed": 0},
-            "budget": {"n_trials": len(BETAS)},
-            "run": {"device": "cpu", "batch_size": batch_size},
-        }
-    )
+    """ct-tune's own loop on the same work: the study created, then its trials run in this process."""
+    spec = {
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": data_name, "seed": 0, **({"train_size": 2000} if objective == "probe" else {})},
+        "search": {"granularity": "global", "enqueue_baseline": True, "enqueue_paper_grid": True},
+        "objectives": [{"name": objective}],
+        "sampler": {"name": "tpe", "seed": 0},
+        "budget": {"n_trials": len(BETAS)},
+        "run": {"device": "cpu", "batch_size": batch_size},
+    }
     started = time.perf_counter()
     storage, tracking = f"sqlite:///{root}/{name}-optuna.db", f"sqlite:///{root}/{name}-mlflow.db"
-    prepare_sqlite(storage)
-    tracker = Tracker(tracking)
-    session = Session.open(spec, device="cpu")
-    create_study(spec=spec, name=name, storage_url=storage, tracker=tracker, units=session.units, meta=session.meta())
-    bench = StudyBench(session)
-    setup = time.perf_counter() - started
-    run_started = time.perf_counter()
-    settings = RunSettings(target_total=len(BETAS), refresh_plots=False)
-    TrialRunner(load_study(name=name, storage_url=storage), bench, tracker, settings).run()
-    run_seconds = time.perf_counter() - run_started
-    trials = sorted(load_study(name=name, storage_url=storage).study.get_trials(), key=lambda t: t.number)
-    session.close()
-    tracker.flush()
-    return setup, run_seconds, [t.value for t in trials], session.data
+    study = ct_tune.create_study(spec, name=name, storage=storage, tracking_uri=tracking)
+    with Bench.open(study.spec, device="cpu") as bench:
+        setup = time.perf_counter() - started
+        run_started = time.perf_counter()
+        TrialLoop(study, bench, study.tracker, LoopSettings(target_total=len(BETAS), refresh_plots=False)).run()
+        run_seconds = time.perf_counter() - run_started
+        data = bench.data
+    trials = sorted(study.optuna_study.get_trials(), key=lambda t: t.number)
+    study.tracker.flush()
+    return setup, run_seconds, [t.value for t in trials], data
 
 
 def main() -> None:

@@ -15,74 +15,43 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import ct_tune  # noqa: F401  (first: makes torchvision importable)
-from ct_tune.session import Session
-from ct_tune.spec import spec_from_dict
-from ct_tune.storage import prepare_sqlite
-from ct_tune.study import create_study, load_study
-from ct_tune.tracking import Tracker
-from ct_tune.workers import launch, plan_workers
+import ct_tune
+from ct_tune.search import Bench
+from ct_tune.search._loop import LoopSettings, TrialLoop
 
 from _common import pretrained_checkpoint
 
 
-def make_study(root: Path, checkpoint: Path, objective: str, trials: int, name: str):
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": str(checkpoint)},
-            "data": {"name": "digits"},
-            "search": {"granularity": "block", "enqueue_baseline": True},
-            "objectives": [objective],
-            "sampler": {"name": "tpe", "seed": 0},
-            "budget": {"n_trials": trials},
-            "run": {"device": "cpu"},
-        }
-    )
-    storage, tracking = f"sqlite:///{root}/{name}-optuna.db", f"sqlite:///{root}/{name}-mlflow.db"
-    prepare_sqlite(storage)
-    tracker = Tracker(tracking)
-    session = Session.open(spec, device="cpu", steer=False)
-    info, _ = create_study(
-        spec=spec, name=name, storage_url=storage, tracker=tracker, units=session.units, meta=session.meta()
-    )
-    return info, tracker
-
-
-def run_workers(root: Path, info, tracker, workers: int, trials: int) -> dict:
-    stamps: list[float] = []
-    result = launch(
-        info.name,
-        plan_workers(workers, "cpu"),
-        storage_url=info.storage_url,
-        tracking_uri=tracker.tracking_uri,
-        target_total=trials,
-        deadline=None,
-        heartbeat=10,
-        grace=None,
-        log_dir=root / f"logs-{info.name}",
-        on_event=lambda index, event: stamps.append(time.perf_counter()) if event.get("event") == "trial" else None,
-    )
-    assert all(code == 0 for code in result.exit_codes.values()), result.exit_codes
-    per_trial = {
-        kind: sum(s["seconds"][kind] for s in result.summaries.values()) / len(stamps)
-        for kind in ("evaluate", "tracking", "optuna")
+def make_study(root: Path, checkpoint: Path, objective: str, trials: int, name: str) -> ct_tune.Study:
+    spec = {
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": "digits"},
+        "search": {"granularity": "block", "enqueue_baseline": True},
+        "objectives": [objective],
+        "sampler": {"name": "tpe", "seed": 0},
+        "budget": {"n_trials": trials},
+        "run": {"device": "cpu"},
     }
+    return ct_tune.create_study(
+        spec, name=name, storage=f"sqlite:///{root}/{name}-optuna.db", tracking_uri=f"sqlite:///{root}/{name}-mlflow.db"
+    )
+
+
+def run_workers(root: Path, study: ct_tune.Study, workers: int) -> dict:
+    summary = study.run(workers=workers, devices="cpu", progress=False, log_dir=root / f"logs-{study.name}")
+    stamps = sorted(line["ended"] for line in summary.trials)
+    per_trial = {kind: summary.seconds[kind] / len(stamps) for kind in ("evaluate", "tracking", "optuna")}
     return {"per_minute": 60 * (len(stamps) - 1) / (stamps[-1] - stamps[0]), "per_trial": per_trial}
 
 
 def memory_over_trials(root: Path, checkpoint: Path, objective: str, trials: int) -> list[float]:
-    from ct_tune.runner import RunSettings, TrialRunner
-    from ct_tune.session import StudyBench
-
-    info, tracker = make_study(root, checkpoint, objective, trials, "memory")
+    study = make_study(root, checkpoint, objective, trials, "memory")
     rss: list[float] = []
-    session = Session.open(info.spec, device="cpu")
-    settings = RunSettings(target_total=trials, refresh_plots=False, on_trial=lambda line: rss.append(line["rss_mb"]))
-    TrialRunner(load_study(name="memory", storage_url=info.storage_url), StudyBench(session), tracker, settings).run()
-    session.close()
+    settings = LoopSettings(target_total=trials, refresh_plots=False, on_trial=lambda line: rss.append(line["rss_mb"]))
+    with Bench.open(study.spec, device="cpu") as bench:
+        TrialLoop(study, bench, study.tracker, settings).run()
     return rss
 
 
@@ -100,8 +69,8 @@ def main() -> None:
         measured: dict[int, list[dict]] = {1: [], 2: []}
         for round_ in range(args.rounds):
             for workers in (1, 2):
-                info, tracker = make_study(root, checkpoint, args.objective, args.trials, f"r{round_}w{workers}")
-                measured[workers].append(run_workers(root, info, tracker, workers, args.trials))
+                study = make_study(root, checkpoint, args.objective, args.trials, f"r{round_}w{workers}")
+                measured[workers].append(run_workers(root, study, workers))
         rss = memory_over_trials(root, checkpoint, args.objective, args.memory_trials)
 
     print(

@@ -6,24 +6,34 @@ Public API (everything else is internal and may change):
 - ``units(model, example_input, granularity)``: ordered unit names (one beta each).
 - ``steer(model, beta, *, c, granularity, example_input)``: apply CT through hooks; returns a handle.
 - ``BetaProfile``, ``apply_profile``: save a found profile and deploy it on a fresh model.
+- ``create_study``, ``load_study``, ``Study``: search betas with Optuna, tracked in MLflow, from Python
+  exactly as ``ct-tune study ...`` does; ``run_pipeline`` runs several studies in order.
+
+Subpackages, one concept each: ``steering``, ``models``, ``data``, ``objectives``, ``search``,
+``tracking``, ``stores``, ``workers``, ``training``; ``cli`` only parses and renders.
 """
 
 from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
-from ct_tune._errors import InputError
+from ct_tune._errors import CTTuneError, InputError, StorageLost, WorkerFailed
 from ct_tune._version import __version__
-from ct_tune.activation import ct
-from ct_tune.grouping import GRANULARITIES
-from ct_tune.profile import BetaProfile, apply_profile
-from ct_tune.steering import SteeringHandle, steer, units
+from ct_tune.search import Study, create_study, load_study, run_pipeline
+from ct_tune.steering import GRANULARITIES, BetaProfile, SteeringHandle, apply_profile, ct, steer, units
 
 __all__ = [
     "GRANULARITIES",
     "BetaProfile",
+    "CTTuneError",
     "InputError",
     "SteeringHandle",
+    "StorageLost",
+    "Study",
+    "WorkerFailed",
     "__version__",
     "apply_profile",
+    "create_study",
     "ct",
+    "load_study",
+    "run_pipeline",
     "steer",
     "units",
 ]

@@ -77,8 +77,7 @@ def cli_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.Capt
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default small ResNet pretrained on digits once per test session (~10 s, ~97% val)."""
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.training import pretrain
+    from ct_tune.training import PretrainConfig, pretrain
 
     root = tmp_path_factory.mktemp("pretrained")
     config = PretrainConfig(

@@ -1,14 +1,19 @@
-"""Small real models and data for tests that must not wait for a full pretrain."""
+"""Small real models and data for tests that must not wait for a full pretrain, and readers of the stores."""
 
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import ct_tune  # noqa: F401  (torchvision compat first)
 from ct_tune.objectives import EvalData, EvalTarget
 
 import numpy as np
 import torch
+from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -68,3 +73,35 @@ def digits_data(with_train: bool = True) -> EvalData:
     if with_train:
         return EvalData(val_x, val_y, train_x, train_y)
     return EvalData(val_x, val_y)
+
+
+def mlflow_runs(root: Path, study: str) -> tuple[list, list]:
+    """(parent runs, child runs) of a study's MLflow experiment."""
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(f"ct-tune/{study}")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("ct_tune.role") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def optuna_trials(root: Path, study: str) -> list[dict]:
+    """Trials as the standard `optuna trials` command reads them."""
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "trials",
+            "--storage",
+            f"sqlite:///{root}/studies/optuna.db",
+            "--study-name",
+            study,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

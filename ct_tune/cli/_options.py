@@ -11,7 +11,7 @@ __all__ = ["add_data_options", "add_model_options"]
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "digits") -> None:
-    from ct_tune._datasets import DATASETS
+    from ct_tune.data import DATASETS
 
     group = parser.add_argument_group("data")
     group.add_argument(

@@ -1,11 +1,8 @@
-"""Helpers shared by the ``ct-tune study`` commands: locating a study, its tracker, tables, progress."""
+"""What the ``study`` and ``pipeline`` commands share: store and worker options, and how results look."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
-from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
@@ -22,91 +19,47 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def spec_file(text: str) -> Path | None:
-    path = Path(text)
-    return path if path.suffix in (".yaml", ".yml") and path.is_file() else None
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """How trials are run: worker processes, devices, heartbeats, logs."""
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else 1)")
+    parser.add_argument("--devices", help="auto, cpu, or GPUs like cuda:0,cuda:1 (default: the spec's run.device)")
+    parser.add_argument("--heartbeat", type=int, default=10, help="seconds between a worker's heartbeats (default 10)")
+    parser.add_argument(
+        "--grace", type=int, help="seconds without heartbeat before a trial counts as dead (default 2x)"
+    )
+    parser.add_argument("--log-dir", help="per-worker logs (default: logs/<study>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def name_and_storage(args: argparse.Namespace) -> tuple[str, str]:
-    """A study given by name, or by the spec file it was created from (its name and storage)."""
-    from ct_tune.spec import load_spec
-    from ct_tune.storage import resolve_storage
-
-    spec_path = spec_file(args.study)
-    if spec_path is None:
-        return args.study, resolve_storage(args.storage)
-    spec = load_spec(spec_path)
-    return spec.name or spec_path.stem, resolve_storage(args.storage, spec.storage)
-
-
-def open_study(args: argparse.Namespace):
-    from ct_tune.study import load_study
-
-    name, storage_url = name_and_storage(args)
-    return load_study(name=name, storage_url=storage_url)
+def worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker options as keyword arguments of ``Study.run`` / ``run_pipeline``."""
+    return {
+        "workers": args.workers,
+        "devices": args.devices,
+        "heartbeat": args.heartbeat,
+        "grace": args.grace,
+        "log_dir": args.log_dir,
+        "progress": not args.no_progress,
+    }
 
 
-def tracker_for(args: argparse.Namespace, info: Any):
-    from ct_tune.storage import resolve_tracking_uri
-    from ct_tune.tracking import Tracker
+def parse_timeout(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from ct_tune.search import parse_duration
 
-    uri = resolve_tracking_uri(args.tracking_uri, info.mlflow.get("tracking_uri"))
-    if ":***@" in uri:
-        raise InputError(
-            f"study {info.name!r} logs to {uri}, whose password is not stored: pass --tracking-uri with it, set "
-            "MLFLOW_TRACKING_URI, or keep the password in ~/.pgpass / PGPASSWORD"
-        )
-    return Tracker(uri, artifact_location=info.mlflow.get("artifact_location"))
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise InputError(f"--timeout: {error}") from None
 
 
-def summary_result(info: Any, reason: str, finished: int, failed: int) -> CommandResult:
-    from ct_tune.study import status
-
-    payload = status(info)
-    payload.update({"stopped": reason, "finished_this_run": finished, "failed_this_run": failed})
-
-    def render() -> None:
-        print(f"study {info.name}: {reason}; {finished} trial(s) finished in this run, {failed} failed")
-        render_best(info, payload)
-
-    return CommandResult(payload, render)
-
-
-class Progress:
-    """A tqdm bar on stderr with a line per finished trial (or plain lines without a bar)."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            # disable=None: no bar when stderr is not a terminal (logs stay readable lines)
-            self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
-
-    def trial(self, line: dict[str, Any], text: str) -> None:
-        self.write(text)
-        if self.bar is not None and line["state"] in ("COMPLETE", "PRUNED"):
-            self.bar.update(1)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def render_best(info: Any, payload: dict[str, Any]) -> None:
-    best = payload.get("best") or []
+def render_best(names: list[str], study: str, status: dict[str, Any]) -> None:
+    best = status.get("best") or []
     if not best:
         print("no completed trial yet")
         return
-    names = info.objective_names
-    baseline = payload.get("baseline")
+    baseline = status.get("baseline")
     title = "Pareto front" if len(best) > 1 else "best trial"
     rows = []
     for trial in best:
@@ -117,7 +70,29 @@ def render_best(info: Any, payload: dict[str, Any]) -> None:
         rows.append(
             [f"{baseline['number']} (ReLU)", *(baseline["values"].get(n) for n in names), baseline["c"], "all 1.0"]
         )
-    print_table(f"{title} of {info.name}", ["trial", *names, "c", "beta per unit"], rows)
+    print_table(f"{title} of {study}", ["trial", *names, "c", "beta per unit"], rows)
+
+
+def summary_result(study: Any, summary: Any) -> CommandResult:
+    """What ``study run`` shows: why it stopped, what this launch did, and the best trial so far."""
+    payload = study.status().to_dict()
+    payload.update(
+        {
+            "stopped": summary.reason,
+            "finished_this_run": summary.finished,
+            "failed_this_run": summary.failed,
+            "seconds_this_run": summary.seconds,
+        }
+    )
+
+    def render() -> None:
+        print(
+            f"study {study.name}: {summary.reason}; {summary.finished} trial(s) finished in this run, "
+            f"{summary.failed} failed"
+        )
+        render_best(study.objective_names, study.name, payload)
+
+    return CommandResult(payload, render)
 
 
 def profile_text(betas: dict[str, float], limit: int = 12) -> str:
@@ -127,17 +102,3 @@ def profile_text(betas: dict[str, float], limit: int = 12) -> str:
 
 def short_list(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def parse_timeout(text: str | None) -> float | None:
-    if text is None:
-        return None
-    from ct_tune.spec import parse_duration
-
-    try:
-        value = parse_duration(text)
-    except ValueError as error:
-        raise InputError(f"--timeout: {error}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"--timeout must be positive, not {text!r}")
-    return value

@@ -101,69 +101,37 @@ def _objectives(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _evaluate(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.profile import BetaProfile
-    from ct_tune.session import Session
-    from ct_tune.spec import spec_from_dict
+    from ct_tune.search import evaluate_profile
+    from ct_tune.steering import BetaProfile
 
     profile = BetaProfile.load(args.profile) if args.profile else None
-    granularity = profile.granularity if profile else args.granularity
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": args.checkpoint}
-            if args.checkpoint
-            else {"name": args.model, "weights": args.weights},
-            "data": {
-                "name": args.data,
-                "data_dir": args.data_dir,
-                "download": args.download,
-                "seed": args.seed,
-                "val_size": args.val_size,
-            },
-            "search": {"granularity": granularity, "enqueue_baseline": False},
-            "objectives": _objectives(args),
-            "run": {"device": args.device, "precision": args.precision, "batch_size": args.batch_size},
+    payload = evaluate_profile(
+        model={"checkpoint": args.checkpoint} if args.checkpoint else {"name": args.model, "weights": args.weights},
+        data={
+            "name": args.data,
+            "data_dir": args.data_dir,
+            "download": args.download,
+            "seed": args.seed,
+            "val_size": args.val_size,
         },
-        source="arguments",
+        beta=None if profile else parse_beta(args.beta),
+        profile=profile,
+        granularity=args.granularity,
+        c=args.c,
+        objectives=_objectives(args),
+        run={"device": args.device, "precision": args.precision, "batch_size": args.batch_size},
     )
-    session = Session.open(spec)
-    try:
-        if profile is not None:
-            if profile.fingerprint and profile.fingerprint != session.trace.fingerprint:
-                raise InputError(
-                    f"profile {args.profile} was found on a model with other ReLU calls ({profile.model}); "
-                    "use the model it was exported for"
-                )
-            betas, c = profile.betas, profile.c
-        else:
-            betas, c = parse_beta(args.beta), args.c
-        session.handle.update(betas, c=c)
-        results = session.evaluator("val").evaluate()
-        applied = session.handle.betas
-    finally:
-        session.close()
-    payload = {
-        "model": session.model.describe(),
-        "data": session.data.describe(),
-        "split": "val",
-        "granularity": granularity,
-        "betas": applied,
-        "c": c,
-        "results": {name: result.to_dict() for name, result in results.items()},
-    }
+    results, applied, c, granularity = payload["results"], payload["betas"], payload["c"], payload["granularity"]
+    title = f"{args.checkpoint or args.model} on {args.data} (val)"
 
     def render() -> None:
         rows = []
         for name, result in results.items():
-            extras = {
-                k: v for k, v in result.details.items() if isinstance(v, float) and k not in ("top1", "robust_accuracy")
-            }
+            skip = ("name", "value", "seconds", "compute_seconds", "top1", "robust_accuracy", "n")
+            extras = {k: v for k, v in result.items() if isinstance(v, float) and k not in skip}
             extra_text = ", ".join(f"{k} {v:.4f}" for k, v in extras.items())
-            rows.append([name, result.value, result.details.get("n"), extra_text, f"{result.seconds:.1f}s"])
-        print_table(
-            f"{spec.model.checkpoint or spec.model.name} on {spec.data.name} (val)",
-            ["objective", "value", "n", "details", "time"],
-            rows,
-        )
+            rows.append([name, result["value"], result.get("n"), extra_text, f"{result['seconds']:.1f}s"])
+        print_table(title, ["objective", "value", "n", "details", "time"], rows)
         shown = [f"{unit}={beta:.3f}" for unit, beta in applied.items()]
         print(f"betas ({granularity}, c={c:g}): " + ", ".join(shown[:12]) + (" ..." if len(shown) > 12 else ""))
 

@@ -22,7 +22,7 @@ examples:
 
 def register(subparsers) -> None:
     from ct_tune.models import DEFAULT_MODEL
-    from ct_tune.storage import DEFAULT_TRACKING_URI
+    from ct_tune.stores import DEFAULT_TRACKING_URI
 
     parser = add_command(
         subparsers, "pretrain", _run, help="train a model on a dataset and write a checkpoint", description=DESCRIPTION
@@ -63,8 +63,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
-    from ct_tune._pretrain_config import PretrainConfig
-    from ct_tune.storage import resolve_tracking_uri
+    from ct_tune.training import PretrainConfig
 
     config = PretrainConfig(
         model=os.path.expanduser(args.model),
@@ -93,8 +92,6 @@ def _run(args: argparse.Namespace) -> CommandResult:
         experiment=args.experiment,
         progress=args.verbose - args.quiet >= 0,
     )
-    config.check()
-    resolve_tracking_uri(config.tracking_uri)  # a bad URI fails before any training
     from ct_tune.training import pretrain
 
     payload = pretrain(config)

@@ -1,25 +1,23 @@
-"""``ct-tune study ...``: create, run, watch and use a search."""
+"""``ct-tune study ...``: create, run, watch and use a search (each command one call of ``ct_tune.search``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._study_common import (
     add_store_options,
-    open_study,
+    add_worker_options,
+    parse_timeout,
     profile_text,
     render_best,
     short_list,
-    tracker_for,
+    summary_result,
+    worker_options,
 )
-from ct_tune.cli._study_run import add_run_arguments, add_worker_arguments
-from ct_tune.cli._study_run import run as run_command
-from ct_tune.cli._study_run import worker as worker_command
 
 DESCRIPTION = """\
 A study searches CT betas for one model with Optuna and logs every trial to MLflow.
@@ -30,7 +28,11 @@ A study searches CT betas for one model with Optuna and logs every trial to MLfl
   ct-tune study best digits-block                    the best trial, or the Pareto front
   ct-tune study export digits-block --out p.json     the best beta profile, for ct_tune.apply_profile
   ct-tune study report digits-block                  score the best profile(s) once on the test split
+
+The same from Python: ct_tune.create_study(...), ct_tune.load_study(...).run(), .best(), .export(), .report().
 """
+
+STUDY_ARGUMENT = "study name, or the spec file it was created from"
 
 
 def register(subparsers: Any) -> None:
@@ -42,21 +44,21 @@ def register(subparsers: Any) -> None:
     create.add_argument("--resume-if-exists", action="store_true", help="reuse an existing study of the same name")
     add_store_options(create)
 
-    run = add_command(commands, "run", run_command, help="run trials until the study's budget is used")
-    add_run_arguments(run)
+    run = add_command(commands, "run", _run, help="run trials until the study's budget is used")
+    run.add_argument("study", help=STUDY_ARGUMENT)
+    run.add_argument(
+        "--n-trials", type=int, help="finish this many more trials in this launch (default: the spec's budget)"
+    )
+    run.add_argument("--timeout", help="stop starting trials after this long (seconds, or 30m, 2h)")
+    add_worker_options(run)
     add_store_options(run)
-
-    worker = commands.add_parser("worker", add_help=False)  # started by `study run --workers N`; not for users
-    add_worker_arguments(worker)
-    add_store_options(worker)
-    worker.set_defaults(handler=worker_command, json=False, verbose=0, quiet=0)
 
     for name, handler, text in (
         ("status", _status, "trial counts, best values and where the study is stored"),
         ("best", _best, "the best trial, or the Pareto front, as a table"),
     ):
         command = add_command(commands, name, handler, help=text)
-        command.add_argument("study", help="study name, or the spec file it was created from")
+        command.add_argument("study", help=STUDY_ARGUMENT)
         add_store_options(command)
 
     listing = add_command(commands, "list", _list, help="the studies in a storage")
@@ -68,93 +70,86 @@ def register(subparsers: Any) -> None:
     add_store_options(delete)
 
     export = add_command(commands, "export", _export, help="write a trial's beta profile as JSON")
-    export.add_argument("study", help="study name, or the spec file it was created from")
+    export.add_argument("study", help=STUDY_ARGUMENT)
     export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
     export.add_argument("--out", help="output file (default: profiles/<study>-trial<N>.json)")
     add_store_options(export)
 
     report = add_command(commands, "report", _report, help="score the best trial(s) once on the test split")
-    report.add_argument("study", help="study name, or the spec file it was created from")
+    report.add_argument("study", help=STUDY_ARGUMENT)
     report.add_argument("--trial", type=int, action="append", help="trial number(s) (default: best or Pareto front)")
     report.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
     add_store_options(report)
 
 
-# --------------------------------------------------------------------------------------------------
-# Locating a study
-# --------------------------------------------------------------------------------------------------
-# create
-def _create(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.session import Session
-    from ct_tune.spec import load_spec
-    from ct_tune.storage import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
-    from ct_tune.study import create_study
-    from ct_tune.tracking import Tracker
+def _load(args: argparse.Namespace):
+    from ct_tune.search import load_study
 
-    spec = load_spec(args.spec)
-    name = args.name or spec.name or Path(args.spec).stem
-    storage_url = resolve_storage(args.storage, spec.storage)
-    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    # Model and data first, then the Optuna storage: a bad checkpoint, dataset or storage URL fails
-    # before the MLflow store is touched.
-    session = Session.open(spec, device="cpu", steer=False)
-    open_optuna_storage(storage_url)
-    tracker = Tracker(tracking_uri, artifact_location=spec.artifact_location)
-    info, created = create_study(
-        spec=spec,
-        name=name,
-        storage_url=storage_url,
-        tracker=tracker,
-        units=session.units,
-        meta=session.meta(),
+    return load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+
+
+# --------------------------------------------------------------------------------------------------
+def _create(args: argparse.Namespace) -> CommandResult:
+    from ct_tune.search import create_study
+
+    study = create_study(
+        args.spec,
+        name=args.name,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
         resume_if_exists=args.resume_if_exists,
     )
+    from ct_tune.stores import redact
+
     from optuna.trial import TrialState
 
-    waiting = len(info.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    waiting = len(study.optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    created = not study.resumed
+    spec = study.spec
     payload = {
-        "study": name,
+        "study": study.name,
         "created": created,
-        "storage": redact(storage_url),
-        "tracking_uri": redact(tracker.tracking_uri),
+        "storage": redact(study.storage_url),
+        "tracking_uri": redact(study.tracking_uri),
         "granularity": spec.search.granularity,
-        "units": info.units,
+        "units": study.units,
         "objectives": dict(zip(spec.objective_names, spec.directions, strict=True)),
         "sampler": spec.sampler.name,
         "budget": spec.budget.n_trials,
         "enqueued": waiting,
-        "mlflow_experiment_id": info.mlflow["experiment_id"],
-        "mlflow_parent_run_id": info.mlflow["parent_run_id"],
+        "mlflow_experiment_id": study.experiment_id,
+        "mlflow_parent_run_id": study.parent_run_id,
     }
 
     def render() -> None:
         verb = "created" if created else "exists, resuming"
-        print(f"study {name!r} {verb} in {payload['storage']}")
-        print(f"  {len(info.units)} {spec.search.granularity} units: {short_list(info.units)}")
+        print(f"study {study.name!r} {verb} in {payload['storage']}")
+        print(f"  {len(study.units)} {spec.search.granularity} units: {short_list(study.units)}")
         objectives = ", ".join(f"{n} ({d})" for n, d in payload["objectives"].items())
         print(f"  objectives: {objectives}; sampler {spec.sampler.name}")
         print(f"  budget: {spec.budget.n_trials} trials, {waiting} enqueued first (ReLU baseline / paper grid)")
-        print(f"  MLflow: {payload['tracking_uri']} (experiment {info.mlflow['experiment_id']})")
+        print(f"  MLflow: {payload['tracking_uri']} (experiment {study.experiment_id})")
         print(
-            f"next: ct-tune study run {name}" + ("" if args.storage is None else f" --storage '{payload['storage']}'")
+            f"next: ct-tune study run {study.name}"
+            + ("" if args.storage is None else f" --storage '{payload['storage']}'")
         )
 
     return CommandResult(payload, render)
 
 
-# --------------------------------------------------------------------------------------------------
-# run
-# --------------------------------------------------------------------------------------------------
-# status, best, list
-def _status(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.study import status
+def _run(args: argparse.Namespace) -> CommandResult:
+    study = _load(args)
+    summary = study.run(n_trials=args.n_trials, timeout=parse_timeout(args.timeout), **worker_options(args))
+    return summary_result(study, summary)
 
-    info = open_study(args)
-    payload = status(info)
+
+def _status(args: argparse.Namespace) -> CommandResult:
+    study = _load(args)
+    payload = study.status().to_dict()
 
     def render() -> None:
         trials = payload["trials"]
-        print(f"study {info.name} in {payload['storage']}")
+        print(f"study {study.name} in {payload['storage']}")
         print(
             f"  {payload['units']} {payload['granularity']} units; objectives "
             + ", ".join(f"{n} ({d})" for n, d in payload["objectives"].items())
@@ -162,34 +157,33 @@ def _status(args: argparse.Namespace) -> CommandResult:
         shown = ", ".join(f"{k.lower()} {v}" for k, v in trials.items() if v)
         print(f"  trials: {shown or 'none yet'} (budget {payload['budget']})")
         print(f"  MLflow experiment {payload['mlflow_experiment_id']}, parent run {payload['mlflow_parent_run_id']}")
-        render_best(info, payload)
+        render_best(study.objective_names, study.name, payload)
 
     return CommandResult(payload, render)
 
 
 def _best(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.study import status
-
-    info = open_study(args)
-    full = status(info)
-    if not full["best"]:
-        raise InputError(f"study {info.name!r} has no completed trial yet; run it with 'ct-tune study run {info.name}'")
+    study = _load(args)
+    status = study.status().to_dict()
+    if not status["best"]:
+        raise InputError(
+            f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
+        )
     payload = {
-        "study": info.name,
-        "objectives": full["objectives"],
-        "trials": full["best"],
-        "baseline": full["baseline"],
+        "study": study.name,
+        "objectives": status["objectives"],
+        "trials": status["best"],
+        "baseline": status["baseline"],
     }
-    return CommandResult(payload, lambda: render_best(info, full))
+    return CommandResult(payload, lambda: render_best(study.objective_names, study.name, status))
 
 
 def _list(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.storage import redact, resolve_storage
-    from ct_tune.study import list_studies
+    from ct_tune.search import list_studies
+    from ct_tune.stores import redact, resolve_storage
 
-    storage_url = resolve_storage(args.storage)
-    rows = list_studies(storage_url=storage_url)
-    payload = {"storage": redact(storage_url), "studies": rows}
+    rows = list_studies(storage=args.storage)
+    payload = {"storage": redact(resolve_storage(args.storage)), "studies": rows}
 
     def render() -> None:
         if not rows:
@@ -217,22 +211,15 @@ def _list(args: argparse.Namespace) -> CommandResult:
     return CommandResult(payload, render)
 
 
-# --------------------------------------------------------------------------------------------------
-# delete, export
 def _delete(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.storage import resolve_storage
-    from ct_tune.study import delete_study, load_study
-
-    storage_url = resolve_storage(args.storage)
-    info = load_study(name=args.study, storage_url=storage_url)
+    study = _load(args)
     if not args.yes:
         if not sys.stdin.isatty():
             raise InputError(f"deleting study {args.study!r} needs confirmation: add --yes")
         answer = input(f"delete study {args.study!r} and archive its MLflow experiment? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise InputError("not deleted")
-    tracker = tracker_for(args, info)
-    payload = delete_study(name=args.study, storage_url=storage_url, tracker=tracker)
+    payload = study.delete()
 
     def render() -> None:
         print(f"deleted study {args.study!r} ({payload['trials']} trials)")
@@ -245,37 +232,29 @@ def _delete(args: argparse.Namespace) -> CommandResult:
 
 
 def _export(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.study import choose_trial, export_profile
-
-    info = open_study(args)
-    trial = choose_trial(info, args.trial)
-    profile = export_profile(info, trial)
-    path = Path(args.out or f"profiles/{info.name}-trial{trial.number}.json")
-    profile.save(path)
-    payload = {"study": info.name, "trial": trial.number, "path": str(path), "profile": profile.to_dict()}
+    study = _load(args)
+    trial = study.chosen(args.trial)
+    path = args.out or f"profiles/{study.name}-trial{trial.number}.json"
+    profile = study.export(path, trial=trial.number)
+    payload = {"study": study.name, "trial": trial.number, "path": str(path), "profile": profile.to_dict()}
 
     def render() -> None:
         values = ", ".join(f"{k}={v:.4f}" for k, v in profile.metadata["values"].items())
-        print(f"wrote {path}: trial {trial.number} of {info.name} ({values})")
+        print(f"wrote {path}: trial {trial.number} of {study.name} ({values})")
         print(f"  {profile.describe()}")
         print(f"  apply it: ct_tune.apply_profile(model, {str(path)!r})")
 
     return CommandResult(payload, render)
 
 
-# --------------------------------------------------------------------------------------------------
-# report: the only command that reads the test split
 def _report(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.report import report_study
-
-    info = open_study(args)
-    tracker = tracker_for(args, info)
-    result = report_study(info, tracker, trial_numbers=args.trial, device=args.device)
+    study = _load(args)
+    report = study.report(trials=args.trial, device=args.device)
 
     def render() -> None:
-        names = info.objective_names
+        names = study.objective_names
         rows = []
-        for row in result["trials"]:
+        for row in report.trials:
             label = f"{row['number']} (ReLU)" if row["is_baseline"] else str(row["number"])
             rows.append(
                 [
@@ -286,7 +265,7 @@ def _report(args: argparse.Namespace) -> CommandResult:
                 ]
             )
         columns = ["trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
-        print_table(f"test-split report of {info.name} ({result['test_samples']} test samples)", columns, rows)
-        print(f"logged to MLflow run {info.mlflow['parent_run_id']} (test.* metrics)")
+        print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
+        print(f"logged to MLflow run {study.parent_run_id} (test.* metrics)")
 
-    return CommandResult(result, render)
+    return CommandResult(report.to_dict(), render)

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from typing import Any
 
-from ct_tune._errors import InputError
 from ct_tune.cli._common import CommandResult, add_command
-
-STARTUP_SECONDS = 120
 
 
 def register(subparsers: Any) -> None:
@@ -37,79 +29,27 @@ def register(subparsers: Any) -> None:
 
 
 def _ui(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.storage import redact, resolve_storage, resolve_tracking_uri
-    from ct_tune.tracking import Tracker, default_artifact_location
+    from ct_tune.stores import resolve_tracking_uri
+    from ct_tune.tracking import start_ui
 
     experiment_id = None
-    stored_uri = None
     if args.study:
-        from ct_tune.study import load_study
+        from ct_tune.search import load_study
 
-        info = load_study(name=args.study, storage_url=resolve_storage(args.storage))
-        stored_uri, experiment_id = info.mlflow.get("tracking_uri"), info.mlflow.get("experiment_id")
-    tracking_uri = resolve_tracking_uri(args.tracking_uri, stored_uri)
-    Tracker(tracking_uri)  # creates the schema if needed; an unreachable store fails here, in one line
-    if not _port_free(args.host, args.port):
-        raise InputError(f"port {args.port} on {args.host} is in use; pass another --port")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        tracking_uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",  # a local dashboard for one user: one server process, not MLflow's default four
-    ]
-    artifacts = default_artifact_location(tracking_uri)
-    if artifacts:
-        command += ["--default-artifact-root", artifacts]
-    server = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr)
-    base = f"http://{args.host}:{args.port}"
+        study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+        tracking_uri, experiment_id = study.tracking_uri, study.experiment_id
+    else:
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    server = start_ui(tracking_uri, host=args.host, port=args.port, experiment_id=experiment_id)
     try:
-        _wait_until_up(server, base)
-        url = f"{base}/#/experiments/{experiment_id}" if experiment_id else base
-        payload = {"url": url, "tracking_uri": redact(tracking_uri), "pid": server.pid}
+        payload = {"url": server.url, "tracking_uri": server.tracking_uri, "pid": server.pid}
         if args.json:
             print(json.dumps(payload), flush=True)
         else:
-            print(f"MLflow UI for {payload['tracking_uri']}: {url}  (Ctrl-C stops it)", flush=True)
+            print(f"MLflow UI for {server.tracking_uri}: {server.url}  (Ctrl-C stops it)", flush=True)
         server.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        server.stop()
     return CommandResult({}, emitted=True)
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_until_up(server: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise InputError(f"the MLflow server exited with code {server.returncode} (its log is above)")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise InputError(f"the MLflow server did not answer on {base} within {STARTUP_SECONDS}s")

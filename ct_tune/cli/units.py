@@ -19,31 +19,14 @@ def register(subparsers: Any) -> None:
 
 
 def _units(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.grouping import GRANULARITIES, group_sites
-    from ct_tune.session import Session
-    from ct_tune.spec import spec_from_dict
+    from ct_tune.search import model_units
 
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": args.checkpoint} if args.checkpoint else {"name": args.model},
-            "data": {"name": args.data, "data_dir": args.data_dir},
-            "search": {"granularity": args.granularity, "enqueue_baseline": False},
-        },
-        source="arguments",
+    payload = model_units(
+        model={"checkpoint": args.checkpoint} if args.checkpoint else {"name": args.model},
+        data={"name": args.data, "data_dir": args.data_dir},
+        granularity=args.granularity,
     )
-    session = Session.open(spec, device="cpu", steer=False)
-    mapping = group_sites(session.model.net, session.trace.sites, args.granularity)
-    units: dict[str, list[str]] = {}
-    for site, unit in mapping.items():
-        units.setdefault(unit, []).append(site)
-    payload = {
-        "model": type(session.model.net).__name__,
-        "granularity": args.granularity,
-        "units": list(units),
-        "sites": units,
-        "counts": {g: len(set(group_sites(session.model.net, session.trace.sites, g).values())) for g in GRANULARITIES},
-        "fingerprint": session.trace.fingerprint,
-    }
+    units = payload["sites"]
 
     def render() -> None:
         rows = [

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ct_tune._errors import InputError
-from ct_tune.batched import split, stack
 from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
+from ct_tune.steering import split, stack
 
 import torch
 import torch.nn.functional as F

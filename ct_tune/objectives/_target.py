@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ct_tune.batched import split, stack
 from ct_tune.objectives._base import ComputeClock, autocast
+from ct_tune.steering import split, stack
 
 import torch
 from torch import nn

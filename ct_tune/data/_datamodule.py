@@ -1,0 +1,396 @@
+"""Data for a study: one LightningDataModule per dataset, three disjoint splits, pixel-space samples.
+
+- Splits: ``train`` (pretraining, linear probes), ``val`` (what a study scores), ``test`` (a final report
+  only). A dataset's official val/test split is used where it has one; otherwise a stratified fraction of
+  the train pool is cut off with a fixed, hash-based order (``ct_tune._splits``): the same seed gives the same
+  split on any machine, process and worker. ``fingerprint`` hashes the split indices and labels.
+- Samples are float32 pixels in [0, 1], resized and channel-matched for the model's ``InputSpec``;
+  normalisation happens in the model (``LoadedModel.forward``), not here.
+- ``tensors(split)`` materialises an evaluation set once per process (per split, limit, device and dtype),
+  so a study does not decode and transform images again for every trial.
+- Data directory: ``data_dir`` argument (``--data-dir``) > ``$CT_TUNE_DATA`` > ``$XDG_CACHE_HOME/ct-tune/data``
+  (``~/.cache/ct-tune/data``). torchvision datasets keep torchvision's layout under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any, Literal
+
+from ct_tune._errors import InputError
+from ct_tune.data._catalogue import DATASETS, Source, check_dataset_name, resolve_data_dir
+from ct_tune.data._splits import stratified_partition, stratified_subset
+from ct_tune.data._transforms import build_transform
+from ct_tune.models import InputSpec
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SPLITS", "CTDataModule", "create_datamodule"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+
+
+class _SplitDataset(Dataset):
+    """``pool[indices[i]]`` with a transform; what the dataloaders serve."""
+
+    def __init__(self, pool: Dataset, indices: np.ndarray, transform: Any) -> None:
+        self.pool = pool
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.pool[int(self.indices[index])]
+        return self.transform(image), int(label)
+
+
+class CTDataModule(L.LightningDataModule):
+    """A dataset cut into train/val/test, served in pixel space for one model's input spec.
+
+    Built eagerly by :func:`create_datamodule` (so ``num_classes`` is known before the model is built);
+    ``prepare_data``/``setup`` have nothing left to do. Set ``input_spec`` once the model is known.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Source,
+        splits: dict[str, tuple[str, np.ndarray]],
+        *,
+        input_spec: InputSpec | None,
+        settings: dict[str, Any],
+        batch_size: int = 256,
+        num_workers: int = 0,
+        augment: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.source = source
+        self._splits = splits
+        self.settings = settings
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self._input_spec = input_spec
+        self._cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------- what it holds
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.classes)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.source.classes)
+
+    @property
+    def native_channels(self) -> int:
+        return self.source.native_channels
+
+    @property
+    def native_size(self) -> int | None:
+        """Side of the images as stored (None when they vary, as in photo datasets)."""
+        return self.source.native_size
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings["seed"])
+
+    @property
+    def input_spec(self) -> InputSpec | None:
+        return self._input_spec
+
+    @input_spec.setter
+    def input_spec(self, spec: InputSpec | None) -> None:
+        if spec != self._input_spec:
+            self._cache.clear()
+        self._input_spec = spec
+
+    @property
+    def size(self) -> int:
+        """The square side samples are served at."""
+        if self._input_spec is not None and self._input_spec.size is not None:
+            return self._input_spec.size
+        return self.source.default_size
+
+    @property
+    def channels(self) -> int:
+        return self._input_spec.channels if self._input_spec is not None else self.source.native_channels
+
+    def split_indices(self, split: Split) -> tuple[str, np.ndarray]:
+        """(pool name, sorted indices into that pool) of a split."""
+        _check_split(split)
+        pool, indices = self._splits[split]
+        return pool, indices.copy()
+
+    def labels(self, split: Split) -> np.ndarray:
+        pool, indices = self._splits[_check_split(split)]
+        return self.source.pools[pool].labels[indices]
+
+    def sizes(self) -> dict[str, int]:
+        return {split: int(self._splits[split][1].size) for split in SPLITS}
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the dataset name, classes, and every split's pool, indices and labels."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps({"name": self.name, "classes": self.classes}, sort_keys=True).encode())
+        for split in SPLITS:
+            pool, indices = self._splits[split]
+            digest.update(f"|{split}:{pool}:".encode())
+            digest.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
+            digest.update(np.ascontiguousarray(self.labels(split), dtype="<i8").tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """What a study records to prove which data it used (``settings`` rebuild the same split)."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "settings": dict(self.settings),
+            "sizes": self.sizes(),
+            "num_classes": self.num_classes,
+            "native_channels": self.native_channels,
+            "native_size": self.native_size,
+            "input_size": self.size,
+            "input_channels": self.channels,
+            "official_splits": [pool for pool in ("val", "test") if pool in self.source.pools],
+            "location": self.source.location,
+        }
+
+    # --------------------------------------------------------------------------------- datasets, loaders
+    def transform(self, *, train: bool = False) -> Any:
+        spec = self._input_spec
+        return build_transform(
+            native_size=self.source.native_size,
+            size=self.size,
+            channels=self.channels,
+            crop_pct=spec.crop_pct if spec else 1.0,
+            interpolation=spec.interpolation if spec else "bilinear",
+            train=train,
+            augment=self.augment,
+            flip=self.source.flip,
+        )
+
+    def dataset(self, split: Split, *, train_transform: bool = False, limit: int | None = None) -> Dataset:
+        """The split as a map-style dataset of (pixels, label); ``train_transform`` adds augmentation."""
+        pool, indices = self._splits[_check_split(split)]
+        if limit is not None:
+            indices = self._limited(split, limit)
+        return _SplitDataset(self.source.pools[pool].dataset, indices, self.transform(train=train_transform))
+
+    def _loader(self, dataset: Dataset, *, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train_transform=True)
+        # a last batch of a handful of images gives noisy BatchNorm statistics; drop it when batches are full
+        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
+
+    # ------------------------------------------------------------------------------------ tensors, cached
+    def _limited(self, split: Split, limit: int) -> np.ndarray:
+        pool, indices = self._splits[split]
+        if limit < 1:
+            raise InputError(f"limit must be at least 1, not {limit}")
+        labels = self.source.pools[pool].labels[indices]
+        return stratified_subset(indices, labels, limit, seed=self.seed, salt=f"limit:{split}")
+
+    def tensors(
+        self,
+        split: Split,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        limit: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(x, y)``: all images of a split as one (N, C, H, W) pixel tensor, and int64 labels.
+
+        Decoded and transformed once per process and kept (per split, limit, device, dtype); the order is the
+        split's index order. ``limit`` takes a seeded, stratified subset. Treat the result as read-only.
+        """
+        _check_split(split)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        dtype = dtype or torch.float32
+        key = (split, limit, str(device), dtype)
+        if key in self._cache:
+            return self._cache[key]
+        started = time.perf_counter()
+        # normal tensors even if asked for inside inference mode: attacks later differentiate through them
+        with torch.inference_mode(False), torch.no_grad():
+            x, y, count = self._materialise(split, limit, device, dtype)
+        result = (x, y)
+        self._cache[key] = result
+        megabytes = x.numel() * x.element_size() / 2**20
+        logger.info(
+            "%s %s: %d images %dx%dx%d %s on %s (%.0f MB) in %.1f s",
+            self.name,
+            split,
+            count,
+            self.channels,
+            self.size,
+            self.size,
+            str(dtype).removeprefix("torch."),
+            device,
+            megabytes,
+            time.perf_counter() - started,
+        )
+        return result
+
+    def _materialise(
+        self, split: Split, limit: int | None, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, int]:
+        pool, indices = self._splits[split]
+        if limit is not None:
+            indices = self._limited(split, limit)
+        expected = self.source.pools[pool].labels[indices]
+        dataset = _SplitDataset(self.source.pools[pool].dataset, indices, self.transform(train=False))
+        x = torch.empty((len(indices), self.channels, self.size, self.size), dtype=dtype, device=device)
+        y = torch.empty(len(indices), dtype=torch.int64)
+        position = 0
+        for images, labels in self._loader(dataset, shuffle=False):
+            count = images.shape[0]
+            x[position : position + count] = images.to(device=device, dtype=dtype, non_blocking=True)
+            y[position : position + count] = labels
+            position += count
+        if not np.array_equal(y.numpy(), expected):
+            raise RuntimeError(f"{self.name}: labels served by the dataset disagree with its label index")
+        return x, y.to(device), len(indices)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{split}={count}" for split, count in self.sizes().items())
+        return f"CTDataModule({self.name}, {sizes}, {self.channels}x{self.size}x{self.size}, seed={self.seed})"
+
+    __str__ = __repr__  # Lightning's __str__ builds every dataloader to print its size
+
+
+def _check_split(split: str) -> Split:
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    return split  # type: ignore[return-value]
+
+
+def create_datamodule(
+    name: str,
+    *,
+    input_spec: InputSpec | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    seed: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    test_size: int | None = None,
+    augment: bool = False,
+) -> CTDataModule:
+    """Load ``name`` and split it; raises ``InputError`` (one line) for unknown names and missing files.
+
+    ``val_fraction``/``test_fraction`` (of the train pool) apply only where the dataset has no official
+    split; None takes the dataset's default (``ct_tune._datasets.DATASETS``). ``*_size`` keep a seeded,
+    stratified subset of a split. ``input_spec`` may be set later (``datamodule.input_spec = model.input_spec``).
+    """
+    check_dataset_name(name)
+    info = DATASETS[name]
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if num_workers < 0:
+        raise InputError(f"number of workers must be 0 or more, not {num_workers}")
+    root = resolve_data_dir(data_dir)
+    source = info.load(root, download)
+    train_pool = source.pools["train"]
+    if train_pool.labels.size == 0:
+        raise InputError(f"dataset {name} in {root} has no training images")
+
+    official_val, official_test = "val" in source.pools, "test" in source.pools
+    for given, official, label in ((val_fraction, official_val, "val"), (test_fraction, official_test, "test")):
+        if given is not None and official:
+            logger.warning("%s has an official %s split; %s_fraction=%s is not used", name, label, label, given)
+    val_fraction = None if official_val else (info.val_fraction if val_fraction is None else val_fraction)
+    test_fraction = None if official_test else (info.test_fraction if test_fraction is None else test_fraction)
+    _check_fractions(val_fraction, test_fraction)
+
+    carve = {}
+    if test_fraction is not None:
+        carve["test"] = test_fraction  # first, so the test split never depends on val_fraction
+    if val_fraction is not None:
+        carve["val"] = val_fraction
+    parts = stratified_partition(train_pool.labels, carve, seed=seed, salt="split", rest="train")
+    splits: dict[str, tuple[str, np.ndarray]] = {"train": ("train", parts["train"])}
+    for split in ("val", "test"):
+        if split in source.pools:
+            splits[split] = (split, np.arange(source.pools[split].labels.size, dtype=np.int64))
+        else:
+            splits[split] = ("train", parts[split])
+    for split, size in (("train", train_size), ("val", val_size), ("test", test_size)):
+        if size is None:
+            continue
+        if size < 1:
+            raise InputError(f"{split}_size must be at least 1, not {size}")
+        pool, indices = splits[split]
+        labels = source.pools[pool].labels[indices]
+        splits[split] = (pool, stratified_subset(indices, labels, size, seed=seed, salt=f"subset:{split}"))
+    for split in SPLITS:
+        if splits[split][1].size == 0:
+            raise InputError(f"dataset {name}: the {split} split is empty; use larger fractions or sizes")
+    settings = {
+        "name": name,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "train_size": train_size,
+        "val_size": val_size,
+        "test_size": test_size,
+    }
+    module = CTDataModule(
+        name,
+        source,
+        splits,
+        input_spec=input_spec,
+        settings=settings,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        augment=augment,
+    )
+    logger.debug("%r from %s, fingerprint %s", module, source.location, module.fingerprint)
+    return module
+
+
+def _check_fractions(val_fraction: float | None, test_fraction: float | None) -> None:
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise InputError(f"val fraction must be between 0 and 1, not {val_fraction}")
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise InputError(f"test fraction must be between 0 and 1, not {test_fraction}")
+    if (val_fraction or 0) + (test_fraction or 0) >= 1:
+        raise InputError(f"val and test fractions ({val_fraction} + {test_fraction}) leave no training data")

@@ -1,0 +1,57 @@
+"""Searching betas: study specs, the ``Study`` object, the trial loop, pipelines and the final report.
+
+``create_study`` / ``load_study`` give a :class:`Study` (Optuna's storage is its truth, MLflow follows);
+``Study.run`` runs trials in this process or in worker processes (``python -m ct_tune.search.worker``);
+``run_pipeline`` runs several studies in order; ``Study.report`` is the only reader of the test split.
+Every ``ct-tune study`` / ``pipeline`` / ``quickstart`` / ``evaluate`` / ``units`` command is one call here.
+"""
+
+from ct_tune.search._bench import Bench
+from ct_tune.search._evaluate import evaluate_profile, model_units
+from ct_tune.search._pipeline import PipelineResult, StageOutcome, delete_pipeline_studies, run_pipeline
+from ct_tune.search._pipeline_spec import PipelineSpec, load_pipeline, pipeline_from_dict
+from ct_tune.search._quickstart import QUICKSTART_CHECKPOINT, checked_quickstart, quickstart_pipeline, run_quickstart
+from ct_tune.search._report import StudyReport
+from ct_tune.search._run import RunOptions, RunSummary
+from ct_tune.search._spec import StudySpec, load_spec, paper_grid, parse_duration, spec_from_dict
+from ct_tune.search._study import (
+    Study,
+    StudyStatus,
+    TrialResult,
+    create_study,
+    delete_study,
+    list_studies,
+    load_study,
+)
+
+__all__ = [
+    "QUICKSTART_CHECKPOINT",
+    "Bench",
+    "PipelineResult",
+    "PipelineSpec",
+    "RunOptions",
+    "RunSummary",
+    "StageOutcome",
+    "Study",
+    "StudyReport",
+    "StudySpec",
+    "StudyStatus",
+    "TrialResult",
+    "checked_quickstart",
+    "create_study",
+    "delete_pipeline_studies",
+    "delete_study",
+    "evaluate_profile",
+    "list_studies",
+    "load_pipeline",
+    "load_spec",
+    "load_study",
+    "model_units",
+    "paper_grid",
+    "parse_duration",
+    "pipeline_from_dict",
+    "quickstart_pipeline",
+    "run_pipeline",
+    "run_quickstart",
+    "spec_from_dict",
+]

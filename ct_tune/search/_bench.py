@@ -1,0 +1,214 @@
+"""What a process loads once for a study: the model on its device, the data, the steering handle and the
+evaluators. ``create_study`` opens one to find the units and record what the study was made with; every
+worker, ``Study.report`` and ``ct-tune evaluate`` open one to score profiles.
+
+A study records three fingerprints at creation (its *identity*): the ReLU call sites, the weights and the
+data split. A bench opened later for the same study compares its own and refuses to score with any that
+differs, so a checkpoint replaced on disk or a changed dataset never mixes two models' scores in one study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import InputError
+from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective, make_objective
+from ct_tune.search._spec import StudySpec
+from ct_tune.steering import SteeringHandle, Trace, checked_trace, group_sites, steer_traced
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ct_tune.data import CTDataModule
+    from ct_tune.models import LoadedModel
+
+__all__ = ["Bench", "hash_weights", "objectives_of", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks the first GPU when there is one; an unavailable device is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif resolved.type != "cpu":
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def hash_weights(net: nn.Module) -> str:
+    """Short hash of every tensor of the state dict (names, dtypes, shapes, values): equal weights, equal hash."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def check_split_matches_pretraining(model: LoadedModel, data: CTDataModule) -> None:
+    """Refuse a split whose val/test could hold images the checkpoint was trained on.
+
+    The partition of a dataset into train/val/test is fixed by its seed and fractions; subsets
+    (``train_size``, ``val_size``) only shrink the same, disjoint splits. Datasets with official val and
+    test splits do not depend on either.
+    """
+    trained = model.metadata.get("dataset") or {}
+    if trained.get("name") != data.name:
+        return
+    before, now = trained.get("settings") or {}, data.settings
+    keys = ["val_fraction", "test_fraction"]
+    if now.get("val_fraction") is not None or now.get("test_fraction") is not None:
+        keys.append("seed")
+    changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys if before.get(key) != now.get(key)]
+    if changed:
+        raise InputError(
+            f"the checkpoint was pretrained on {data.name} with another split ({', '.join(changed)}): its val/test "
+            "images may have been trained on; use the split settings it was trained with (data.seed, "
+            "data.val_fraction, data.test_fraction)"
+        )
+
+
+def objectives_of(spec: StudySpec) -> list[Objective]:
+    return [make_objective(o.name, **o.model_dump(exclude={"name", "direction"})) for o in spec.objectives]
+
+
+@dataclass
+class Bench:
+    """A model and its data, loaded once and kept; betas change through ``handle.update``."""
+
+    spec: StudySpec
+    model: LoadedModel
+    data: CTDataModule
+    device: torch.device
+    trace: Trace
+    weights_fingerprint: str
+    handle: SteeringHandle | None = None
+    seconds_to_load: float = 0.0
+    _evaluators: dict[str, Evaluator] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, spec: StudySpec, *, device: str | None = None, steer: bool = True) -> Bench:
+        """Load model and data, find the ReLU sites; with ``steer`` attach CT at beta = 1 (plain ReLU)."""
+        from ct_tune.data import create_datamodule
+        from ct_tune.models import create_model
+
+        started = time.perf_counter()
+        resolved = resolve_device(device or spec.run.device)
+        data_spec = spec.data
+        data = create_datamodule(
+            data_spec.name,
+            data_dir=data_spec.data_dir,
+            download=data_spec.download,
+            seed=data_spec.seed,
+            val_fraction=data_spec.val_fraction,
+            test_fraction=data_spec.test_fraction,
+            batch_size=spec.run.batch_size,
+            train_size=data_spec.train_size,
+            val_size=data_spec.val_size,
+            test_size=data_spec.test_size,
+        )
+        model_spec = spec.model
+        model = create_model(
+            model_spec.checkpoint or model_spec.name,
+            num_classes=data.num_classes,
+            in_channels=data.native_channels,
+            weights=model_spec.weights,
+            input_size=model_spec.input_size,
+        )
+        check_split_matches_pretraining(model, data)
+        data.input_spec = model.input_spec
+        weights = hash_weights(model.net)  # on the CPU copy, before it moves to the device
+        model.to(resolved).eval()
+        example = torch.zeros(1, data.channels, data.size, data.size, device=resolved)
+        bench = cls(spec, model, data, resolved, checked_trace(model.net, example), weights)
+        if steer:
+            bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=spec.search.granularity, trace=bench.trace)
+        bench.seconds_to_load = time.perf_counter() - started
+        return bench
+
+    @property
+    def units(self) -> list[str]:
+        return list(dict.fromkeys(group_sites(self.model.net, self.trace.sites, self.spec.search.granularity).values()))
+
+    @property
+    def device_label(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+    def meta(self) -> dict[str, Any]:
+        """What a study records about the model and data it was created with (its identity among them)."""
+        return {
+            "fingerprint": self.trace.fingerprint,
+            "weights_fingerprint": self.weights_fingerprint,
+            "input_shape": list(self.trace.input_shape or ()),
+            "model_class": type(self.model.net).__name__,
+            "model": self.model.describe(),
+            "data": self.data.describe(),
+            "n_sites": len(self.trace.sites),
+        }
+
+    def check_identity(self, meta: Mapping[str, Any], study: str) -> None:
+        """Refuse to score for ``study`` with another architecture, other weights or other data."""
+        problems = []
+        if meta.get("fingerprint") and meta["fingerprint"] != self.trace.fingerprint:
+            problems.append("the model applies ReLU at other places (another architecture)")
+        if meta.get("weights_fingerprint") and meta["weights_fingerprint"] != self.weights_fingerprint:
+            problems.append(
+                "the model's weights differ (a checkpoint replaced on disk, or a model without a checkpoint "
+                "or weights, which gets new random weights in every process)"
+            )
+        recorded = (meta.get("data") or {}).get("fingerprint")
+        if recorded and recorded != self.data.fingerprint:
+            problems.append("the data differs (another dataset, split seed, fractions or files)")
+        if problems:
+            raise InputError(
+                f"this process cannot score trials of study {study!r}: {'; '.join(problems)} than when the study "
+                "was created; restore what it was created with, or create a new study"
+            )
+
+    def evaluator(self, split: str = "val", objectives: Sequence[Objective] | None = None) -> Evaluator:
+        """An evaluator on ``split`` (val for studies; test only for the final report), built once."""
+        objectives = list(objectives) if objectives is not None else objectives_of(self.spec)
+        key = f"{split}:{[repr(o) for o in objectives]}"
+        if key not in self._evaluators:
+            val_x, val_y = self.data.tensors(split, device=self.device)
+            train = self.data.tensors("train", device=self.device) if any(o.needs_train for o in objectives) else None
+            data = EvalData(val_x, val_y, *(train or (None, None)), class_names=self.data.classes)
+            target = EvalTarget(
+                self.model.net,
+                self.model.input_spec.normalize,
+                self.model.num_classes,
+                device=self.device,
+                precision=self.spec.run.precision,
+                batch_size=self.spec.run.batch_size,
+            )
+            self._evaluators[key] = Evaluator(target, data, objectives)
+        return self._evaluators[key]
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""Scoring one profile outside a study (what a trial does inside), and listing a model's units.
+
+Both take the model and data sections of a study spec, so that what they load is exactly what a study
+with the same sections would load: the same split, the same input size, the same units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.search._bench import Bench
+from ct_tune.search._spec import spec_from_dict
+from ct_tune.steering import GRANULARITIES, BetaProfile, group_sites
+
+__all__ = ["evaluate_profile", "model_units"]
+
+
+def evaluate_profile(
+    *,
+    model: Mapping[str, Any],
+    data: Mapping[str, Any],
+    beta: float | Mapping[str, float] | None = None,
+    profile: BetaProfile | None = None,
+    granularity: str = "global",
+    c: float = 0.5,
+    objectives: Sequence[Mapping[str, Any] | str] = ("accuracy",),
+    run: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score one beta profile on the val split: ``beta`` (one value, or ``{unit: beta}`` at ``granularity``)
+    or a saved ``profile``. ``model`` / ``data`` / ``run`` are the spec sections of the same name."""
+    if (beta is None) == (profile is None):
+        raise InputError("give exactly one of beta or profile")
+    spec = spec_from_dict(
+        {
+            "model": dict(model),
+            "data": dict(data),
+            "search": {"granularity": profile.granularity if profile else granularity, "enqueue_baseline": False},
+            "objectives": list(objectives),
+            "run": dict(run or {}),
+        },
+        source="arguments",
+    )
+    with Bench.open(spec) as bench:
+        assert bench.handle is not None
+        if profile is not None:
+            if profile.fingerprint and profile.fingerprint != bench.trace.fingerprint:
+                raise InputError(
+                    f"the profile was found on a model with other ReLU calls ({profile.model}); "
+                    "use the model it was exported for"
+                )
+            betas, c = profile.betas, profile.c
+        else:
+            betas = beta  # type: ignore[assignment]
+        bench.handle.update(betas, c=c)
+        results = bench.evaluator("val").evaluate()
+        applied = bench.handle.betas
+        return {
+            "model": bench.model.describe(),
+            "data": bench.data.describe(),
+            "split": "val",
+            "granularity": spec.search.granularity,
+            "betas": applied,
+            "c": c,
+            "results": {name: result.to_dict() for name, result in results.items()},
+        }
+
+
+def model_units(*, model: Mapping[str, Any], data: Mapping[str, Any], granularity: str = "block") -> dict[str, Any]:
+    """The units of a model at ``granularity`` (one beta each), the ReLU sites of each, and the unit counts at
+    every granularity."""
+    spec = spec_from_dict(
+        {
+            "model": dict(model),
+            "data": dict(data),
+            "search": {"granularity": granularity, "enqueue_baseline": False},
+        },
+        source="arguments",
+    )
+    with Bench.open(spec, device="cpu", steer=False) as bench:
+        net, sites = bench.model.net, bench.trace.sites
+        units: dict[str, list[str]] = {}
+        for site, unit in group_sites(net, sites, granularity).items():
+            units.setdefault(unit, []).append(site)
+        return {
+            "model": type(net).__name__,
+            "granularity": granularity,
+            "units": list(units),
+            "sites": units,
+            "counts": {g: len(set(group_sites(net, sites, g).values())) for g in GRANULARITIES},
+            "fingerprint": bench.trace.fingerprint,
+        }

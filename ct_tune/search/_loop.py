@@ -1,0 +1,419 @@
+"""The trial loop of one worker: the model and data are loaded once (a ``Bench``), then each trial
+updates the steering betas, scores the model, reports to Optuna and is recorded in MLflow.
+
+How many trials run is the ``Budget``'s business (a total over every worker); how a trial is written to
+MLflow is the ``TrialRecorder``'s. A worker that dies mid-trial leaves its trial RUNNING; its heartbeat
+stops, another worker marks it FAIL, closes its MLflow run as FAILED and enqueues a retry with the same
+betas. Ctrl-C marks the running trial FAIL (Optuna does) and its run FAILED (we do); running again resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import StorageLost
+from ct_tune.objectives import ObjectiveResult
+from ct_tune.search._bench import Bench
+from ct_tune.search._budget import Budget, DatabaseGone
+from ct_tune.search._record import TrialRecorder, refresh_study_plots, stale_trial_callback
+from ct_tune.search._samplers import build_pruner, build_sampler
+from ct_tune.search._space import param_names, suggest
+from ct_tune.steering import fused_status
+from ct_tune.stores import database_cause, database_reason, is_database_error
+from ct_tune.tracking import Tracker
+from ct_tune.tracking._keys import ATTR_KIND
+from ct_tune.workers import Heartbeats, InterruptGuard, heartbeat_interval
+
+if TYPE_CHECKING:
+    from ct_tune.search._study import Study
+
+    import optuna
+
+__all__ = ["LoopSettings", "TrialLoop", "WorkerSummary", "describe_trial"]
+
+logger = logging.getLogger(__name__)
+
+PLOT_REFRESH_SECONDS = 30.0
+PRUNING_CHECKS = 10  # pruner decisions per trial, at evenly spaced fractions of the val set
+
+
+@dataclass
+class LoopSettings:
+    target_total: int | None  # finished (COMPLETE + PRUNED) trials the study should reach
+    deadline: float | None = None  # time.time() after which no new trial starts
+    worker: int = 0
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    poll_seconds: float = 2.0
+    refresh_plots: bool = True
+    on_trial: Callable[[dict[str, Any]], None] | None = None  # progress: called after each trial
+
+
+@dataclass
+class WorkerSummary:
+    finished: int = 0  # trials this worker finished (COMPLETE + PRUNED)
+    failed: int = 0
+    discarded: int = 0
+    reason: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds per kind of work, summed over this worker's trials: "evaluate" (scoring the model),
+    # "tracking" (MLflow calls), "optuna" (sampling, storage reads and writes, heartbeats).
+    seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
+
+
+class _Discarded(Exception):
+    """The budget was reached by other workers between our count and this trial's creation."""
+
+
+class _Pruned(Exception):
+    """Raised inside the evaluation when the pruner stops the trial (turned into optuna.TrialPruned)."""
+
+
+def _failure_text(error: BaseException) -> str:
+    """What a failed trial's MLflow run records as its failure."""
+    return "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)[:500]
+
+
+class TrialLoop:
+    """Runs trials of one study in this process until the budget or the deadline is reached."""
+
+    def __init__(self, study: Study, bench: Bench, tracker: Tracker, settings: LoopSettings) -> None:
+        import optuna
+
+        if bench.handle is None:
+            raise ValueError("the bench was opened without steering")
+        self.bench = bench
+        self.tracker = tracker
+        self.settings = settings
+        self.study = study.reopened(
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            stale_trial_callback=stale_trial_callback(lambda: tracker),
+        )
+        spec = self.study.spec
+        self.optuna_study = optuna.load_study(
+            study_name=self.study.name,
+            storage=self.study.storage,
+            sampler=build_sampler(spec, param_names(spec, self.study.units), worker=settings.worker),
+            pruner=build_pruner(spec),
+        )
+        self.budget = Budget(
+            self.optuna_study,
+            self.study.storage,
+            self.study.study_id,
+            target_total=settings.target_total,
+            deadline=settings.deadline,
+        )
+        self.evaluator = bench.evaluator("val")
+        self.objective_names = spec.objective_names
+        self.batch = spec.run.trials_per_batch
+        self.recorder = TrialRecorder(
+            tracker,
+            study_name=self.study.name,
+            experiment_id=self.study.experiment_id,
+            parent_run_id=self.study.parent_run_id,
+            sampler=spec.sampler.name,
+            worker=settings.worker,
+            device_label=bench.device_label,
+            device=bench.device,
+            trials_per_batch=self.batch,
+            lowest_beta=spec.search.lowest,
+        )
+        logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
+        self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
+        if self.batch > 1:
+            logger.info(
+                "worker %d: %d trials per batch (asked together, scored in one pass, told together); no pruning",
+                settings.worker,
+                self.batch,
+            )
+        self.summary = WorkerSummary()
+        self._trial_evaluate = self._trial_tracking = 0.0
+        self._round_evaluate = self._round_tracking = 0.0  # summed over the trials of one loop round
+        self._interrupts = InterruptGuard()
+        self._val_samples = len(self.evaluator.data.val_y)
+        self._last_plots = 0.0
+
+    # ----------------------------------------------------------------------------------------------
+    # The loop
+    def run(self) -> WorkerSummary:
+        import optuna
+
+        parent = self.study.parent_run_id
+        self.tracker.set_status(parent, "RUNNING")
+        status = "FINISHED"
+        try:
+            with self._interrupts.installed():
+                while (reason := self.budget.stop_reason()) is None:
+                    if self.budget.must_wait():
+                        time.sleep(self.settings.poll_seconds)
+                        continue
+                    started = time.perf_counter()
+                    self._round_evaluate = self._round_tracking = 0.0
+                    with warnings.catch_warnings(), self._interrupts.deferred():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        if self.batch == 1:
+                            self.optuna_study.optimize(
+                                self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False
+                            )
+                        else:
+                            self._run_batch()
+                    spent = self.summary.seconds
+                    spent["optuna"] += time.perf_counter() - started - self._round_evaluate - self._round_tracking
+            self.summary.reason = reason
+        except KeyboardInterrupt:
+            status = "KILLED"
+            self.summary.reason = "interrupted"
+            raise
+        except Exception as error:
+            status = "FAILED"
+            if is_database_error(error) or isinstance(error, DatabaseGone):
+                reason = database_reason(database_cause(error))
+                self.summary.reason = f"database unreachable: {reason}"
+                raise StorageLost(
+                    f"the Optuna storage stopped answering ({reason}); this worker stopped. "
+                    f"Run 'ct-tune study run {self.study.name}' again once it is back: the study resumes"
+                ) from None
+            raise
+        finally:
+            self.tracker.set_status(parent, status)
+            if self.settings.refresh_plots:
+                self.refresh_plots(force=True)
+            self.tracker.flush()
+        return self.summary
+
+    # ----------------------------------------------------------------------------------------------
+    # One trial
+    def _objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self._trial_evaluate = self._trial_tracking = 0.0
+        if self.budget.is_surplus(trial.number):
+            self.budget.discard(trial)
+            self.summary.discarded += 1
+            raise _Discarded
+        started = time.perf_counter()
+        betas, c, run_id = self._begin(trial)
+        history: list[tuple[str, float, int]] = []
+        results: Mapping[str, ObjectiveResult] = {}
+        state, failure = "FAIL", ""
+        try:
+            with self._interrupts.interruptible():
+                evaluate_started = time.perf_counter()
+                try:
+                    self.bench.handle.update(betas, c=c)  # type: ignore[union-attr]
+                    results = self.evaluator.evaluate(self._reporter(trial, history))
+                finally:
+                    self._trial_evaluate = time.perf_counter() - evaluate_started
+            values = self._values(results)
+            state = "COMPLETE"
+            return values[0] if len(values) == 1 else values
+        except _Pruned:
+            state = "PRUNED"
+            import optuna
+
+            raise optuna.TrialPruned() from None
+        except BaseException as error:
+            failure = _failure_text(error)
+            raise
+        finally:
+            self._finish(trial, run_id, state, betas, c, results, history, time.perf_counter() - started, failure)
+
+    def _begin(self, trial: optuna.Trial) -> tuple[dict[str, float], float, str]:
+        """Sample the trial's betas and open its MLflow child run: (betas, c, run id)."""
+        betas, c = suggest(trial, self.study.spec, self.study.units)
+        kind, stored_kind = self._kind(trial)
+        if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
+            trial.set_user_attr(ATTR_KIND, kind)
+        tracking_started = time.perf_counter()
+        run_id = self.recorder.open(trial, betas, c, kind)
+        self._trial_tracking += time.perf_counter() - tracking_started
+        return betas, c, run_id
+
+    def _kind(self, trial: optuna.Trial) -> tuple[str, str]:
+        """(kind, kind stored on the trial): baseline / paper-grid / warm-start (enqueued), retry (of a trial
+        whose worker died: it inherited the dead trial's attributes), or sampled."""
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        storage = self.study.storage
+        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study.study_id, trial.number))
+        stored = str(frozen.user_attrs.get(ATTR_KIND, "sampled"))
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) is not None:
+            return "retry", stored
+        return stored, stored
+
+    def _reporter(self, trial: optuna.Trial, history: list[tuple[str, float, int]]):
+        """Running values go to MLflow after every chunk; to Optuna (a storage write and a pruner
+        decision each) at most PRUNING_CHECKS times per trial."""
+        name = self.objective_names[0] if len(self.objective_names) == 1 else None
+        gap = max(1, self._val_samples // PRUNING_CHECKS)
+        last = [0]
+
+        def report(value: float, step: int) -> None:
+            if name is not None:
+                history.append((f"{name}.running", value, step))
+            if self.prune and (step - last[0] >= gap or step >= self._val_samples):
+                last[0] = step
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise _Pruned
+
+        return report
+
+    def _values(self, results: Mapping[str, ObjectiveResult]) -> tuple[float, ...]:
+        """The objective values in the spec's order; a value that is not finite fails the trial."""
+        values = tuple(results[name].value for name in self.objective_names)
+        if not all(math.isfinite(v) for v in values):
+            raise RuntimeError(f"objective values are not finite: {values}")
+        return values
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        run_id: str,
+        state: str,
+        betas: dict[str, float],
+        c: float,
+        results: Mapping[str, ObjectiveResult],
+        history: list[tuple[str, float, int]],
+        seconds: float,
+        failure: str,
+    ) -> None:
+        tracking_started = time.perf_counter()
+        metrics = self.recorder.close(
+            trial.number,
+            run_id,
+            state=state,
+            betas=betas,
+            c=c,
+            results=results,
+            history=history,
+            seconds=seconds,
+            failure=failure,
+        )
+        self._trial_tracking += time.perf_counter() - tracking_started
+        self.summary.seconds["evaluate"] += self._trial_evaluate
+        self.summary.seconds["tracking"] += self._trial_tracking
+        self._round_evaluate += self._trial_evaluate
+        self._round_tracking += self._trial_tracking
+        line = {
+            "number": trial.number,
+            "state": state,
+            "seconds": seconds,
+            "values": {n: r.value for n, r in results.items()},
+            "betas": betas,
+            "c": c,
+            "rss_mb": metrics.get("worker_rss_mb"),
+            "ended": time.time(),
+        }
+        if state in ("COMPLETE", "PRUNED"):
+            self.summary.finished += 1
+        else:
+            self.summary.failed += 1
+        self.summary.trials.append(line)
+        if self.settings.on_trial is not None:
+            self.settings.on_trial(line)
+        if self.settings.refresh_plots and state == "COMPLETE":
+            self.refresh_plots()
+
+    # ----------------------------------------------------------------------------------------------
+    # K trials at once
+    def _run_batch(self) -> None:
+        """Ask up to K trials, score them in one pass, tell each: the budget stays exact (each trial is
+        checked for surplus like a single one), every trial keeps a heartbeat, and none is pruned."""
+        import optuna
+        from optuna.trial import TrialState
+
+        k = self.batch
+        room = self.budget.room()
+        if room is not None:
+            k = max(1, min(k, room))
+        if heartbeat_interval(self.study.storage) is not None:
+            optuna.storages.fail_stale_trials(self.optuna_study)  # what study.optimize does before each ask
+        trials: list[optuna.Trial] = []
+        try:
+            for _ in range(k):
+                trials.append(self.optuna_study.ask())
+        except BaseException:
+            for trial in trials:
+                self.optuna_study.tell(trial, state=TrialState.FAIL)
+            raise
+        live = []
+        for trial in trials:
+            if self.budget.is_surplus(trial.number):
+                self.budget.discard(trial)
+                self.optuna_study.tell(trial, state=TrialState.FAIL)
+                self.summary.discarded += 1
+            else:
+                live.append(trial)
+        if not live:
+            return
+        with Heartbeats(self.study.storage, [trial._trial_id for trial in live]):
+            self._score_batch(live)
+
+    def _score_batch(self, trials: list[optuna.Trial]) -> None:
+        from optuna.trial import TrialState
+
+        started = time.perf_counter()
+        begun: list[tuple[optuna.Trial, dict[str, float], float, str]] = []
+        results: list[dict[str, ObjectiveResult]] = []
+        evaluate_seconds = 0.0
+        try:
+            for trial in trials:
+                self._trial_tracking = 0.0
+                begun.append((trial, *self._begin(trial)))
+                self._round_tracking += self._trial_tracking
+            with self._interrupts.interruptible():
+                evaluate_started = time.perf_counter()
+                try:
+                    results = self.evaluator.evaluate_profiles(
+                        self.bench.handle,  # type: ignore[arg-type]
+                        [(betas, c) for _, betas, c, _ in begun],
+                    )
+                finally:
+                    evaluate_seconds = time.perf_counter() - evaluate_started
+        except BaseException as error:
+            failure = _failure_text(error)
+            share = (time.perf_counter() - started) / max(len(trials), 1)
+            for trial, betas, c, run_id in begun:
+                self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
+                self._finish(trial, run_id, "FAIL", betas, c, {}, [], share, failure)
+            for trial in trials:
+                self.optuna_study.tell(trial, state=TrialState.FAIL)
+            raise
+        share = (time.perf_counter() - started) / len(trials)
+        for (trial, betas, c, run_id), trial_results in zip(begun, results, strict=True):
+            try:
+                values = self._values(trial_results)
+                state, failure = "COMPLETE", ""
+            except RuntimeError as error:
+                state, failure = "FAIL", _failure_text(error)
+            self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
+            self._finish(trial, run_id, state, betas, c, trial_results, [], share, failure)
+            if state == "COMPLETE":
+                self.optuna_study.tell(trial, values[0] if len(values) == 1 else list(values))
+            else:
+                self.optuna_study.tell(trial, state=TrialState.FAIL)
+
+    # ----------------------------------------------------------------------------------------------
+    # Parent run
+    def refresh_plots(self, *, force: bool = False) -> None:
+        """Plots and best values on the parent run, at most every PLOT_REFRESH_SECONDS (in the background)."""
+        now = time.monotonic()
+        if not force and now - self._last_plots < PLOT_REFRESH_SECONDS:
+            return
+        self._last_plots = now
+        refresh_study_plots(self.study, self.tracker, wait=force)
+
+
+def describe_trial(line: Mapping[str, Any], objective_names: list[str], units_shown: int = 6) -> str:
+    """One human line per finished trial, for the live log."""
+    values = ", ".join(f"{n}={line['values'][n]:.4f}" for n in objective_names if n in line["values"])
+    betas = line["betas"]
+    shown = ", ".join(f"{unit}={beta:.3f}" for unit, beta in list(betas.items())[:units_shown])
+    more = f", ... (+{len(betas) - units_shown})" if len(betas) > units_shown else ""
+    return f"trial {line['number']:>4} {line['state']:<8} {values or '-':<30} {line['seconds']:6.1f}s  {shown}{more}"

@@ -1,0 +1,268 @@
+"""Running a pipeline: its stages in order (each a study), then the test-split report of the chosen stages.
+
+A stage whose study exists resumes (one that has used its budget is skipped); a new stage is created,
+warm-started from an earlier stage's best profile when it says so, and linked to the stage before it
+(the study's ``ct_tune.pipeline`` attribute, the parent runs' ``ct_tune.pipeline`` / ``ct_tune.stage`` /
+``ct_tune.previous_stage_run`` tags). Nothing is created before every stage's spec and the worker
+options are known to be valid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ct_tune._errors import InputError
+from ct_tune.search._pipeline_spec import (
+    PipelineSpec,
+    StageSpec,
+    load_pipeline,
+    map_profile,
+    pipeline_from_dict,
+    stage_spec,
+    warm_start_params,
+    warm_start_ranges,
+)
+from ct_tune.search._run import RunOptions
+from ct_tune.search._spec import StudySpec
+from ct_tune.search._study import Study, new_study, open_study, study_exists
+from ct_tune.stores import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
+from ct_tune.tracking import Tracker
+from ct_tune.tracking._keys import (
+    ATTR_KIND,
+    ATTR_PIPELINE,
+    TAG_PIPELINE,
+    TAG_PREVIOUS_STAGE_RUN,
+    TAG_STAGE,
+    TAG_STAGE_INDEX,
+)
+from ct_tune.workers import plan_workers
+
+__all__ = ["PipelineResult", "StageOutcome", "as_pipeline", "delete_pipeline_studies", "run_pipeline"]
+
+PipelineLike = PipelineSpec | Mapping[str, Any] | str | os.PathLike[str]
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    study: str
+    granularity: str
+    stopped: str
+    finished: int
+    parent_run_id: str
+    plots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    stages: list[StageOutcome]
+    report: list[dict[str, Any]]  # the ReLU baseline once, then the best trial(s) of each reported stage
+    profile_path: str | None  # the last stage's best profile, exported (None for a Pareto front)
+    tracking_uri: str  # redacted
+    objective_names: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.name,
+            "stages": [stage.__dict__ for stage in self.stages],
+            "report": self.report,
+            "profile": self.profile_path,
+            "tracking_uri": self.tracking_uri,
+        }
+
+
+def as_pipeline(pipeline: PipelineLike) -> PipelineSpec:
+    """A pipeline object from itself, a mapping or a YAML file."""
+    if isinstance(pipeline, PipelineSpec):
+        return pipeline
+    if isinstance(pipeline, Mapping):
+        return pipeline_from_dict(dict(pipeline))
+    if isinstance(pipeline, (str, os.PathLike)):
+        return load_pipeline(pipeline)
+    raise InputError(f"a pipeline is a YAML file, a mapping or a PipelineSpec; got {type(pipeline).__name__}")
+
+
+def run_pipeline(
+    pipeline: PipelineLike,
+    *,
+    workers: int | None = 1,
+    devices: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    heartbeat: int = 10,
+    grace: int | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    profile_dir: str | os.PathLike[str] = "profiles",
+    say: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Create (or resume) and run each stage, then report the chosen stages on the test split.
+
+    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` are those of ``Study.run`` and
+    apply to every stage; ``say`` receives the progress lines (default: stderr).
+    """
+    spec = as_pipeline(pipeline)
+    options = RunOptions(
+        workers=workers,
+        devices=devices,
+        heartbeat=heartbeat,
+        grace=grace,
+        log_dir=None if log_dir is None else str(log_dir),
+        progress=progress,
+    )
+    tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages}
+    options.check()
+    for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
+        plan_workers(options.workers, options.devices or stage_study.run.device)
+    outcomes: list[StageOutcome] = []
+    studies: dict[str, Study] = {}
+    tracker: Tracker | None = None
+    for index, stage in enumerate(spec.stages):
+        plain = specs[stage.name]
+        storage_url = resolve_storage(storage, plain.storage)
+        tracker = tracker or Tracker(
+            resolve_tracking_uri(tracking_uri, plain.tracking_uri), artifact_location=plain.artifact_location
+        )
+        name = spec.study_name(stage.name)
+        optuna_storage = open_optuna_storage(storage_url)
+        if study_exists(optuna_storage, name):
+            study = open_study(name, storage_url, optuna_storage, tracker=tracker)
+            tell(f"stage {index + 1}/{len(spec.stages)} {stage.name}: study {name} exists, resuming")
+        else:
+            study = _create_stage(spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, tell)
+        studies[stage.name] = study
+        summary = study.run(
+            workers=options.workers,
+            devices=options.devices,
+            progress=options.progress,
+            heartbeat=options.heartbeat,
+            grace=options.grace,
+            log_dir=options.log_dir,
+        )
+        outcomes.append(
+            StageOutcome(
+                stage.name,
+                name,
+                study.spec.search.granularity,
+                summary.reason,
+                summary.finished,
+                study.parent_run_id,
+                _plot_files(tracker, study.parent_run_id),
+            )
+        )
+    assert tracker is not None
+    tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
+    rows, baseline_row = [], None
+    for stage_name in spec.report_stages:
+        report = studies[stage_name].report()
+        for row in report.trials:
+            row = {"stage": stage_name, "granularity": studies[stage_name].spec.search.granularity, **row}
+            if not row["is_baseline"]:
+                rows.append(row)
+            elif baseline_row is None:  # the ReLU baseline once, first in the table
+                baseline_row = row
+    rows = ([baseline_row] if baseline_row else []) + rows
+    last = studies[spec.stages[-1].name]
+    profile_path = None
+    best = last.best()
+    if len(best) == 1:
+        saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
+        profile_path = str(Path(saved).resolve())
+    return PipelineResult(spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names)
+
+
+def _create_stage(
+    pipeline: PipelineSpec,
+    stage: StageSpec,
+    plain: StudySpec,
+    index: int,
+    storage_url: str,
+    optuna_storage: Any,
+    tracker: Tracker,
+    studies: dict[str, Study],
+    tell: Callable[[str], None],
+) -> Study:
+    from ct_tune.search._bench import Bench
+
+    with Bench.open(plain, device="cpu", steer=False) as bench:  # the units, and the sites to map profiles with
+        spec, profiles, c = plain, [], 0.5
+        if stage.warm_start is not None:
+            earlier = studies[stage.warm_start.from_stage]
+            chosen = earlier.best()
+            if not chosen:
+                raise InputError(
+                    f"stage {stage.warm_start.from_stage!r} has no completed trial to warm-start from; "
+                    "run it (or raise its budget)"
+                )
+            for trial in chosen:
+                c = trial.c
+                profiles.append(
+                    map_profile(
+                        bench.model.net,
+                        bench.trace.sites,
+                        trial.betas,
+                        earlier.spec.search.granularity,
+                        plain.search.granularity,
+                    )
+                )
+            beta = plain.search.beta
+            ranges = warm_start_ranges(profiles, stage.warm_start.width, beta.low, beta.high)
+            spec = stage_spec(pipeline, stage.name, ranges=ranges)
+        units, meta = bench.units, bench.meta()
+    study = new_study(spec, pipeline.study_name(stage.name), storage_url, optuna_storage, tracker, units, meta)
+    for params in warm_start_params(spec, profiles, c):
+        study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: "warm-start"})
+    previous = studies[pipeline.stages[index - 1].name] if index else None
+    link = {
+        "name": pipeline.name,
+        "stage": stage.name,
+        "index": index,
+        "previous_study": previous.name if previous else None,
+    }
+    study.optuna_study.set_user_attr(ATTR_PIPELINE, link)
+    tags = {TAG_PIPELINE: pipeline.name, TAG_STAGE: stage.name, TAG_STAGE_INDEX: str(index)}
+    if previous is not None:
+        tags[TAG_PREVIOUS_STAGE_RUN] = previous.parent_run_id
+    tracker.log(study.parent_run_id, tags=tags)
+    warm = f", warm-started from {stage.warm_start.from_stage} ({len(profiles)} profile(s))" if profiles else ""
+    tell(
+        f"stage {index + 1}/{len(pipeline.stages)} {stage.name}: created study {study.name}, "
+        f"{len(study.units)} {spec.search.granularity} units{warm}"
+    )
+    return study
+
+
+def delete_pipeline_studies(
+    pipeline: PipelineLike, *, storage: str | None = None, tracking_uri: str | None = None
+) -> list[str]:
+    """Delete every stage's study (and archive its experiment); the names deleted."""
+    spec = as_pipeline(pipeline)
+    deleted = []
+    for stage in spec.stages:
+        stage_study = stage_spec(spec, stage.name)
+        storage_url = resolve_storage(storage, stage_study.storage)
+        optuna_storage = open_optuna_storage(storage_url)
+        name = spec.study_name(stage.name)
+        if study_exists(optuna_storage, name):
+            uri = resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
+            open_study(name, storage_url, optuna_storage, tracking_uri=uri).delete()
+            deleted.append(name)
+    return deleted
+
+
+def _plot_files(tracker: Tracker, run_id: str) -> list[str]:
+    """Local paths of a parent run's plots (where the artifact store is a local directory)."""
+    uri = tracker.client.get_run(run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return [f"{uri}/plots/"]
+    folder = Path(parsed.path) / "plots"
+    return sorted(str(path) for path in folder.glob("*.png")) if folder.is_dir() else []

@@ -1,0 +1,194 @@
+"""Pipeline files: several studies run in order on the same model, data and stores (``_pipeline`` runs them).
+
+A pipeline file has a ``base`` (the parts of a study spec every stage shares: model, data, objectives,
+run, stores) and ``stages``; each stage is a full study named ``<pipeline>.<stage>``, built from the
+base plus the stage's own sections (search, sampler, pruner, budget, ...). A stage may start from an
+earlier stage's result (``warm_start``): its best profile (every Pareto-optimal profile for several
+objectives) is mapped onto the new units, enqueued as the first trials, and each unit's beta range is
+centred on it. ``report`` names the stages whose best trials are scored once on the test split at the end.
+
+Stages are linked by tags (the study's ``ct_tune.pipeline`` attribute, the MLflow parent runs'
+``ct_tune.pipeline``/``ct_tune.stage`` tags) and the pipeline is resumable: a stage whose study has used
+its budget is skipped, a stage interrupted halfway resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.search._space import beta_param, uniform_params
+from ct_tune.search._spec import StudySpec, describe_validation_error, parse_yaml, spec_from_dict
+from ct_tune.steering import Site, group_sites
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+__all__ = [
+    "PipelineSpec",
+    "load_pipeline",
+    "map_profile",
+    "pipeline_from_dict",
+    "stage_spec",
+    "warm_start_params",
+    "warm_start_ranges",
+]
+STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
+
+
+class WarmStart(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_stage: str = Field(alias="from")
+    width: float = Field(default=0.1, gt=0, le=1)  # each unit searches [best - width, best + width]
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    warm_start: WarmStart | None = None
+    search: dict[str, Any] = Field(default_factory=dict)
+    objectives: list[Any] | None = None
+    sampler: dict[str, Any] | str | None = None
+    pruner: dict[str, Any] | str | None = None
+    budget: dict[str, Any] = Field(default_factory=dict)
+    run: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    base: dict[str, Any]
+    stages: list[StageSpec] = Field(min_length=1)
+    report: list[str] | None = None  # stages whose best trials get a test-split report (default: all)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique; got {', '.join(names)}")
+        for index, stage in enumerate(self.stages):
+            if stage.warm_start and stage.warm_start.from_stage not in names[:index]:
+                raise ValueError(
+                    f"stage {stage.name!r} warm-starts from {stage.warm_start.from_stage!r}, which is not an earlier "
+                    f"stage (earlier: {', '.join(names[:index]) or 'none'})"
+                )
+        unknown = [name for name in self.report or [] if name not in names]
+        if unknown:
+            raise ValueError(f"report names unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
+        for section in ("name", "search", "sampler", "pruner", "budget"):
+            if section in self.base:
+                raise ValueError(f"base.{section} belongs to a stage (each stage is its own study)")
+        return self
+
+    @property
+    def report_stages(self) -> list[str]:
+        return self.report if self.report is not None else [stage.name for stage in self.stages]
+
+    def study_name(self, stage: str) -> str:
+        return f"{self.name}.{stage}"
+
+    def stage(self, name: str) -> StageSpec:
+        return next(stage for stage in self.stages if stage.name == name)
+
+
+def pipeline_from_dict(data: Any, *, source: str = "pipeline") -> PipelineSpec:
+    """Validate a pipeline, including every stage's study spec; errors are one line."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: a pipeline is a YAML mapping with name, base and stages")
+    try:
+        pipeline = PipelineSpec.model_validate(data)
+    except ValidationError as error:
+        raise InputError(f"{source}: {describe_validation_error(error)}") from None
+    for stage in pipeline.stages:  # every stage must be a valid study before anything runs
+        stage_spec(pipeline, stage.name, source=source)
+    return pipeline
+
+
+def load_pipeline(path: str | os.PathLike[str]) -> PipelineSpec:
+    """Read and validate a pipeline file (see ``pipelines/``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pipeline file {path} does not exist (see pipelines/ for examples)")
+    return pipeline_from_dict(parse_yaml(path), source=str(path))
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def stage_spec(
+    pipeline: PipelineSpec,
+    stage: str,
+    *,
+    ranges: Mapping[str, Mapping[str, float]] | None = None,
+    source: str = "pipeline",
+) -> StudySpec:
+    """The study spec of one stage: the base, the stage's sections, and (warm start) per-unit ranges."""
+    spec = _merge(pipeline.base, {"name": pipeline.study_name(stage)})
+    stage_model = pipeline.stage(stage)
+    for section in STAGE_SECTIONS:
+        value = getattr(stage_model, section)
+        if value in (None, {}):
+            continue
+        spec[section] = _merge(spec.get(section, {}), value) if isinstance(value, dict) else value
+    if stage_model.warm_start is not None:
+        # The baseline ran in the first stage; a warm-started stage searches around the earlier best.
+        spec.setdefault("search", {}).setdefault("enqueue_baseline", False)
+        spec["search"].setdefault("enqueue_paper_grid", False)
+        if ranges:
+            spec["search"]["ranges"] = {unit: dict(r) for unit, r in ranges.items()}
+    return spec_from_dict(spec, source=f"{source} stage {stage!r}")
+
+
+def map_profile(
+    net: nn.Module, sites: Sequence[Site], betas: Mapping[str, float], source: str, target: str
+) -> dict[str, float]:
+    """A profile at granularity ``source`` expressed at ``target``: each target unit takes the mean beta of
+    its ReLU sites (global -> block copies the value; block -> stage averages the blocks of a stage)."""
+    source_units = group_sites(net, sites, source)
+    target_units = group_sites(net, sites, target)
+    collected: dict[str, list[float]] = {}
+    for site, unit in target_units.items():
+        collected.setdefault(unit, []).append(float(betas.get(source_units[site], 1.0)))
+    return {unit: sum(values) / len(values) for unit, values in collected.items()}
+
+
+def warm_start_ranges(
+    profiles: Sequence[Mapping[str, float]], width: float, low: float, high: float
+) -> dict[str, dict[str, float]]:
+    """Per-unit ranges covering every warm-start profile +- ``width``, inside the stage's [low, high]."""
+    ranges = {}
+    for unit in profiles[0]:
+        values = [profile[unit] for profile in profiles]
+        lo, hi = max(low, min(values) - width), min(high, max(values) + width)
+        if hi <= lo:  # the earlier best sits at the edge of this stage's range
+            lo, hi = max(low, hi - 2 * width), min(high, lo + 2 * width)
+        ranges[unit] = {"low": round(lo, 6), "high": round(hi, 6)}
+    return ranges
+
+
+def warm_start_params(spec: StudySpec, profiles: Sequence[Mapping[str, float]], c: float) -> list[dict[str, float]]:
+    """Enqueueable params for the warm-start profiles, clipped into the stage's ranges."""
+    params_list = []
+    for profile in profiles:
+        params = uniform_params(1.0, spec, list(profile))
+        for unit, value in profile.items():
+            beta = spec.search.range_of(unit)
+            params[beta_param(unit)] = min(max(value, beta.low), beta.high)
+        if "c" in params:
+            params["c"] = c
+        params_list.append(params)
+    return params_list

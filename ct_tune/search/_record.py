@@ -1,0 +1,179 @@
+"""The MLflow record of a trial, and of the study on its parent run.
+
+A trial's child run is opened when the trial starts (betas and c as params; worker, device, kind as tags)
+and its id is stored on the trial (``mlflow_run_id``); it is closed with the trial's state, its objective
+values and details as metrics, the running values with their steps, ``trial.json`` and a plot of its
+betas. A worker that dies leaves its run RUNNING: whoever fails its trial closes the run as FAILED
+(``stale_trial_callback``). The parent run holds the best value so far and the study's plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ct_tune.objectives import ObjectiveResult
+from ct_tune.search._space import C_PARAM, beta_param
+from ct_tune.stores import count_states, database_reason
+from ct_tune.tracking import Tracker, beta_profile_figure, study_figures
+from ct_tune.tracking._keys import (
+    ATTR_RUN_ID,
+    TAG_DEVICE,
+    TAG_FAILURE,
+    TAG_KIND,
+    TAG_TRIALS_PER_BATCH,
+    TAG_WORKER,
+)
+
+if TYPE_CHECKING:
+    from ct_tune.search._study import Study
+
+    import optuna
+    from matplotlib.figure import Figure
+
+__all__ = ["TrialRecorder", "memory_metrics", "refresh_study_plots", "stale_trial_callback"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecorder:
+    """Opens and closes the MLflow runs of one worker's trials."""
+
+    tracker: Tracker
+    study_name: str
+    experiment_id: str
+    parent_run_id: str
+    sampler: str
+    worker: int
+    device_label: str
+    device: Any  # torch.device, for the memory metrics
+    trials_per_batch: int = 1
+    lowest_beta: float = 0.7  # the plots' axis floor
+
+    def open(self, trial: optuna.Trial, betas: Mapping[str, float], c: float, kind: str) -> str:
+        """Open the trial's child run and store its id on the trial; returns the run id."""
+        params: dict[str, Any] = {beta_param(unit): value for unit, value in betas.items()}
+        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.sampler})
+        tags = {TAG_WORKER: str(self.worker), TAG_DEVICE: self.device_label, TAG_KIND: kind}
+        if self.trials_per_batch > 1:
+            tags[TAG_TRIALS_PER_BATCH] = str(self.trials_per_batch)
+        run_id = self.tracker.start_trial_run(
+            self.experiment_id,
+            self.parent_run_id,
+            study_name=self.study_name,
+            trial_number=trial.number,
+            params=params,
+            tags=tags,
+        )
+        trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
+        return run_id
+
+    def close(
+        self,
+        trial_number: int,
+        run_id: str,
+        *,
+        state: str,
+        betas: Mapping[str, float],
+        c: float,
+        results: Mapping[str, ObjectiveResult],
+        history: list[tuple[str, float, int]],
+        seconds: float,
+        failure: str,
+    ) -> dict[str, float]:
+        """Close the run with the trial's outcome; returns the metrics written. An MLflow failure is a
+        warning: the trial's result stands in Optuna, which is the truth of a study."""
+        metrics: dict[str, float] = {"trial_seconds": seconds}
+        record: dict[str, Any] = {"trial": trial_number, "state": state, "betas": dict(betas), "c": c, "results": {}}
+        compute = 0.0
+        for name, result in results.items():
+            metrics[name] = result.value
+            compute += result.compute_seconds
+            for key, value in result.details.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[f"{name}.{key}"] = float(value)
+            record["results"][name] = result.to_dict()
+        if results:
+            metrics["compute_seconds"] = compute
+        metrics.update(memory_metrics(self.device))
+        if state == "PRUNED" and history:
+            record["pruned_at_step"] = history[-1][2]
+        tags = {TAG_FAILURE: failure} if failure else {}
+        low = self.lowest_beta
+
+        def figure() -> Figure:
+            return beta_profile_figure(dict(betas), title=f"trial {trial_number} ({state})", low=low)
+
+        try:
+            self.tracker.finish_trial_run(
+                run_id, state=state, metrics=metrics, history=history, tags=tags, record=record, figure=figure
+            )
+        except Exception as error:
+            logger.warning("trial %d: could not finish MLflow run %s: %s", trial_number, run_id, database_reason(error))
+        return metrics
+
+
+def stale_trial_callback(
+    tracker_factory: Callable[[], Tracker],
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Close a dead worker's MLflow run as FAILED, then enqueue its retry (same betas)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(ATTR_RUN_ID)
+        if run_id:
+            tracker_factory().close_run(run_id, state="FAIL", reason="worker stopped sending heartbeats")
+        logger.warning("trial %d: its worker stopped responding; marked FAIL and enqueued again", trial.number)
+        retry(study, trial)
+
+    return callback
+
+
+def refresh_study_plots(study: Study, tracker: Tracker, *, wait: bool = True) -> None:
+    """The parent run's best value (metric) and plots: history, Pareto front, importances, best profile."""
+    names = study.objective_names
+    parent = study.parent_run_id
+    try:
+        best = study.best()
+        if len(best) == 1:
+            states = count_states(study.storage, study.study_id)
+            step = states["COMPLETE"] + states["PRUNED"]
+            tracker.log(parent, metrics={f"best.{names[0]}": best[0].values[names[0]]}, step=step)
+    except Exception as error:  # plots must never stop a study
+        logger.warning("could not log the best value: %s", error)
+
+    def figures() -> dict[str, Figure]:
+        drawn = {f"plots/{name}.png": figure for name, figure in study_figures(study.optuna_study, names).items()}
+        best = study.best()
+        if len(best) == 1:
+            values = ", ".join(f"{n}={v:.4f}" for n, v in best[0].values.items())
+            drawn["plots/best_beta_profile.png"] = beta_profile_figure(
+                best[0].betas, title=f"best trial {best[0].number}: {values}", low=study.spec.search.lowest
+            )
+        return drawn
+
+    tracker.log_figures_later(parent, figures)
+    if wait:
+        tracker.flush()
+
+
+def memory_metrics(device: Any) -> dict[str, float]:
+    """This process's resident memory, and on CUDA the peak allocated since the previous trial (MB)."""
+    metrics: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as statm:
+            metrics["worker_rss_mb"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux
+        pass
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        metrics["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    return metrics

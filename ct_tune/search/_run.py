@@ -1,0 +1,311 @@
+"""Running a study: one launch, with one worker in this process or several worker processes.
+
+Before any worker starts, the launch does once what workers racing on it would duplicate: it turns the
+budget into an absolute number of finished trials, enqueues again the baseline/grid trials whose earlier
+attempt failed, and closes MLflow runs left RUNNING by workers that died. Then it runs the trial loop
+here (one worker) or starts ``python -m ct_tune.search.worker`` per planned worker and relays their
+trials to one progress view. Optuna and MLflow are told in the same order either way.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import InputError, StorageLost, WorkerFailed
+from ct_tune.search._progress import Progress
+from ct_tune.search._space import initial_trials
+from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
+from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_STATE, TAG_TRIAL
+from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, launch, plan_workers
+
+if TYPE_CHECKING:
+    from ct_tune.search._study import Study
+
+__all__ = [
+    "INTERRUPTED",
+    "RunOptions",
+    "RunSummary",
+    "WorkerSettings",
+    "close_orphan_runs",
+    "requeue_initial_trials",
+    "run_study",
+]
+
+WORKER_MODULE = "ct_tune.search.worker"
+INTERRUPTED = "interrupted (a trial that was running is marked FAIL). Resume with: ct-tune study run {name}"
+
+
+@dataclass
+class RunOptions:
+    """How to run a study: what ``Study.run``, ``study run`` and every stage of a pipeline take."""
+
+    workers: int | None = 1  # None: one per GPU of ``devices``, else 1
+    devices: str | None = None  # default: the spec's run.device
+    n_trials: int | None = None  # more trials in this launch (default: the spec's budget, in total)
+    timeout: float | None = None  # seconds (default: the spec's budget.timeout)
+    heartbeat: int = 10
+    grace: int | None = None
+    log_dir: str | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise InputError(f"--n-trials must be at least 1, not {self.n_trials}")
+        if self.timeout is not None and (not math.isfinite(self.timeout) or self.timeout <= 0):
+            raise InputError(f"--timeout must be positive, not {self.timeout!r}")
+        if self.heartbeat < 1:
+            raise InputError(f"--heartbeat must be at least 1 second, not {self.heartbeat}")
+        if self.grace is not None and self.grace <= self.heartbeat:
+            raise InputError(f"--grace ({self.grace} s) must be longer than --heartbeat ({self.heartbeat} s)")
+
+
+@dataclass
+class WorkerSettings:
+    study: str
+    storage_url: str
+    tracking_uri: str
+    worker: int = 0
+    device: str = "cpu"  # what torch is given: cpu, or cuda (the launcher pins the GPU with CUDA_VISIBLE_DEVICES)
+    threads: int | None = None  # torch intra-op threads
+    target_total: int | None = None  # finished trials the study should reach, over all workers
+    deadline: float | None = None  # time.time() after which no trial starts
+    heartbeat: int = 10
+    grace: int | None = None
+    sys_path: list[str] = field(default_factory=list)  # the launcher's import path: user packages import here too
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerSettings:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RunSummary:
+    """What one launch did."""
+
+    study: str
+    reason: str  # why it stopped: budget reached, timeout, budget already reached, ...
+    finished: int = 0  # trials finished (COMPLETE + PRUNED) in this launch, over all workers
+    failed: int = 0
+    discarded: int = 0
+    workers: int = 0
+    # seconds per kind of work, summed over workers: evaluate, tracking (MLflow), optuna
+    seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
+    trials: list[dict[str, Any]] = field(default_factory=list)  # one line per trial of this launch
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_study(study: Study, options: RunOptions) -> RunSummary:
+    """Prepare the study once, then run one worker here or launch several."""
+    options.check()
+    spec = study.spec
+    plans = plan_workers(options.workers, options.devices or spec.run.device)
+    states = study.counts()
+    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    target = finished + options.n_trials if options.n_trials is not None else spec.budget.n_trials
+    timeout = options.timeout if options.timeout is not None else spec.budget.timeout
+    if target is not None and finished >= target:
+        return RunSummary(study.name, f"budget already reached ({finished} trials); use --n-trials to run more")
+
+    # Done once, before any worker starts: workers racing on these would duplicate them.
+    tracker = study.tracker
+    requeued = requeue_initial_trials(study)
+    closed = close_orphan_runs(study)
+    progress = Progress(total=None if target is None else target - finished, bar=options.progress)
+    if requeued:
+        progress.write(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
+    if closed:
+        progress.write(f"closed {closed} MLflow run(s) left RUNNING by a worker that stopped")
+    deadline = None if timeout is None else time.time() + timeout
+    target_text = target if target is not None else "none"
+    progress.write(
+        f"study {study.name}: {len(study.units)} {spec.search.granularity} units, {finished} trial(s) finished, "
+        f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {len(plans)} worker(s)"
+    )
+    try:
+        if len(plans) == 1:
+            summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
+        else:
+            summary = _launch(study, plans, options, target, deadline, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"ct-tune: {INTERRUPTED.format(name=study.name)}", file=sys.stderr)
+        raise
+    finally:
+        progress.close()
+    return summary
+
+
+def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, target, deadline, progress) -> RunSummary:
+    from ct_tune.search._bench import Bench
+    from ct_tune.search._loop import LoopSettings, TrialLoop, describe_trial
+
+    device = "cpu" if plan.device == "cpu" else f"cuda:{plan.visible_gpu}"
+    with Bench.open(study.spec, device=device) as bench:
+        bench.check_identity(study.meta, study.name)
+        progress.write(f"worker 0 on {bench.device_label}")
+        names = study.objective_names
+        settings = LoopSettings(
+            target_total=target,
+            deadline=deadline,
+            heartbeat_interval=options.heartbeat,
+            grace_period=options.grace,
+            on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
+        )
+        worker = TrialLoop(study, bench, tracker, settings).run()
+    return RunSummary(
+        study.name,
+        worker.reason,
+        finished=worker.finished,
+        failed=worker.failed,
+        discarded=worker.discarded,
+        workers=1,
+        seconds=dict(worker.seconds),
+        trials=worker.trials,
+    )
+
+
+def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, progress) -> RunSummary:
+    from ct_tune.search._loop import describe_trial
+    from ct_tune.search._record import refresh_study_plots
+
+    names = study.objective_names
+    log_dir = Path(options.log_dir or f"logs/{study.name}")
+    lines: list[dict[str, Any]] = []
+
+    def on_event(index: int, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "ready":
+            progress.write(f"worker {index} ready on {event.get('device')} (pid {event.get('pid')})")
+        elif kind == "trial":
+            lines.append(event)
+            progress.trial(event, f"[w{index}] " + describe_trial(event, names))
+
+    def settings(plan: WorkerPlan) -> dict[str, Any]:
+        return WorkerSettings(
+            study=study.name,
+            storage_url=study.storage_url,
+            tracking_uri=study.tracking_uri,
+            worker=plan.index,
+            device=plan.device,
+            threads=plan.threads,
+            target_total=target,
+            deadline=deadline,
+            heartbeat=options.heartbeat,
+            grace=options.grace,
+            sys_path=list(sys.path),
+        ).to_dict()
+
+    result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    summaries = result.summaries.values()
+    lost = [i for i, code in result.exit_codes.items() if code == EXIT_DATABASE_LOST]
+    if lost:
+        raise StorageLost(
+            f"{len(lost)} worker(s) lost the database {redact(study.storage_url)}; run 'ct-tune study run "
+            f"{study.name}' again once it is back: the study resumes (logs: {result.log_files[lost[0]]})"
+        )
+    broken = {i: code for i, code in result.exit_codes.items() if code != 0}
+    if broken:
+        finished_total = _finished(study)
+        texts = [f"worker {i} {_exit_text(code)}; see {result.log_files[i]}" for i, code in broken.items()]
+        if target is None or finished_total < target:
+            raise WorkerFailed("; ".join(texts) + f" ({finished_total} of {target} trials finished)")
+        for text in texts:  # the others finished the budget (its trial was retried): the job is done
+            progress.write(f"warning: {text}")
+    refresh_study_plots(study, study.tracker)
+    reasons = {s.get("reason", "") for s in summaries}
+    seconds = {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0}
+    for summary in summaries:
+        for kind, value in (summary.get("seconds") or {}).items():
+            seconds[kind] = seconds.get(kind, 0.0) + float(value)
+    return RunSummary(
+        study.name,
+        ", ".join(sorted(r for r in reasons if r)) or "done",
+        finished=sum(s.get("finished", 0) for s in summaries),
+        failed=sum(s.get("failed", 0) for s in summaries),
+        discarded=sum(s.get("discarded", 0) for s in summaries),
+        workers=len(plans),
+        seconds=seconds,
+        trials=[{k: v for k, v in line.items() if k != "event"} for line in lines],
+    )
+
+
+def _finished(study: Study) -> int:
+    try:
+        states = count_states(study.storage, study.study_id)
+    except Exception as error:
+        if not is_database_error(error):
+            raise
+        reason = database_reason(database_cause(error))
+        raise StorageLost(
+            f"the Optuna storage {redact(study.storage_url)} stopped answering ({reason}); "
+            f"run 'ct-tune study run {study.name}' again once it is back: the study resumes"
+        ) from None
+    return states["COMPLETE"] + states["PRUNED"]
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+# --------------------------------------------------------------------------------------------------
+# What a launch repairs before its workers start
+def requeue_initial_trials(study: Study) -> int:
+    """Enqueue again the baseline / paper-grid trials that ended FAIL (a crash, a Ctrl-C), so that the
+    ReLU baseline is always part of the study. Returns how many were enqueued."""
+    from optuna.trial import TrialState
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    present = [
+        t.system_attrs.get("fixed_params", t.params)
+        for t in study.optuna_study.get_trials(deepcopy=False, states=alive)
+    ]
+    added = 0
+    for params, kind in initial_trials(study.spec, study.units):
+        if not any(_same_params(params, other) for other in present):
+            study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
+            present.append(params)
+            added += 1
+    return added
+
+
+def close_orphan_runs(study: Study) -> int:
+    """Close MLflow runs left RUNNING although their trial is not running any more (a worker died while
+    its database was unreachable, so nobody could close the run). Returns how many were closed."""
+    from optuna.trial import TrialState
+
+    tracker = study.tracker
+    experiment = study.mlflow.get("experiment_id")
+    if experiment is None:
+        return 0
+    runs = tracker.runs(experiment, filter_string=f"tags.`{TAG_STATE}` = 'RUNNING'")
+    if not runs:
+        return 0
+    trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in runs:
+        trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
+        alive = trial is not None and trial.state == TrialState.RUNNING
+        if not (alive and trial.user_attrs.get(ATTR_RUN_ID) == run.info.run_id):
+            tracker.close_run(run.info.run_id, state="FAIL", reason="its worker stopped before closing it")
+            closed += 1
+    return closed
+
+
+def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(abs(float(a[k]) - float(b[k])) < 1e-12 for k in a)

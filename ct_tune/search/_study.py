@@ -1,0 +1,626 @@
+"""``Study``: a ct-tune study from Python, with the same power as ``ct-tune study ...``.
+
+A ct-tune study is an ordinary Optuna study (readable by ``optuna trials`` and optuna-dashboard) whose user
+attributes hold what every worker needs: the spec, the ordered unit names, what the study was created with
+(the ReLU-site, weights and data fingerprints) and its MLflow experiment and parent run. Optuna's storage is
+the truth of a study; MLflow follows it.
+
+Creation is all-or-nothing: any failure after the Optuna study exists deletes it again, and the MLflow
+experiment or parent run made for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ct_tune._errors import InputError
+from ct_tune._version import __version__
+from ct_tune.search._space import check_units, initial_trials, profile_from_params
+from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
+from ct_tune.steering import BetaProfile
+from ct_tune.stores import (
+    count_states,
+    open_optuna_storage,
+    redact,
+    resolve_recorded_tracking_uri,
+    resolve_storage,
+    resolve_tracking_uri,
+)
+from ct_tune.tracking import Tracker
+from ct_tune.tracking._keys import (
+    ATTR_DISCARDED,
+    ATTR_KIND,
+    ATTR_META,
+    ATTR_MLFLOW,
+    ATTR_REPORT,
+    ATTR_RUN_ID,
+    ATTR_SPEC,
+    ATTR_UNITS,
+)
+
+if TYPE_CHECKING:
+    from ct_tune.search._report import StudyReport
+    from ct_tune.search._run import RunSummary
+
+    import optuna
+
+__all__ = [
+    "Study",
+    "StudyStatus",
+    "TrialResult",
+    "create_study",
+    "delete_study",
+    "list_studies",
+    "load_study",
+    "new_study",
+    "open_study",
+]
+
+logger = logging.getLogger(__name__)
+
+SpecLike = StudySpec | Mapping[str, Any] | str | os.PathLike[str]
+
+
+@dataclass
+class TrialResult:
+    """One finished trial: its values (by objective name), betas, c, and the profile to export or apply."""
+
+    number: int
+    state: str
+    values: dict[str, float]
+    betas: dict[str, float]
+    c: float
+    profile: BetaProfile
+    kind: str = "sampled"  # baseline, paper-grid, warm-start, sampled, retry
+    mlflow_run_id: str | None = None
+    test: dict[str, float] | None = None  # set once a report scored it on the test split
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("profile")
+        return data
+
+
+@dataclass
+class StudyStatus:
+    study: str
+    storage: str  # redacted
+    granularity: str
+    units: int
+    objectives: dict[str, str]  # name -> direction
+    budget: int | None
+    trials: dict[str, int]  # per state; trials discarded for the budget apart from real failures
+    best: list[TrialResult] = field(default_factory=list)
+    baseline: TrialResult | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: value for key, value in self.__dict__.items() if key not in ("best", "baseline")}
+        data["best"] = [trial.to_dict() for trial in self.best]
+        data["baseline"] = self.baseline.to_dict() if self.baseline else None
+        return data
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(summary.study_name == name for summary in storage.get_all_studies())
+
+
+class Study:
+    """An Optuna study with the ct-tune settings stored in it, and the MLflow experiment it logs to.
+
+    Make one with :func:`create_study` or :func:`load_study`. ``optuna_study`` is the underlying
+    ``optuna.Study`` and ``experiment_id`` the MLflow experiment, for anything Optuna or MLflow do directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        optuna_study: optuna.Study,
+        storage_url: str,
+        storage: optuna.storages.BaseStorage,
+        tracking_uri: str | None = None,
+        tracker: Tracker | None = None,
+    ) -> None:
+        attrs = optuna_study.user_attrs
+        name = optuna_study.study_name
+        if ATTR_SPEC not in attrs:
+            raise InputError(
+                f"study {name!r} was not created by ct-tune (no spec stored); create it with 'ct-tune study create'"
+            )
+        self.optuna_study = optuna_study
+        self.spec: StudySpec = spec_from_dict(attrs[ATTR_SPEC], source=f"stored spec of study {name!r}")
+        self.units: list[str] = list(attrs[ATTR_UNITS])
+        self.meta: dict[str, Any] = dict(attrs.get(ATTR_META, {}))
+        self.mlflow: dict[str, Any] = dict(attrs[ATTR_MLFLOW])
+        self.storage_url = storage_url  # may hold a password: shown only through redact()
+        self.storage = storage
+        self.study_id: int = storage.get_study_id_from_name(name)
+        self._tracking_uri = tracker.tracking_uri if tracker is not None else tracking_uri
+        self._tracker = tracker
+        self.resumed = False  # create_study(resume_if_exists=True) found it already there
+
+    # ----------------------------------------------------------------------------------------------
+    # What it is
+    @property
+    def name(self) -> str:
+        return self.optuna_study.study_name
+
+    @property
+    def experiment_id(self) -> str:
+        return self.mlflow["experiment_id"]
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.mlflow["parent_run_id"]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return self.spec.objective_names
+
+    @property
+    def directions(self) -> list[str]:
+        return self.spec.directions
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.spec.objectives) > 1
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow store: as given, else ``$MLFLOW_TRACKING_URI``, else the one recorded at creation."""
+        if self._tracking_uri is None:
+            self._tracking_uri = resolve_recorded_tracking_uri(None, self.mlflow.get("tracking_uri"), study=self.name)
+        return self._tracking_uri
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking_uri, artifact_location=self.mlflow.get("artifact_location"))
+        return self._tracker
+
+    def __repr__(self) -> str:
+        return (
+            f"Study({self.name!r}, {len(self.units)} {self.spec.search.granularity} units, "
+            f"objectives={self.objective_names}, storage={redact(self.storage_url)!r})"
+        )
+
+    def use_tracking_uri(self, tracking_uri: str) -> None:
+        """Log to this MLflow store (the same one the study was created with, reached another way)."""
+        self._tracking_uri = resolve_recorded_tracking_uri(
+            tracking_uri, self.mlflow.get("tracking_uri"), study=self.name
+        )
+        self._tracker = None
+
+    def reopened(self, **storage_settings: Any) -> Study:
+        """The same study on a storage opened with other settings (a worker's heartbeats)."""
+        import optuna
+
+        storage = open_optuna_storage(self.storage_url, **storage_settings)
+        return Study(
+            optuna_study=optuna.load_study(study_name=self.name, storage=storage),
+            storage_url=self.storage_url,
+            storage=storage,
+            tracking_uri=self._tracking_uri,
+            tracker=self._tracker,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # Trials
+    def profile_of(self, trial: optuna.trial.FrozenTrial) -> tuple[dict[str, float], float]:
+        """(betas per unit, c) of an Optuna trial of this study."""
+        return profile_from_params(trial.params, self.spec, self.units)
+
+    def result_of(self, trial: optuna.trial.FrozenTrial) -> TrialResult:
+        betas, c = self.profile_of(trial)
+        values = dict(zip(self.objective_names, trial.values or [], strict=False))
+        reported = self.optuna_study.user_attrs.get(ATTR_REPORT, {}).get(str(trial.number), {})
+        profile = BetaProfile(
+            granularity=self.spec.search.granularity,
+            betas=betas,
+            c=c,
+            fingerprint=self.meta.get("fingerprint"),
+            input_shape=self.meta.get("input_shape"),
+            model=self.meta.get("model_class"),
+            metadata={
+                "study": self.name,
+                "trial": trial.number,
+                "values": values,
+                "model": self.spec.model.model_dump(exclude_none=True),
+                "data": self.spec.data.model_dump(exclude_none=True),
+            },
+        )
+        return TrialResult(
+            number=trial.number,
+            state=trial.state.name,
+            values=values,
+            betas=betas,
+            c=c,
+            profile=profile,
+            kind=str(trial.user_attrs.get(ATTR_KIND, "sampled")),
+            mlflow_run_id=trial.user_attrs.get(ATTR_RUN_ID),
+            test=reported.get("test"),
+            seconds=trial.duration.total_seconds() if trial.duration else None,
+        )
+
+    def trial(self, number: int) -> TrialResult:
+        """A COMPLETE trial by number (one line naming the problem otherwise)."""
+        from optuna.trial import TrialState
+
+        trials = self.optuna_study.get_trials(deepcopy=False)
+        if not 0 <= number < len(trials) or trials[number].state != TrialState.COMPLETE:
+            raise InputError(f"trial {number} of study {self.name!r} does not exist or is not COMPLETE")
+        return self.result_of(trials[number])
+
+    def trials(self) -> list[TrialResult]:
+        """Every COMPLETE trial, in trial order."""
+        from optuna.trial import TrialState
+
+        return [self.result_of(t) for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+    def best(self) -> list[TrialResult]:
+        """The best trial for one objective, the Pareto front (in trial order) for several; empty before any
+        trial has completed."""
+        from optuna.trial import TrialState
+
+        study = self.optuna_study
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return []
+        if self.multi_objective:
+            return [self.result_of(t) for t in sorted(study.best_trials, key=lambda t: t.number)]
+        return [self.result_of(study.best_trial)]
+
+    def baseline(self) -> TrialResult | None:
+        """The ReLU baseline (beta = 1 everywhere), once it has completed."""
+        from optuna.trial import TrialState
+
+        for trial in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            betas, _ = self.profile_of(trial)
+            if all(value == 1.0 for value in betas.values()):
+                return self.result_of(trial)
+        return None
+
+    def chosen(self, number: int | None = None) -> TrialResult:
+        """The trial to export: the given number, else the single best one."""
+        if number is not None:
+            return self.trial(number)
+        best = self.best()
+        if not best:
+            raise InputError(
+                f"study {self.name!r} has no completed trial yet; run it with 'ct-tune study run {self.name}'"
+            )
+        if len(best) > 1:
+            numbers = ", ".join(str(t.number) for t in best)
+            raise InputError(
+                f"study {self.name!r} has {len(best)} Pareto-optimal trials ({numbers}); choose one with --trial N"
+            )
+        return best[0]
+
+    def counts(self) -> dict[str, int]:
+        """Trials per state; trials discarded for the budget are counted apart from real failures."""
+        states = count_states(self.storage, self.study_id)
+        discarded = 0
+        if states.get("FAIL"):
+            from optuna.trial import TrialState
+
+            discarded = sum(
+                1
+                for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if ATTR_DISCARDED in t.user_attrs
+            )
+        states["FAIL"] -= discarded
+        states["DISCARDED"] = discarded
+        return states
+
+    def status(self) -> StudyStatus:
+        return StudyStatus(
+            study=self.name,
+            storage=redact(self.storage_url),
+            granularity=self.spec.search.granularity,
+            units=len(self.units),
+            objectives=dict(zip(self.objective_names, self.directions, strict=True)),
+            budget=self.spec.budget.n_trials,
+            trials=self.counts(),
+            best=self.best(),
+            baseline=self.baseline(),
+            mlflow_experiment_id=self.mlflow.get("experiment_id"),
+            mlflow_parent_run_id=self.mlflow.get("parent_run_id"),
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # Doing things
+    def run(
+        self,
+        *,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        workers: int | None = 1,
+        devices: str | None = None,
+        progress: bool = True,
+        heartbeat: int = 10,
+        grace: int | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+    ) -> RunSummary:
+        """Run trials until the budget is used: the spec's total, or ``n_trials`` more in this call.
+
+        ``workers`` processes (None: one per GPU of ``devices``, else 1) on ``devices`` (``auto``, ``cpu``
+        or ``cuda:0,cuda:1``; default the spec's ``run.device``). One worker runs in this process; several
+        are child processes logging to ``log_dir`` (default ``logs/<study>``). Ctrl-C fails the running
+        trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes.
+        """
+        from ct_tune.search._run import RunOptions, run_study
+
+        options = RunOptions(
+            workers=workers,
+            devices=devices,
+            n_trials=n_trials,
+            timeout=timeout,
+            heartbeat=heartbeat,
+            grace=grace,
+            log_dir=None if log_dir is None else str(log_dir),
+            progress=progress,
+        )
+        return run_study(self, options)
+
+    def export(self, path: str | os.PathLike[str] | None = None, *, trial: int | None = None) -> BetaProfile:
+        """The beta profile of the best trial (or ``trial``), written to ``path`` when one is given."""
+        profile = self.chosen(trial).profile
+        if path is not None:
+            profile.save(path)
+        return profile
+
+    def report(self, *, trials: Sequence[int] | None = None, device: str | None = None) -> StudyReport:
+        """Score the best trial(s) (or ``trials``) and the ReLU baseline once on the test split: the only
+        reader of the test split. Results go to the study, to MLflow and to the returned report."""
+        from ct_tune.search._report import report_study
+
+        return report_study(self, trial_numbers=trials, device=device)
+
+    def delete(self) -> dict[str, Any]:
+        """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI)."""
+        import optuna
+
+        n_trials = len(self.optuna_study.get_trials(deepcopy=False))
+        optuna.delete_study(study_name=self.name, storage=self.storage)
+        experiment = self.tracker.delete_experiment(self.name)
+        return {"study": self.name, "trials": n_trials, "mlflow_experiment_deleted": experiment}
+
+
+# --------------------------------------------------------------------------------------------------
+# Module-level entry points
+def _as_spec(spec: SpecLike) -> tuple[StudySpec, str | None]:
+    """(spec, default name): a spec object, a mapping, or a YAML file (its stem is the default name)."""
+    if isinstance(spec, StudySpec):
+        return spec, spec.name
+    if isinstance(spec, Mapping):
+        parsed = spec_from_dict(dict(spec), source="spec")
+        return parsed, parsed.name
+    if isinstance(spec, (str, os.PathLike)):
+        parsed = load_spec(spec)
+        return parsed, parsed.name or Path(spec).stem
+    raise InputError(f"a study spec is a YAML file, a mapping or a StudySpec; got {type(spec).__name__}")
+
+
+def create_study(
+    spec: SpecLike,
+    *,
+    name: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    resume_if_exists: bool = False,
+) -> Study:
+    """Validate ``spec``, load its model and data once, and create the study, its MLflow experiment and
+    parent run; the ReLU baseline (and the paper's grid, if asked) are enqueued as the first trials.
+
+    ``storage`` / ``tracking_uri`` override the spec (then ``$CT_TUNE_STORAGE`` / ``$MLFLOW_TRACKING_URI``,
+    then the spec, then ``sqlite:///studies/optuna.db`` / ``sqlite:///mlruns/mlflow.db``). A study of the
+    same name is an error unless ``resume_if_exists`` (then it must search the same space).
+    """
+    from ct_tune.search._bench import Bench
+
+    parsed, default_name = _as_spec(spec)
+    name = name or default_name
+    if not name:
+        raise InputError("the study needs a name: pass name=... (or --name), or set name: in the spec")
+    storage_url = resolve_storage(storage, parsed.storage)
+    tracking = resolve_tracking_uri(tracking_uri, parsed.tracking_uri)
+    # Model and data first, then the Optuna storage: a bad checkpoint, dataset or storage URL fails before
+    # the MLflow store is touched.
+    with Bench.open(parsed, device="cpu", steer=False) as bench:
+        units, meta = bench.units, bench.meta()
+    optuna_storage = open_optuna_storage(storage_url)
+    tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
+    return new_study(parsed, name, storage_url, optuna_storage, tracker, units, meta, resume_if_exists=resume_if_exists)
+
+
+def new_study(
+    spec: StudySpec,
+    name: str,
+    storage_url: str,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    units: Sequence[str],
+    meta: dict[str, Any],
+    *,
+    resume_if_exists: bool = False,
+) -> Study:
+    """Create the study in an open storage from what a bench found (``units``, ``meta``): all or nothing."""
+    import optuna
+
+    _quiet_optuna()
+    check_units(spec, units)
+    if study_exists(storage, name):
+        if not resume_if_exists:
+            raise InputError(
+                f"a study named {name!r} already exists in {redact(storage_url)}; choose another --name, "
+                "pass --resume-if-exists, or delete it with 'ct-tune study delete'"
+            )
+        existing = open_study(name, storage_url, storage, tracker=tracker)
+        if (
+            existing.spec.search != spec.search
+            or existing.spec.objectives != spec.objectives
+            or existing.units != list(units)
+        ):
+            raise InputError(
+                f"study {name!r} exists with another search space or objectives; --resume-if-exists only "
+                "resumes the same search (choose another --name)"
+            )
+        existing.resumed = True
+        return existing
+
+    new_experiment = tracker.experiment_id(name, create=False) is None
+    experiment_id = tracker.experiment_id(name, create=True)
+    study = None
+    mlflow_info: dict[str, Any] = {}
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=spec.directions,
+            sampler=optuna.samplers.RandomSampler(),  # samplers are not stored; each worker builds its own
+        )
+        study.set_metric_names(spec.objective_names)
+        mlflow_info.update(
+            {
+                "tracking_uri": redact(tracker.tracking_uri),  # never a password; workers pass their own
+                "experiment_id": experiment_id,
+                "artifact_location": tracker.artifact_location,
+            }
+        )
+        parent_params = {
+            "study": name,
+            "granularity": spec.search.granularity,
+            "n_units": len(units),
+            "beta_range": f"[{spec.search.beta.low}, {spec.search.beta.high}]",
+            "c": spec.search.c if not spec.search.searches_c else "searched",
+            "objectives": ",".join(spec.objective_names),
+            "directions": ",".join(spec.directions),
+            "sampler": spec.sampler.name,
+            "pruner": spec.pruner.name,
+            "n_trials": spec.budget.n_trials,
+            "model": spec.model.checkpoint or spec.model.name,
+            "data": spec.data.name,
+            "storage": redact(storage_url),
+            "ct_tune_version": __version__,
+        }
+        mlflow_info["parent_run_id"] = tracker.create_study_run(experiment_id, name, parent_params, spec.to_dict())
+        study.set_user_attr(ATTR_SPEC, spec.to_dict())
+        study.set_user_attr(ATTR_UNITS, list(units))
+        study.set_user_attr(ATTR_META, {**meta, "created": _now(), "ct_tune_version": __version__})
+        study.set_user_attr(ATTR_MLFLOW, mlflow_info)
+        for params, kind in initial_trials(spec, units):
+            study.enqueue_trial(params, user_attrs={ATTR_KIND: kind}, skip_if_exists=True)
+    except BaseException:
+        # all or nothing: no orphan study, experiment or parent run
+        if study is not None:
+            optuna.delete_study(study_name=name, storage=storage)
+        if new_experiment:
+            tracker.delete_experiment(name)
+        elif "parent_run_id" in mlflow_info:
+            tracker.client.delete_run(mlflow_info["parent_run_id"])
+        raise
+    return open_study(name, storage_url, storage, tracker=tracker)
+
+
+def open_study(
+    name: str,
+    storage_url: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    tracker: Tracker | None = None,
+    tracking_uri: str | None = None,
+) -> Study:
+    """A study of an open storage (one line naming the studies there when it is missing)."""
+    import optuna
+
+    _quiet_optuna()
+    if not study_exists(storage, name):
+        names = sorted(summary.study_name for summary in storage.get_all_studies())
+        known = f"studies there: {', '.join(names)}" if names else "it holds no study"
+        raise InputError(
+            f"no study named {name!r} in {redact(storage_url)} ({known}); pass --storage URL or set CT_TUNE_STORAGE "
+            "if it lives elsewhere"
+        )
+    study = optuna.load_study(study_name=name, storage=storage)
+    return Study(
+        optuna_study=study, storage_url=storage_url, storage=storage, tracking_uri=tracking_uri, tracker=tracker
+    )
+
+
+def _name_and_storage(name: str | os.PathLike[str], storage: str | None) -> tuple[str, str]:
+    """A study given by name, or by the spec file it was created from (its name and storage)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        spec = load_spec(path)
+        return spec.name or path.stem, resolve_storage(storage, spec.storage)
+    return str(name), resolve_storage(storage)
+
+
+def load_study(name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None) -> Study:
+    """An existing study, by name (or the spec file it was created from).
+
+    ``storage`` defaults to ``$CT_TUNE_STORAGE``, else ``sqlite:///studies/optuna.db``; ``tracking_uri`` to
+    ``$MLFLOW_TRACKING_URI``, else the store the study was created with (never with its password).
+    """
+    study_name, storage_url = _name_and_storage(name, storage)
+    study = open_study(study_name, storage_url, open_optuna_storage(storage_url))
+    if tracking_uri is not None:
+        study.use_tracking_uri(tracking_uri)
+    return study
+
+
+def delete_study(
+    name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """Delete a study and archive its MLflow experiment; what was deleted."""
+    return load_study(name, storage=storage, tracking_uri=tracking_uri).delete()
+
+
+def list_studies(*, storage: str | None = None) -> list[dict[str, Any]]:
+    """One row per study in the storage: granularity, objectives, trial counts, budget, creation time."""
+    import optuna
+
+    _quiet_optuna()
+    storage_url = resolve_storage(storage)
+    optuna_storage = open_optuna_storage(storage_url)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage=optuna_storage, include_best_trial=False):
+        attrs = summary.user_attrs
+        spec = attrs.get(ATTR_SPEC, {})
+        states = count_states(optuna_storage, optuna_storage.get_study_id_from_name(summary.study_name))
+        rows.append(
+            {
+                "name": summary.study_name,
+                "granularity": spec.get("search", {}).get("granularity"),
+                "objectives": [o.get("name") for o in spec.get("objectives", [])],
+                "directions": [d.name.lower() for d in summary.directions],
+                "complete": states.get("COMPLETE", 0),
+                "pruned": states.get("PRUNED", 0),
+                "failed": states.get("FAIL", 0),
+                "running": states.get("RUNNING", 0),
+                "budget": spec.get("budget", {}).get("n_trials"),
+                "created": attrs.get(ATTR_META, {}).get("created")
+                or (summary.datetime_start.isoformat(timespec="seconds") if summary.datetime_start else None),
+                "ct_tune": ATTR_SPEC in attrs,
+            }
+        )
+    return rows
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,87 @@
+"""One worker of a study: ``python -m ct_tune.search.worker`` with its settings as one JSON document on stdin.
+
+The launcher (``Study.run`` with several workers) starts one per planned worker; a cluster executor can
+call :func:`run_worker` with the same settings. The worker loads the model and data once, checks they are
+what the study was created with, then pulls trials until the study's target is reached by all workers
+together. It reports each finished trial as an event line on stdout; its logs go to stderr. Storage URLs
+(with any password) travel in the settings, never on the command line.
+
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 the database went away, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from ct_tune._errors import CTTuneError
+from ct_tune.search._run import WorkerSettings
+from ct_tune.workers import emit_event, read_settings
+
+__all__ = ["WorkerSettings", "main", "run_worker"]
+
+
+def run_worker(settings: WorkerSettings) -> dict[str, Any]:
+    """Run trials until the target is reached; the worker's summary (also emitted as its last event)."""
+    for entry in reversed(settings.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    from ct_tune.search._bench import Bench
+    from ct_tune.search._loop import LoopSettings, TrialLoop
+    from ct_tune.search._study import load_study
+
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    study = load_study(settings.study, storage=settings.storage_url, tracking_uri=settings.tracking_uri)
+    with Bench.open(study.spec, device=settings.device) as bench:
+        bench.check_identity(study.meta, study.name)
+        emit_event("ready", device=bench.device_label, pid=os.getpid())
+        loop = LoopSettings(
+            target_total=settings.target_total,
+            deadline=settings.deadline,
+            worker=settings.worker,
+            heartbeat_interval=settings.heartbeat,
+            grace_period=settings.grace,
+            refresh_plots=False,  # the launcher draws the study's plots once at the end
+            on_trial=lambda line: emit_event("trial", **line),
+        )
+        summary = TrialLoop(study, bench, study.tracker, loop).run()
+    payload = {
+        "finished": summary.finished,
+        "failed": summary.failed,
+        "discarded": summary.discarded,
+        "reason": summary.reason,
+        "seconds": summary.seconds,
+    }
+    emit_event("summary", **payload)
+    return payload
+
+
+def main() -> int:
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("ct_tune")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    settings = WorkerSettings.from_dict(read_settings())
+    try:
+        run_worker(settings)
+    except KeyboardInterrupt:
+        print("ct-tune worker: interrupted", file=sys.stderr)
+        return 130
+    except CTTuneError as error:
+        print(f"ct-tune: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Steering: Curvature Tuning applied to a live model through wrapped forwards and hooks, no copies.
+
+- ``ct`` is the activation (exact ReLU at beta = 1); the fused kernels (``_fused``) are what steered
+  models run once they pay for their compile.
+- ``trace_sites`` finds where a model applies ReLU (modules, reused modules, inline calls);
+  ``group_sites`` groups those sites into *units* (one beta each) at a granularity, following the
+  architecture's own stages and blocks.
+- ``steer`` attaches CT and returns a ``SteeringHandle`` (``update`` between trials, ``remove`` after);
+  ``BetaProfile`` saves a found set of betas and ``apply_profile`` puts it on a fresh model.
+"""
+
+from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct
+from ct_tune.steering._apply import apply_profile
+from ct_tune.steering._batched import GroupedBeta, split, stack
+from ct_tune.steering._fused import fused_status, set_fused
+from ct_tune.steering._grouping import GRANULARITIES, check_granularity, group_sites
+from ct_tune.steering._handle import SteeringHandle, checked_trace, steer, steer_traced, units
+from ct_tune.steering._profile import BetaProfile
+from ct_tune.steering._sites import Site, Trace, describe, trace_sites
+
+__all__ = [
+    "GRANULARITIES",
+    "BetaLike",
+    "BetaProfile",
+    "GroupedBeta",
+    "Site",
+    "SteeringHandle",
+    "Trace",
+    "apply_profile",
+    "check_beta",
+    "check_c",
+    "check_granularity",
+    "checked_trace",
+    "ct",
+    "describe",
+    "fused_status",
+    "group_sites",
+    "set_fused",
+    "split",
+    "stack",
+    "steer",
+    "steer_traced",
+    "trace_sites",
+    "units",
+]

@@ -1,0 +1,52 @@
+"""Applying a saved profile to a freshly built model (kept apart from ``BetaProfile`` itself so that
+profiles, which the handle creates, never import the handle)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.steering._handle import SteeringHandle, checked_trace, steer_traced
+from ct_tune.steering._profile import BetaProfile
+
+import torch
+from torch import nn
+
+__all__ = ["apply_profile"]
+
+
+def apply_profile(
+    model: nn.Module,
+    profile: BetaProfile | str | os.PathLike[str],
+    *,
+    example_input: Any = None,
+    strict: bool = True,
+) -> SteeringHandle:
+    """Steer ``model`` with a saved profile (a ``BetaProfile`` or a path to its JSON).
+
+    ``example_input`` defaults to zeros of the profile's recorded input shape, on the model's device.
+    With ``strict`` (the default) a model whose ReLU calls differ from the profile's is refused.
+    """
+    if not isinstance(profile, BetaProfile):
+        profile = BetaProfile.load(profile)
+    if example_input is None and profile.granularity != "global":
+        if not profile.input_shape:
+            raise InputError("the profile records no input shape: pass example_input to apply_profile")
+        example_input = torch.zeros(profile.input_shape, device=_device_of(model))
+    trace = checked_trace(model, example_input) if example_input is not None else None
+    if strict and profile.fingerprint and trace is not None and trace.fingerprint != profile.fingerprint:
+        raise InputError(
+            f"the profile was found on a model with other ReLU calls ({profile.model}, fingerprint "
+            f"{profile.fingerprint}) than this {type(model).__name__} ({trace.fingerprint}); "
+            "use the same architecture, or pass strict=False"
+        )
+    return steer_traced(model, profile.betas, c=profile.c, granularity=profile.granularity, trace=trace)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,425 @@
+"""Apply CT to a live model without copying or rebuilding it.
+
+How a ReLU call is replaced:
+- ``nn.ReLU`` modules: the instance's ``forward`` is wrapped (an instance attribute, deleted on
+  removal). A forward *hook* would let ReLU run first and then recompute from an input that
+  ``inplace=True`` has already overwritten; the wrapper reads the pre-activation and skips the wasted
+  ReLU pass. ``inplace`` flags are never touched.
+- Inline ReLUs (``F.relu``, ``torch.relu``, ``x.relu_()``, an ``nn.ReLU()`` built in ``forward``):
+  a ``TorchFunctionMode`` active during the forward pass, with scope hooks on every module to know
+  which module made the call. Installed only when the model has inline ReLUs (it costs a Python call
+  per torch op). In-place spellings keep their semantics: the input tensor receives the result.
+
+Betas live in a table read at call time, so ``handle.update(...)`` between trials costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct_hot
+from ct_tune.steering._batched import GroupedBeta
+from ct_tune.steering._grouping import check_granularity, group_sites
+from ct_tune.steering._profile import BetaProfile
+from ct_tune.steering._sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["SteeringHandle", "steer", "units"]
+
+logger = logging.getLogger(__name__)
+
+BetaSpec = BetaLike | Mapping[str, BetaLike]
+
+# Models currently steered, so a second steer() on the same model fails loudly instead of stacking.
+_STEERED: weakref.WeakKeyDictionary[nn.Module, SteeringHandle] = weakref.WeakKeyDictionary()
+
+
+def units(model: nn.Module, example_input: Any, granularity: str = "global") -> list[str]:
+    """The ordered unit names of ``model`` at ``granularity`` (one beta per unit)."""
+    check_granularity(granularity)
+    trace = checked_trace(model, example_input)
+    return list(dict.fromkeys(group_sites(model, trace.sites, granularity).values()))
+
+
+def steer(
+    model: nn.Module,
+    beta: BetaSpec,
+    *,
+    c: float = 0.5,
+    granularity: str = "global",
+    example_input: Any = None,
+) -> SteeringHandle:
+    """Replace the model's ReLUs by CT in place; undo with ``.remove()`` or a ``with`` block.
+
+    ``beta`` is a float for every ReLU, or a mapping ``{unit: beta}`` where missing units stay ReLU.
+    ``example_input`` (one batch, or a tuple/dict of arguments) is run once to find the ReLU calls;
+    it is required unless ``granularity="global"``, where all ``nn.ReLU`` modules and inline ReLU
+    calls are steered without knowing their names.
+    """
+    check_granularity(granularity)
+    check_c(c)
+    if model in _STEERED:
+        raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
+    if example_input is None and granularity != "global":
+        raise InputError(
+            f"granularity={granularity!r} needs example_input (one input batch, e.g. torch.zeros(1, 3, 32, 32)) "
+            "to find the model's ReLU calls"
+        )
+    trace = checked_trace(model, example_input) if example_input is not None else None
+    return steer_traced(model, beta, c=c, granularity=granularity, trace=trace)
+
+
+def steer_traced(
+    model: nn.Module, beta: BetaSpec, *, c: float, granularity: str, trace: Trace | None
+) -> SteeringHandle:
+    """``steer`` with the ReLU sites already traced (``None``: global steering of every ReLU)."""
+    if model in _STEERED:
+        raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
+    handle = SteeringHandle(model, granularity, trace)
+    handle.update(beta, c=c)
+    handle._attach()
+    return handle
+
+
+def checked_trace(model: nn.Module, example_input: Any) -> Trace:
+    """``trace_sites``, refusing a model that applies no ReLU (nothing to steer)."""
+    trace = trace_sites(model, example_input)
+    if not trace.sites:
+        raise InputError(
+            f"{type(model).__name__} applies no ReLU on this input: there is nothing to steer "
+            "(CT replaces ReLU; other activations such as GELU or Hardswish are left alone)"
+        )
+    return trace
+
+
+@dataclass
+class _ModuleSlot:
+    """Betas of one nn.ReLU module, one per call in a forward pass."""
+
+    betas: list[BetaLike]
+    calls: int = 0
+
+
+@dataclass
+class _State:
+    """What the wrapped forwards and the mode read at call time."""
+
+    c: float = 0.5
+    default: BetaLike = 1.0  # for calls not seen in the trace (or every call, when untraced)
+    modules: dict[nn.Module, _ModuleSlot] = field(default_factory=dict)
+    inline: dict[str, list[BetaLike]] = field(default_factory=dict)  # owner path -> betas per call
+    inline_calls: dict[str, int] = field(default_factory=dict)
+    scope: list[str] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)
+
+    def reset_calls(self) -> None:
+        for slot in self.modules.values():
+            slot.calls = 0
+        self.inline_calls.clear()
+
+
+class SteeringHandle:
+    """A model steered by CT. Use as a context manager, or call ``remove()``; ``update()`` between trials."""
+
+    def __init__(self, model: nn.Module, granularity: str, trace: Trace | None) -> None:
+        self.model = model
+        self.granularity = granularity
+        self.trace = trace
+        if trace is None:
+            self._site_units: dict[str, str] = {}
+            self.units: tuple[str, ...] = ("global",)
+        else:
+            self._site_units = group_sites(model, trace.sites, granularity)
+            self.units = tuple(dict.fromkeys(self._site_units.values()))
+        self._state = _State()
+        self._betas: dict[str, BetaLike] = {}
+        self._profiles = 1
+        self._hooks: list[RemovableHandle] = []
+        self._wrapped: list[tuple[nn.Module, Any]] = []
+        self._mode: _InlineReluMode | None = None
+        self._attached = False
+
+    # ----------------------------------------------------------------------------------------------
+    # Betas
+    def update(self, beta: BetaSpec, *, c: float | None = None) -> None:
+        """Set new betas (and optionally c) without touching the model's structure."""
+        if c is not None:
+            check_c(c)
+        betas = self._resolve(beta)
+        if c is not None:
+            self._state.c = float(c)
+        self._profiles = 1
+        self._distribute(betas)
+
+    def update_batched(self, profiles: Sequence[BetaSpec], *, c: float | Sequence[float] | None = None) -> None:
+        """Steer with K profiles at once (batched trials): slice k of every batch gets profile k.
+
+        The model must then be called on K stacked copies of the samples (``ct_tune.steering.stack``);
+        slice k of the output (``ct_tune.steering.split``) is what ``update(profiles[k], c=c[k])``
+        would give. ``c`` is one value for every profile or one per profile. ``update()`` ends it.
+        """
+        if isinstance(profiles, (Mapping, str, float, int)) or not profiles:
+            raise InputError("update_batched takes a non-empty list of profiles (a beta or {unit: beta} each)")
+        resolved = [self._resolve(profile) for profile in profiles]
+        if any(isinstance(value, torch.Tensor) for betas in resolved for value in betas.values()):
+            raise InputError("batched profiles take float betas (one profile per slice already gives per-sample betas)")
+        k = len(resolved)
+        if c is None:
+            cs = [self._state.c] * k
+        elif isinstance(c, Real):
+            check_c(c)
+            cs = [float(c)] * k
+        else:
+            cs = [float(value) for value in c]
+            if len(cs) != k:
+                raise InputError(f"c gives {len(cs)} values for {k} profiles; give one c, or one per profile")
+            for value in cs:
+                check_c(value)
+        grouped = {unit: GroupedBeta([betas[unit] for betas in resolved], cs) for unit in self.units}
+        self._profiles = k
+        self._distribute(grouped)  # type: ignore[arg-type]
+
+    @property
+    def profiles(self) -> int:
+        """How many profiles steer the model at once: 1 after ``update``, K after ``update_batched``."""
+        return self._profiles
+
+    def _distribute(self, betas: Mapping[str, BetaLike | GroupedBeta]) -> None:
+        """Put each unit's value where the wrapped forwards and the mode read it."""
+        state = self._state
+        self._betas = dict(betas)
+        if self.trace is None:
+            state.default = betas["global"]
+            return
+        by_site = {name: betas.get(unit, 1.0) for name, unit in self._site_units.items()}
+        module_betas: dict[str, list[BetaLike]] = {}
+        inline_betas: dict[str, list[BetaLike]] = {}
+        for site in self.trace.sites:
+            target = inline_betas if site.inline else module_betas
+            target.setdefault(site.owner, []).append(by_site[site.name])
+        modules = dict(self.model.named_modules())
+        for owner, values in module_betas.items():
+            slot = state.modules.setdefault(modules[owner], _ModuleSlot([]))
+            slot.betas = values  # the slot object stays: wrapped forwards hold it
+        state.inline = inline_betas
+
+    def _resolve(self, beta: BetaSpec) -> dict[str, BetaLike]:
+        if isinstance(beta, Mapping):
+            unknown = [name for name in beta if name not in self.units]
+            if unknown:
+                raise InputError(
+                    f"unknown unit(s) {describe(unknown)} for granularity {self.granularity!r}; "
+                    f"valid units: {describe(list(self.units), limit=40)}"
+                )
+            for name, value in beta.items():
+                check_beta(value, name=f"beta[{name!r}]")
+            return {unit: _as_beta(beta.get(unit, 1.0)) for unit in self.units}
+        check_beta(beta)
+        return dict.fromkeys(self.units, _as_beta(beta))
+
+    @property
+    def betas(self) -> dict[str, BetaLike]:
+        """Current beta of every unit, in network order."""
+        return dict(self._betas)
+
+    @property
+    def c(self) -> float:
+        return self._state.c
+
+    def profile(self, **metadata: Any) -> BetaProfile:
+        """The current betas as a ``BetaProfile`` (save it with ``.save(path)``)."""
+        if self._profiles != 1:
+            raise InputError(f"the model is steered with {self._profiles} profiles at once; update() with one first")
+        if any(isinstance(value, torch.Tensor) for value in self._betas.values()):
+            raise InputError("per-sample (tensor) betas cannot be saved as a profile; update() with floats first")
+        trace = self.trace
+        return BetaProfile(
+            granularity=self.granularity,
+            betas={unit: float(value) for unit, value in self._betas.items()},
+            c=self.c,
+            fingerprint=trace.fingerprint if trace else None,
+            input_shape=list(trace.input_shape) if trace and trace.input_shape else None,
+            model=type(self.model).__name__,
+            metadata=dict(metadata),
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # Attach / remove
+    def _attach(self) -> None:
+        _STEERED[self.model] = self
+        state = self._state
+        try:
+            if self.trace is None:
+                targets = [m for m in self.model.modules() if isinstance(m, nn.ReLU)]
+                for module in targets:
+                    state.modules[module] = _ModuleSlot([])  # empty: every call takes state.default
+                if not targets:
+                    logger.warning(
+                        "%s has no nn.ReLU module; inline ReLU calls are steered, but pass example_input "
+                        "to check that the model applies ReLU at all",
+                        type(self.model).__name__,
+                    )
+                self._attach_inline(scoped=False)
+            elif self.trace.has_inline:
+                self._attach_inline(scoped=True)
+            for module in state.modules:
+                self._wrap(module)
+            self._hooks.append(self.model.register_forward_pre_hook(self._on_model_call))
+        except BaseException:
+            self.remove()
+            raise
+        self._attached = True
+
+    def _wrap(self, module: nn.Module) -> None:
+        state = self._state
+        slot = state.modules[module]
+        previous = module.__dict__.get("forward")  # an instance-level forward the user set, if any
+
+        def forward(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            beta = state.default
+            if slot.betas:
+                beta = slot.betas[slot.calls % len(slot.betas)]
+                slot.calls += 1
+            if self._mode is not None:
+                with self._mode.bypassed():
+                    return _apply_ct(input, beta, state.c)
+            return _apply_ct(input, beta, state.c)
+
+        self._wrapped.append((module, previous))
+        module.forward = forward
+
+    def _attach_inline(self, *, scoped: bool) -> None:
+        """Install the TorchFunctionMode, entered on the outermost module call and left on its exit."""
+        self._mode = mode = _InlineReluMode(self._state, scoped=scoped)
+        depth = [0]
+
+        def enter(_module, _args, _path=""):
+            if scoped:
+                self._state.scope.append(_path)
+            if depth[0] == 0:
+                mode.__enter__()
+            depth[0] += 1
+
+        def leave(_module, _args, _output):
+            depth[0] -= 1
+            if scoped:
+                self._state.scope.pop()
+            if depth[0] == 0:
+                mode.__exit__(None, None, None)
+
+        modules = self.model.named_modules() if scoped else [("", self.model)]
+        for path, module in modules:
+            self._hooks.append(module.register_forward_pre_hook(lambda m, a, _p=path: enter(m, a, _p)))
+            self._hooks.append(module.register_forward_hook(leave, always_call=True))
+
+    def _on_model_call(self, _module: nn.Module, _args: Any) -> None:
+        # A new forward pass: call counters restart (also after a forward that raised halfway).
+        self._state.reset_calls()
+
+    def remove(self) -> None:
+        """Restore the model exactly: original forwards, no hooks, no mode left active."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for module, previous in reversed(self._wrapped):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        self._wrapped.clear()
+        self._mode = None
+        if _STEERED.get(self.model) is self:
+            del _STEERED[self.model]
+        self._attached = False
+
+    @property
+    def active(self) -> bool:
+        return self._attached
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self._attached else "removed"
+        name = type(self.model).__name__
+        return f"SteeringHandle({name}, granularity={self.granularity!r}, units={len(self.units)}, {state})"
+
+
+def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta, c: float) -> torch.Tensor:
+    """One ReLU call, steered: K profiles on K slices, or one beta (fused kernels where they are on)."""
+    if isinstance(beta, GroupedBeta):
+        return beta(x)
+    return ct_hot(x, beta, c)
+
+
+def _as_beta(value: BetaLike) -> BetaLike:
+    return value if isinstance(value, torch.Tensor) else float(value)
+
+
+class _InlineReluMode(TorchFunctionMode):
+    """Replaces inline ReLU calls by CT; every other torch function passes straight through."""
+
+    def __init__(self, state: _State, *, scoped: bool) -> None:
+        super().__init__()
+        self.state = state
+        self.scoped = scoped
+        self._bypass = 0
+
+    def bypassed(self):
+        return _Bypass(self)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func not in RELU_FUNCTIONS or self._bypass:
+            return func(*args, **kwargs)
+        beta = self._beta_for_call()
+        if isinstance(beta, float) and beta == 1.0:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        inplace = func in INPLACE_RELU_FUNCTIONS or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        if not inplace:
+            return _apply_ct(x, beta, self.state.c)
+        # Keep in-place semantics (callers may ignore the return value); CT reads a copy so that
+        # autograd does not see its saved input overwritten.
+        return x.copy_(_apply_ct(x.clone(), beta, self.state.c))
+
+    def _beta_for_call(self) -> BetaLike:
+        state = self.state
+        if not self.scoped:
+            return state.default
+        owner = state.scope[-1] if state.scope else ""
+        betas = state.inline.get(owner)
+        if not betas:
+            if owner not in state.warned:
+                state.warned.add(owner)
+                logger.warning(
+                    "inline ReLU in %r was not seen when the model was traced; it stays ReLU", owner or "<model>"
+                )
+            return 1.0
+        k = state.inline_calls.get(owner, 0)
+        state.inline_calls[owner] = k + 1
+        return betas[k % len(betas)]
+
+
+class _Bypass:
+    def __init__(self, mode: _InlineReluMode) -> None:
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        self.mode._bypass += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.mode._bypass -= 1

@@ -1,0 +1,96 @@
+"""Beta profiles: a found set of betas, saved as JSON and applied to a freshly built model.
+
+A profile records the granularity, one beta per unit, c, the input shape used to find the ReLU calls
+and a fingerprint of those calls. ``apply_profile`` (``ct_tune.steering._apply``) re-traces the new
+model and refuses one whose ReLU calls differ, so a profile cannot be silently applied to the wrong
+architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune._version import __version__
+from ct_tune.steering._activation import check_beta, check_c
+from ct_tune.steering._grouping import check_granularity
+from ct_tune.steering._sites import describe
+
+__all__ = ["BetaProfile"]
+
+FORMAT = "ct-tune/beta-profile"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BetaProfile:
+    """Betas per unit, with what is needed to apply them safely to another instance of the model."""
+
+    granularity: str
+    betas: dict[str, float]
+    c: float = 0.5
+    fingerprint: str | None = None  # hash of the ReLU call sites (see ct_tune.steering.Trace)
+    input_shape: list[int] | None = None
+    model: str | None = None  # class name, for messages
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_granularity(self.granularity)
+        check_c(self.c)
+        if not self.betas:
+            raise InputError("a beta profile needs at least one unit")
+        for unit, beta in self.betas.items():
+            check_beta(beta, name=f"beta[{unit!r}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "ct_tune_version": __version__, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "profile") -> BetaProfile:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f'{source} is not a ct-tune beta profile (no "format": "{FORMAT}" field)')
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise InputError(
+                f"{source} was written by a newer ct-tune (format {data['format_version']}); upgrade ct-tune"
+            )
+        try:
+            return cls(
+                granularity=data["granularity"],
+                betas={str(k): float(v) for k, v in data["betas"].items()},
+                c=float(data.get("c", 0.5)),
+                fingerprint=data.get("fingerprint"),
+                input_shape=data.get("input_shape"),
+                model=data.get("model"),
+                metadata=data.get("metadata") or {},
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise InputError(f"{source} is missing or has a malformed field: {error}") from error
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the profile as JSON (atomically: a crash never leaves half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BetaProfile:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"profile file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InputError(f"profile file {path} is not valid JSON ({error}); export it again") from None
+        return cls.from_dict(data, source=f"profile file {path}")
+
+    def describe(self) -> str:
+        values = [f"{unit}={beta:.3f}" for unit, beta in self.betas.items() if not math.isclose(beta, 1.0)]
+        return f"{self.granularity} profile, c={self.c:g}: " + (describe(values) if values else "all ReLU")

@@ -1,0 +1,56 @@
+"""Where a study lives: the Optuna storage and the MLflow backend store, as URLs.
+
+- Two databases: Optuna and MLflow both keep their schema version in a table named ``alembic_version``,
+  so they cannot share one (two SQLite files, or two databases on one PostgreSQL server).
+- ``resolve_storage`` / ``resolve_tracking_uri`` decide where each URL comes from (argument, environment,
+  spec, default); ``redact`` is the only form of a URL that is ever printed, logged or stored.
+- ``open_optuna_storage`` opens the Optuna side with the settings parallel workers need; ``init_stores`` /
+  ``upgrade_stores`` create or migrate both schemas once, before workers start.
+"""
+
+from ct_tune.stores._mlflow import open_mlflow_client
+from ct_tune.stores._optuna import (
+    count_states,
+    database_cause,
+    database_reason,
+    is_database_error,
+    open_optuna_storage,
+)
+from ct_tune.stores._schema import init_stores, upgrade_stores
+from ct_tune.stores._urls import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    engine_kwargs,
+    normalize_url,
+    prepare_sqlite,
+    redact,
+    resolve_recorded_tracking_uri,
+    resolve_storage,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "DEFAULT_TRACKING_URI",
+    "STORAGE_ENV",
+    "TRACKING_ENV",
+    "count_states",
+    "database_cause",
+    "database_reason",
+    "engine_kwargs",
+    "init_stores",
+    "is_database_error",
+    "normalize_url",
+    "open_mlflow_client",
+    "open_optuna_storage",
+    "prepare_sqlite",
+    "redact",
+    "resolve_recorded_tracking_uri",
+    "resolve_storage",
+    "resolve_tracking_uri",
+    "sqlite_path",
+    "upgrade_stores",
+]

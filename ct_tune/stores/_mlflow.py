@@ -1,0 +1,32 @@
+"""Opening the MLflow backend store: its schema created on first use, a store that cannot be opened a
+one-line ``InputError`` instead of MLflow's own retries and tracebacks."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ct_tune._errors import InputError
+from ct_tune.stores._optuna import database_reason
+from ct_tune.stores._urls import prepare_sqlite, redact
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["open_mlflow_client"]
+
+
+def open_mlflow_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``tracking_uri`` that has answered once (which creates a SQL store's schema)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
+    from mlflow import MlflowClient
+
+    prepare_sqlite(tracking_uri)
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    except Exception as error:
+        raise InputError(
+            f"cannot open the MLflow tracking store {redact(tracking_uri)}: {database_reason(error)}"
+        ) from None
+    return client

@@ -1,0 +1,77 @@
+"""Creating and upgrading both schemas once, before any worker starts.
+
+Several processes creating a schema at the same time race (seen on SQLite and PostgreSQL): on a
+cluster, run ``ct-tune db init`` (``init_stores``) once, then start the workers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from ct_tune._errors import InputError
+from ct_tune.stores._mlflow import open_mlflow_client
+from ct_tune.stores._optuna import database_reason, open_optuna_storage
+from ct_tune.stores._urls import engine_kwargs, prepare_sqlite, redact, resolve_storage, resolve_tracking_uri
+
+__all__ = ["init_stores", "upgrade_stores"]
+
+_SERVERS = ("http", "https", "databricks")
+
+
+def _urls(storage: str | None, tracking_uri: str | None) -> tuple[str, str]:
+    storage_url, tracking = resolve_storage(storage), resolve_tracking_uri(tracking_uri)
+    if storage_url == tracking:
+        raise InputError(
+            "the Optuna storage and the MLflow store must be two databases (both keep an alembic_version table)"
+        )
+    return storage_url, tracking
+
+
+def init_stores(*, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Create both schemas where missing (idempotent); what was found, with URLs redacted."""
+    storage_url, tracking = _urls(storage, tracking_uri)
+    optuna_storage = open_optuna_storage(storage_url)  # creates the tables when missing
+    server = tracking.startswith(_SERVERS)
+    if not server:
+        open_mlflow_client(tracking)
+    return {
+        "storage": redact(storage_url),
+        "optuna_schema": optuna_storage.get_current_version(),
+        "tracking_uri": redact(tracking),
+        "mlflow_ready": not server,
+    }
+
+
+def upgrade_stores(*, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Migrate both schemas to the installed Optuna and MLflow versions (``mlflow db upgrade`` for MLflow)."""
+    import optuna
+
+    storage_url, tracking = _urls(storage, tracking_uri)
+    prepare_sqlite(storage_url)
+    try:
+        optuna_storage = optuna.storages.RDBStorage(
+            storage_url, engine_kwargs=engine_kwargs(storage_url), skip_compatibility_check=True
+        )
+        before = optuna_storage.get_current_version()
+        optuna_storage.upgrade()
+        after = optuna_storage.get_current_version()
+    except Exception as error:
+        raise InputError(f"cannot upgrade the Optuna storage {redact(storage_url)}: {database_reason(error)}") from None
+    mlflow = "a tracking server (upgrade it there)"
+    if not tracking.startswith(_SERVERS):
+        prepare_sqlite(tracking)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlflow", "db", "upgrade", tracking], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise InputError(f"cannot upgrade the MLflow store {redact(tracking)}: {reason[:300]}")
+        mlflow = "upgraded"
+    return {
+        "storage": redact(storage_url),
+        "optuna_schema": {"before": before, "after": after},
+        "tracking_uri": redact(tracking),
+        "mlflow": mlflow,
+    }

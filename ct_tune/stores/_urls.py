@@ -1,0 +1,151 @@
+"""Database URLs for the Optuna storage and the MLflow backend store: where they come from, how they are
+checked and shown.
+
+- Two databases: Optuna and MLflow both keep their schema version in a table named
+  ``alembic_version``, so they cannot share one database (two SQLite files, or two databases on one
+  PostgreSQL server).
+- SQLite: a connect timeout (parallel writers otherwise get "database is locked") and WAL journaling
+  (readers do not block the writer). Local disks only: WAL does not work on network filesystems.
+- PostgreSQL: the psycopg 3 driver (``postgresql://`` is rewritten to ``postgresql+psycopg://``) and
+  ``pool_pre_ping`` so a dropped connection is replaced instead of failing a trial.
+- Passwords never reach logs or MLflow: everything shown goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ct_tune._errors import InputError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "DEFAULT_TRACKING_URI",
+    "STORAGE_ENV",
+    "TRACKING_ENV",
+    "engine_kwargs",
+    "normalize_url",
+    "prepare_sqlite",
+    "redact",
+    "resolve_recorded_tracking_uri",
+    "resolve_storage",
+    "resolve_tracking_uri",
+    "sqlite_path",
+]
+
+DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+STORAGE_ENV = "CT_TUNE_STORAGE"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_SERVERS = ("http", "https", "databricks")
+SQLITE_TIMEOUT_SECONDS = 120
+
+
+def resolve_storage(cli: str | None, spec: str | None = None) -> str:
+    """Where the Optuna study lives: --storage, then $CT_TUNE_STORAGE, then the spec, then the default."""
+    return normalize_url(cli or os.environ.get(STORAGE_ENV) or spec or DEFAULT_STORAGE, what="storage")
+
+
+def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
+    """The MLflow store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the default.
+
+    A database URL or an MLflow tracking server (http, https, databricks); never MLflow's plain file
+    store (MLflow 3 refuses it, and Lightning's logger would silently fall back to ./mlruns).
+    """
+    uri = cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI
+    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if scheme in TRACKING_SERVERS:
+        return uri
+    if scheme in ("", "file"):
+        raise InputError(
+            f"tracking URI {redact(uri)!r} is MLflow's file store, which ct-tune does not use; give a database "
+            f"({DEFAULT_TRACKING_URI}, postgresql://user@host/db) or a tracking server (http://host:5000)"
+        )
+    return normalize_url(uri, what="tracking URI")
+
+
+def resolve_recorded_tracking_uri(explicit: str | None, recorded: str | None, *, study: str) -> str:
+    """The MLflow store of an existing study: the argument, then ``$MLFLOW_TRACKING_URI``, then the URI the
+    study recorded at creation. A recorded URI never holds its password (it was redacted): one that had
+    one needs the password from the argument, the environment, ``~/.pgpass`` or ``PGPASSWORD``.
+    """
+    chosen = explicit or os.environ.get(TRACKING_ENV)
+    if not chosen and recorded and ":***@" in recorded:
+        raise InputError(
+            f"study {study!r} logs to {recorded}, whose password is not stored: pass the tracking URI with it "
+            "(--tracking-uri), set MLFLOW_TRACKING_URI, or keep the password in ~/.pgpass / PGPASSWORD"
+        )
+    return resolve_tracking_uri(chosen, recorded)
+
+
+def normalize_url(url: str, *, what: str) -> str:
+    """Check a database URL and pick the psycopg 3 driver for PostgreSQL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InputError(
+            f"{what} {redact(url)!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
+            "postgresql://user@host:5432/dbname"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend not in ("sqlite", "postgresql", "mysql"):
+        raise InputError(f"{what} {redact(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise InputError(f"{what} {url!r} names no database file; use e.g. {DEFAULT_STORAGE}")
+        # Absolute: the same URL then names the same file whatever the working directory of a later
+        # command, and MLflow (which caches stores by URL string) never mixes two directories' files.
+        parsed = parsed.set(database=str(Path(parsed.database).expanduser().absolute()))
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print or log (databases and servers alike)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def prepare_sqlite(url: str) -> None:
+    """Create the directory of a SQLite file and switch it to WAL journaling (kept by the file)."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as error:
+        raise InputError(
+            f"cannot open the SQLite database {path}: {error}; check the path and its permissions"
+        ) from None
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    if sqlite_path(url) is not None or url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    return {"pool_pre_ping": True}

@@ -1,0 +1,22 @@
+"""The MLflow side of a study: one experiment per study, a parent run, a child run per trial.
+
+``Tracker`` writes on the MLflow client (optuna-integration's ``MLflowCallback`` is deprecated and has
+no parent run); ``_keys`` is the one table of tag and attribute names linking MLflow and Optuna;
+``_plots`` draws what people would rather look at than read; ``start_ui`` serves the MLflow UI.
+"""
+
+from ct_tune.tracking._plots import beta_profile_figure, study_figures
+from ct_tune.tracking._tracker import RUN_STATUS, Tracker, default_artifact_location, experiment_name, mlflow_key
+from ct_tune.tracking._ui import UIServer, start_ui
+
+__all__ = [
+    "RUN_STATUS",
+    "Tracker",
+    "UIServer",
+    "beta_profile_figure",
+    "default_artifact_location",
+    "experiment_name",
+    "mlflow_key",
+    "start_ui",
+    "study_figures",
+]

@@ -1,0 +1,44 @@
+"""Every key ct-tune writes into MLflow tags and Optuna attributes, defined once.
+
+MLflow runs and Optuna trials point at each other (``ATTR_RUN_ID`` on the trial, ``TAG_TRIAL`` on the
+run), so either store can be read from the other. Users filter on these names in MLflow's search box
+(``tags.`ct_tune.state` = 'COMPLETE'``): renaming one breaks their saved views, so they change only here.
+"""
+
+from __future__ import annotations
+
+# MLflow run tags (a trial's child run, the study's parent run, a pretraining run)
+TAG_STUDY = "optuna.study_name"
+TAG_TRIAL = "optuna.trial_number"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"
+TAG_ROLE = "ct_tune.role"  # "study" on a parent run
+TAG_STATE = "ct_tune.state"  # RUNNING, COMPLETE, PRUNED, FAIL: the Optuna state the run follows
+TAG_FAILURE = "ct_tune.failure"  # why a trial failed, in one line
+TAG_KIND = "ct_tune.kind"  # baseline, paper-grid, warm-start, sampled, retry
+TAG_WORKER = "ct_tune.worker"
+TAG_DEVICE = "ct_tune.device"
+TAG_HOST = "ct_tune.host"
+TAG_TRIALS_PER_BATCH = "ct_tune.trials_per_batch"
+TAG_PIPELINE = "ct_tune.pipeline"
+TAG_STAGE = "ct_tune.stage"
+TAG_STAGE_INDEX = "ct_tune.stage_index"
+TAG_PREVIOUS_STAGE_RUN = "ct_tune.previous_stage_run"
+TAG_COMMAND = "ct_tune.command"  # pretraining runs
+TAG_MODEL = "ct_tune.model"
+TAG_DATA = "ct_tune.data"
+TAG_CHECKPOINT = "ct_tune.checkpoint"
+TAG_DATASET_FINGERPRINT = "ct_tune.dataset_fingerprint"
+
+# Optuna study user attributes
+ATTR_SPEC = "ct_tune.spec"  # the validated spec, as JSON (what every worker rebuilds the study from)
+ATTR_UNITS = "ct_tune.units"  # unit names in network order
+ATTR_META = "ct_tune.meta"  # what the study was created with: ReLU-site fingerprint, model, data
+ATTR_MLFLOW = "ct_tune.mlflow"  # experiment id, parent run id, tracking URI (redacted), artifact location
+ATTR_REPORT = "ct_tune.report"  # test-split results per trial number (Optuna freezes finished trials)
+ATTR_PIPELINE = "ct_tune.pipeline"  # pipeline name, stage, index, previous stage's study
+
+# Optuna trial user attributes
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_KIND = "ct_tune.kind"
+ATTR_DISCARDED = "ct_tune.discarded"  # created after other workers had reached the budget

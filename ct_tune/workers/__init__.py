@@ -1,0 +1,25 @@
+"""Worker processes: planning them over devices, launching them, keeping their trials alive, stopping
+them cleanly. Nothing here knows what a study is: ``ct_tune.search.worker`` is the module a launch runs.
+"""
+
+from ct_tune.workers._events import EVENT_PREFIX, emit_event, parse_event, read_settings
+from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
+from ct_tune.workers._interrupts import InterruptGuard
+from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, launch
+from ct_tune.workers._plan import WorkerPlan, available_cores, plan_workers
+
+__all__ = [
+    "EVENT_PREFIX",
+    "EXIT_DATABASE_LOST",
+    "Heartbeats",
+    "InterruptGuard",
+    "LaunchResult",
+    "WorkerPlan",
+    "available_cores",
+    "emit_event",
+    "heartbeat_interval",
+    "launch",
+    "parse_event",
+    "plan_workers",
+    "read_settings",
+]

@@ -1,0 +1,253 @@
+"""Studies end to end through the CLI, on real digits, a real SQLite Optuna storage and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ct_tune
+from ct_tune.objectives import AccuracyObjective, EvalData, EvalTarget
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from tests.conftest import SOURCE_ROOT, write_spec
+from tests.helpers import mlflow_runs, optuna_trials
+
+pytestmark = pytest.mark.slow
+
+UNITS = ["stem", "layer1.0", "layer2.0", "layer3.0"]
+
+
+def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_checkpoint):
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="e2e")
+    created = cli("study", "create", "spec.yaml", "--json")
+    assert created.returncode == 0, created.stderr
+    assert created.json()["units"] == UNITS
+    assert created.json()["enqueued"] == 1  # the ReLU baseline
+
+    run = cli("study", "run", "e2e", "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "budget reached" in run.stdout
+    assert run.stderr.count("COMPLETE") + run.stderr.count("PRUNED") == 6  # a live line per trial
+
+    status = cli("study", "status", "e2e", "--json").json()
+    assert status["trials"]["COMPLETE"] + status["trials"]["PRUNED"] == 6
+    assert status["trials"]["RUNNING"] == 0 and status["trials"]["FAIL"] == 0
+    assert status["baseline"]["betas"] == dict.fromkeys(UNITS, 1.0)
+
+    best = cli("study", "best", "e2e", "--json").json()
+    trial = best["trials"][0]
+    assert set(trial["betas"]) == set(UNITS)
+    assert 0.9 < trial["values"]["accuracy"] <= 1.0
+
+    exported = cli("study", "export", "e2e", "--out", "best.json", "--json")
+    assert exported.returncode == 0, exported.stderr
+    profile = ct_tune.BetaProfile.load(tmp_path / "best.json")
+    assert profile.betas == trial["betas"] and profile.granularity == "block"
+
+    # The exported profile reproduces the trial's score through `ct-tune evaluate`.
+    evaluated = cli(
+        "evaluate", "--checkpoint", str(digits_checkpoint), "--data", "digits", "--profile", "best.json", "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.json()["results"]["accuracy"]["value"] == trial["values"]["accuracy"]
+
+    report = cli("study", "report", "e2e", "--json")
+    assert report.returncode == 0, report.stderr
+    rows = report.json()["trials"]
+    assert {row["number"] for row in rows} == {trial["number"], status["baseline"]["number"]}
+    assert all(0.8 < row["test"]["accuracy"] <= 1.0 for row in rows)
+
+    # MLflow: one parent, one child per trial with the trial's params and values, linked both ways.
+    parents, children = mlflow_runs(tmp_path, "e2e")
+    assert len(parents) == 1
+    assert len(children) == 6
+    trials = {t["number"]: t for t in optuna_trials(tmp_path, "e2e")}
+    assert len(trials) == 6
+    for run in children:
+        number = int(run.data.tags["optuna.trial_number"])
+        optuna_trial = trials[number]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["ct_tune.state"] == optuna_trial["state"]
+        assert optuna_trial["user_attrs"]["mlflow_run_id"] == run.info.run_id
+        for unit in UNITS:
+            assert float(run.data.params[f"beta.{unit}"]) == optuna_trial["params"][f"beta.{unit}"]
+        if optuna_trial["state"] == "COMPLETE":
+            assert run.data.metrics["accuracy"] == pytest.approx(optuna_trial["value"]["accuracy"])
+    # optuna-dashboard (a standard tool) reads the same study through its web API.
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(f"sqlite:///{tmp_path}/studies/optuna.db")
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status: list[str] = []
+        body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+        assert status[0].startswith("200"), status
+        return json.loads(body)
+
+    summaries = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["e2e"]
+    assert len(get(f"/api/studies/{summaries[0]['study_id']}")["trials"]) == 6
+    assert parents[0].data.metrics["test.accuracy"] == pytest.approx(
+        next(r for r in rows if r["number"] == trial["number"])["test"]["accuracy"]
+    )
+
+
+def test_baseline_trial_scores_exactly_the_unsteered_model(cli, tmp_path, digits_checkpoint):
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="baseline", budget={"n_trials": 1})
+    assert cli("study", "create", "spec.yaml").returncode == 0
+    assert cli("study", "run", "baseline", "--no-progress").returncode == 0
+    baseline = cli("study", "status", "baseline", "--json").json()["baseline"]
+
+    from ct_tune.data import create_datamodule
+    from ct_tune.models import create_model
+
+    data = create_datamodule("digits", seed=0)
+    model = create_model(str(digits_checkpoint), num_classes=data.num_classes)
+    data.input_spec = model.input_spec
+    x, y = data.tensors("val")
+    target = EvalTarget(model.net, model.input_spec.normalize, data.num_classes, batch_size=128)
+    with torch.no_grad():
+        plain = AccuracyObjective().evaluate(target, EvalData(x, y)).value
+    assert baseline["values"]["accuracy"] == plain
+
+
+def test_resume_after_interrupt_continues_without_duplicates(cli, cli_fast, tmp_path, digits_checkpoint):
+    # A slow objective (~5 s a trial: a 100-step attack) so that the interrupt lands inside a trial's
+    # evaluation; an interrupt during a trial's bookkeeping is held until the trial is recorded.
+    slow = [{"name": "adversarial", "eps": 0.05, "steps": 100, "n": 359}]
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="resume", objectives=slow, budget={"n_trials": 5})
+    assert cli_fast("study", "create", "spec.yaml").returncode == 0
+    first = cli_fast("study", "run", "resume", "--n-trials", "3", "--no-progress")
+    assert first.returncode == 0, first.stderr
+
+    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ct_tune.cli", "study", "run", "resume", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # wait until the model is loaded and trials start, then Ctrl-C inside one
+        if "worker 0 on" in line:
+            break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Resume with: ct-tune study run resume" in stderr
+
+    status = cli_fast("study", "status", "resume", "--json").json()["trials"]
+    assert status["RUNNING"] == 0
+    assert status["FAIL"] >= 1  # the interrupted trial
+    _, children = mlflow_runs(tmp_path, "resume")
+    assert all(run.info.status != "RUNNING" for run in children)
+
+    second = cli("study", "run", "resume", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    status = cli_fast("study", "status", "resume", "--json").json()["trials"]
+    assert status["COMPLETE"] + status["PRUNED"] == 5
+    _, children = mlflow_runs(tmp_path, "resume")
+    numbers = [int(run.data.tags["optuna.trial_number"]) for run in children]
+    assert len(numbers) == len(set(numbers))  # one run per trial, nothing duplicated
+    assert len(children) == 5 + status["FAIL"]
+    states = {int(r.data.tags["optuna.trial_number"]): r.data.tags["ct_tune.state"] for r in children}
+    assert sorted(states.values()).count("FAIL") == status["FAIL"]
+
+
+def test_existing_name_is_an_error_unless_resume_if_exists(cli_fast, tmp_path, digits_checkpoint):
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="twice")
+    assert cli_fast("study", "create", "spec.yaml").returncode == 0
+    again = cli_fast("study", "create", "spec.yaml")
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    resumed = cli_fast("study", "create", "spec.yaml", "--resume-if-exists", "--json")
+    assert resumed.returncode == 0 and resumed.json()["created"] is False
+    changed = write_spec(tmp_path / "other.yaml", digits_checkpoint, name="twice", search={"granularity": "stage"})
+    refused = cli_fast("study", "create", str(changed), "--resume-if-exists")
+    assert refused.returncode == 2 and "another search space" in refused.stderr
+
+
+def test_delete_removes_the_study_and_frees_its_name(cli_fast, tmp_path, digits_checkpoint):
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="gone")
+    assert cli_fast("study", "create", "spec.yaml").returncode == 0
+    deleted = cli_fast("study", "delete", "gone", "--yes", "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert cli_fast("study", "list", "--json").json()["studies"] == []
+    assert cli_fast("study", "create", "spec.yaml").returncode == 0  # the name (and the experiment name) are free
+    assert cli_fast("study", "delete", "gone").returncode == 2  # no terminal, no --yes: refused, nothing deleted
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    """A 3-class ImageFolder tree: a head mismatch for a 10-class digits checkpoint."""
+    from PIL import Image
+
+    for label in ("a", "b", "c"):
+        folder = tmp_path / "folder" / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), color=i * 40).save(folder / f"{i}.png")
+    return tmp_path / "folder"
+
+
+BAD_SPECS = {
+    "yaml": ("model: {checkpoint: x\n", "not valid YAML"),
+    "unknown field": ({"modle": 1}, "unknown field 'modle'"),
+    "beta range": ({"search": {"beta": {"low": 0.95, "high": 0.9}}}, "must be below high"),
+    "objective": ({"objectives": ["robustness"]}, "expected one of 'accuracy', 'probe', 'adversarial'"),
+    "sampler": ({"sampler": "tpee"}, "sampler.name: got 'tpee'"),
+    "checkpoint": ({"model": {"checkpoint": "missing.pt"}}, "missing.pt not found"),
+    "model name": ({"model": {"name": "resnet19"}}, "unknown model 'resnet19'"),
+    "dataset": ({"data": {"name": "cifar11"}}, "unknown dataset 'cifar11'"),
+    "head": ("imagefolder", "has a head for 10 classes"),
+    "split": ({"data": {"name": "digits", "seed": 3}}, "another split"),
+    "trials per batch": ({"run": {"trials_per_batch": 0}}, "run.trials_per_batch: got 0"),
+    "batch and pruner": ({"run": {"trials_per_batch": 4}, "pruner": "median"}, "so none can be pruned midway"),
+    "storage": ({"storage": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot open the Optuna storage"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SPECS))
+def test_bad_specs_are_one_line_exit_2_and_leave_no_study(cli_fast, tmp_path, digits_checkpoint, imagefolder, kind):
+    change, message = BAD_SPECS[kind]
+    path = tmp_path / "bad.yaml"
+    if isinstance(change, str) and change != "imagefolder":
+        path.write_text(change)
+    elif change == "imagefolder":
+        write_spec(path, digits_checkpoint, data={"name": "imagefolder", "data_dir": str(imagefolder)})
+    else:
+        write_spec(path, digits_checkpoint, **change)
+    result = cli_fast("study", "create", "bad.yaml")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert cli_fast("study", "list", "--json").json()["studies"] == []
+    tracking = tmp_path / "mlruns" / "mlflow.db"
+    if tracking.exists():
+        client = MlflowClient(f"sqlite:///{tracking}")
+        assert [e.name for e in client.search_experiments() if e.name.startswith("ct-tune/")] == []
+
+
+def test_run_and_status_of_unknown_study_are_one_line(cli_fast, tmp_path):
+    for command in (("study", "run", "nope"), ("study", "status", "nope"), ("study", "best", "nope")):
+        result = cli_fast(*command)
+        assert result.returncode == 2
+        assert "no study named 'nope'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
