@@ -12,6 +12,7 @@ from ct_tune.models._create import check_model_name, create_model, load_checkpoi
 from ct_tune.models._input_spec import InputSpec
 from ct_tune.models._loaded import LoadedModel
 from ct_tune.models._registry import list_models, register_model
+from ct_tune.models._user import load_user_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -22,6 +23,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_user_model",
     "register_model",
     "save_checkpoint",
 ]

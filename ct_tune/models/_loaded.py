@@ -18,20 +18,25 @@ class LoadedModel:
     """A network and how to feed it. ``model(x_pixels)`` is ``net(input_spec.normalize(x_pixels))``.
 
     ``net`` is the raw network, never wrapped: steer it, hook it, and name its units by its own module paths.
+    ``input_spec`` None (a user's own class): the network takes what the data serves, unchanged.
     """
 
     net: nn.Module
-    input_spec: InputSpec
+    input_spec: InputSpec | None
     name: str
     num_classes: int
-    source: str  # "builtin" | "torchvision" | "checkpoint:<path>" | "factory:<pkg.mod:fn>"
+    source: str  # "builtin" | "torchvision" | "timm" | "checkpoint:<path>" | "factory:<fn>" | "class_path:<cls>"
     in_channels: int = 3  # what the network's first layer takes (= input_spec.channels)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # pretrained weights the network started from, for the record
     metadata: dict[str, Any] = field(default_factory=dict)  # from a checkpoint: dataset, val_accuracy, seed, ...
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.input_spec.normalize(x))
+        return self.net(self.normalize(x))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """What the network is fed for pixels ``x``."""
+        return x if self.input_spec is None else self.input_spec.normalize(x)
 
     __call__ = forward
 
@@ -53,7 +58,7 @@ class LoadedModel:
 
         Its module paths carry a ``net.`` prefix; steer ``self.net`` itself, which the wrapper shares.
         """
-        return _Normalized(self.net, self.input_spec)
+        return _Normalized(self)
 
     def architecture(self) -> dict[str, Any]:
         """What rebuilds this network (``model``) and feeds it (``input_spec``): the part of a
@@ -66,7 +71,7 @@ class LoadedModel:
                 "in_channels": self.in_channels,
                 "weights": self.weights,
             },
-            "input_spec": self.input_spec.to_dict(),
+            "input_spec": self.input_spec.to_dict() if self.input_spec else None,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -77,16 +82,16 @@ class LoadedModel:
             "in_channels": self.in_channels,
             "weights": self.weights,
             "model_kwargs": dict(self.model_kwargs),
-            "input_spec": self.input_spec.to_dict(),
+            "input_spec": self.input_spec.to_dict() if self.input_spec else None,
             "parameters": sum(p.numel() for p in self.net.parameters()),
         }
 
 
 class _Normalized(nn.Module):
-    def __init__(self, net: nn.Module, input_spec: InputSpec) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         super().__init__()
-        self.net = net
-        self.input_spec = input_spec
+        self.net = model.net
+        self._normalize = model.normalize
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.input_spec.normalize(x))
+        return self.net(self._normalize(x))

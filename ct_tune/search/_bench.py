@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
+from ct_tune.data._user import ComponentSpec, UserData
 from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective, make_objective
 from ct_tune.search._spec import StudySpec
 from ct_tune.steering import SteeringHandle, Trace, checked_trace, group_sites, steer_traced
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ct_tune.data import CTDataModule
     from ct_tune.models import LoadedModel
 
-__all__ = ["Bench", "hash_weights", "objectives_of", "resolve_device"]
+__all__ = ["Bench", "hash_weights", "objectives_of", "open_data", "open_model", "prepare_data", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def hash_weights(net: nn.Module) -> str:
     for name, tensor in net.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -84,6 +85,95 @@ def check_split_matches_pretraining(model: LoadedModel, data: CTDataModule) -> N
         )
 
 
+def open_data(spec: StudySpec, *, prepare: bool) -> CTDataModule | UserData:
+    """The spec's data: a built-in dataset split three ways, or the user's DataModule or Datasets."""
+    from ct_tune.data import create_datamodule
+
+    data = spec.data
+    if data.is_builtin:
+        return create_datamodule(
+            data.name,  # type: ignore[arg-type]
+            data_dir=data.data_dir,
+            download=data.download,
+            seed=data.seed,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            batch_size=spec.run.batch_size,
+            train_size=data.train_size,
+            val_size=data.val_size,
+            test_size=data.test_size,
+        )
+    settings: dict[str, Any] = {
+        "batch_size": spec.run.batch_size,
+        "batch_keys": (data.batch_keys.input, data.batch_keys.target) if data.batch_keys else None,
+        "normalization": data.normalization.pair() if data.normalization else None,
+        "num_classes": data.num_classes,
+        "sizes": {"train": data.train_size, "val": data.val_size, "test": data.test_size},
+        "seed": data.seed,
+    }
+    if data.class_path:
+        return UserData.from_datamodule(ComponentSpec(data.class_path, data.init_args), prepare=prepare, **settings)
+    splits = {s: getattr(data, s) for s in ("train", "val", "test") if getattr(data, s) is not None}
+    return UserData.from_datasets({s: ComponentSpec(c.class_path, c.init_args) for s, c in splits.items()}, **settings)
+
+
+def prepare_data(spec: StudySpec) -> None:
+    """A user DataModule's ``prepare_data``, once per machine: what a launch runs before its workers start."""
+    if spec.data.class_path:
+        open_data(spec, prepare=True)
+
+
+def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
+    """The spec's model, built for the data's classes and channels (a class_path model decides its own)."""
+    from ct_tune.models import create_model, load_checkpoint, load_user_model
+
+    model = spec.model
+    if model.class_path:
+        return load_user_model(
+            model.class_path,
+            model.init_args,
+            checkpoint=model.checkpoint,
+            normalization=model.normalization.pair() if model.normalization else None,
+            input_size=model.input_size,
+            num_classes=data.num_classes,
+        )
+    channels = data.native_channels if data.native_channels in (1, 3) else 3
+    if model.name and model.checkpoint:
+        return load_checkpoint(
+            model.checkpoint,
+            model=model.name,
+            num_classes=data.num_classes,
+            in_channels=channels,
+            input_size=model.input_size,
+        )
+    return create_model(
+        model.checkpoint or model.name,  # type: ignore[arg-type]
+        num_classes=data.num_classes,
+        in_channels=channels,
+        weights=model.weights,
+        input_size=model.input_size,
+    )
+
+
+def example_input(data: CTDataModule | UserData, device: torch.device) -> torch.Tensor:
+    """One input in pixel space: a val sample of the user's data, zeros shaped as built-in data is served."""
+    if isinstance(data, UserData):
+        return data.example_input(device)
+    return torch.zeros(1, data.channels, data.size, data.size, device=device)
+
+
+def input_normalizer(model: LoadedModel, data: CTDataModule | UserData) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pixels to what the network is fed: the model's normalisation, else the one the data declared, else none."""
+    if model.input_spec is not None:
+        return model.normalize
+    declared = data.normalizer() if isinstance(data, UserData) else None
+    return declared if declared is not None else _identity
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def objectives_of(spec: StudySpec) -> list[Objective]:
     return [make_objective(o.name, **o.model_dump(exclude={"name", "direction"})) for o in spec.objectives]
 
@@ -94,53 +184,67 @@ class Bench:
 
     spec: StudySpec
     model: LoadedModel
-    data: CTDataModule
+    data: CTDataModule | UserData
     device: torch.device
     trace: Trace
     weights_fingerprint: str
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # pixels to what the network is fed
     handle: SteeringHandle | None = None
     seconds_to_load: float = 0.0
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, spec: StudySpec, *, device: str | None = None, steer: bool = True) -> Bench:
-        """Load model and data, find the ReLU sites; with ``steer`` attach CT at beta = 1 (plain ReLU)."""
-        from ct_tune.data import create_datamodule
-        from ct_tune.models import create_model
+    def open(cls, spec: StudySpec, *, device: str | None = None, steer: bool = True, prepare: bool = True) -> Bench:
+        """Load model and data, find the ReLU sites; with ``steer`` attach CT at beta = 1 (plain ReLU).
 
+        ``prepare`` runs a user DataModule's ``prepare_data`` first (once per machine: the processes that
+        create, launch or report do; the workers a launch starts do not).
+        """
         started = time.perf_counter()
         resolved = resolve_device(device or spec.run.device)
-        data_spec = spec.data
-        data = create_datamodule(
-            data_spec.name,
-            data_dir=data_spec.data_dir,
-            download=data_spec.download,
-            seed=data_spec.seed,
-            val_fraction=data_spec.val_fraction,
-            test_fraction=data_spec.test_fraction,
-            batch_size=spec.run.batch_size,
-            train_size=data_spec.train_size,
-            val_size=data_spec.val_size,
-            test_size=data_spec.test_size,
-        )
-        model_spec = spec.model
-        model = create_model(
-            model_spec.checkpoint or model_spec.name,
-            num_classes=data.num_classes,
-            in_channels=data.native_channels,
-            weights=model_spec.weights,
-            input_size=model_spec.input_size,
-        )
-        check_split_matches_pretraining(model, data)
-        data.input_spec = model.input_spec
+        data = open_data(spec, prepare=prepare)
+        model = open_model(spec, data)
+        if isinstance(data, UserData):
+            data.tensors("val")  # read now: the study's identity includes what trials score
+            if any(o.needs_train for o in objectives_of(spec)):
+                data.tensors("train")
+            if any(o.name == "adversarial" for o in spec.objectives):
+                data.check_pixel_range("val")
+        else:
+            check_split_matches_pretraining(model, data)
+            data.input_spec = model.input_spec
         weights = hash_weights(model.net)  # on the CPU copy, before it moves to the device
         model.to(resolved).eval()
-        example = torch.zeros(1, data.channels, data.size, data.size, device=resolved)
-        bench = cls(spec, model, data, resolved, checked_trace(model.net, example), weights)
+        normalize = input_normalizer(model, data)
+        trace = checked_trace(model.net, normalize(example_input(data, resolved)))
+        bench = cls(spec, model, data, resolved, trace, weights, normalize)
+        bench._check_logits()
         if steer:
             bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=spec.search.granularity, trace=bench.trace)
         bench.seconds_to_load = time.perf_counter() - started
         return bench
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def _check_logits(self) -> None:
+        """Accuracy and attacks read the network's output as logits (N, classes): check that once, here."""
+        if not any(o.name in ("accuracy", "adversarial") for o in self.spec.objectives):
+            return
+        with torch.no_grad():
+            output = self.model.net(self.normalize(example_input(self.data, self.device)))
+        if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise InputError(
+                f"{type(self.model.net).__name__}'s forward returns {shape}; the accuracy and adversarial objectives "
+                "score logits shaped (batch, classes) (use the probe objective for a feature extractor)"
+            )
+        if output.shape[1] < self.num_classes:
+            raise InputError(
+                f"{type(self.model.net).__name__} gives {output.shape[1]} logits but the data has {self.num_classes} "
+                "classes; use a model with a head for this data (or the probe objective)"
+            )
 
     @property
     def units(self) -> list[str]:
@@ -188,13 +292,14 @@ class Bench:
         objectives = list(objectives) if objectives is not None else objectives_of(self.spec)
         key = f"{split}:{[repr(o) for o in objectives]}"
         if key not in self._evaluators:
-            val_x, val_y = self.data.tensors(split, device=self.device)
-            train = self.data.tensors("train", device=self.device) if any(o.needs_train for o in objectives) else None
+            val_x, val_y = self.data.tensors(split, device=self.device)  # type: ignore[arg-type]
+            needs_train = any(o.needs_train for o in objectives)
+            train = self.data.tensors("train", device=self.device) if needs_train else None
             data = EvalData(val_x, val_y, *(train or (None, None)), class_names=self.data.classes)
             target = EvalTarget(
                 self.model.net,
-                self.model.input_spec.normalize,
-                self.model.num_classes,
+                self.normalize,
+                self.num_classes,
                 device=self.device,
                 precision=self.spec.run.precision,
                 batch_size=self.spec.run.batch_size,

@@ -177,8 +177,11 @@ def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, targ
 
 
 def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, progress) -> RunSummary:
+    from ct_tune.search._bench import prepare_data
     from ct_tune.search._loop import describe_trial
     from ct_tune.search._record import refresh_study_plots
+
+    prepare_data(study.spec)  # once on this machine; the workers only set up
 
     names = study.objective_names
     log_dir = Path(options.log_dir or f"logs/{study.name}")

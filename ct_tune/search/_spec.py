@@ -49,31 +49,142 @@ def _number(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------
 # What is searched
+class ClassSpec(_Strict):
+    """A class of the user's, as LightningCLI configs name it: ``class_path`` + ``init_args``."""
+
+    class_path: str = Field(min_length=1)
+    init_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Normalization(_Strict):
+    """Per-channel mean and std: ``(pixels - mean) / std`` is what a network (or a data loader) works in."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need one value per channel each; got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive; got {self.std}")
+        return self
+
+    def pair(self) -> tuple[list[float], list[float]]:
+        return list(self.mean), list(self.std)
+
+
 class ModelSpec(_Strict):
-    """Exactly one of ``name`` (registry or torchvision name, or ``package.module:function``) or ``checkpoint``."""
+    """One of: ``name`` (built-in, torchvision, ``timm/<name>`` or a ``package.module:function`` factory),
+    ``class_path`` (the user's own ``nn.Module`` or ``LightningModule``), or a ct-tune ``checkpoint`` alone.
+    ``checkpoint`` with ``name`` or ``class_path`` gives that architecture its weights (a state dict, or a
+    Lightning checkpoint)."""
 
     name: str | None = None
+    class_path: str | None = None
+    init_args: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V1
     input_size: int | None = Field(default=None, gt=0)
+    normalization: Normalization | None = None  # class_path models that expect normalised input
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.name is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of model.name or model.checkpoint")
+        if self.name is not None and self.class_path is not None:
+            raise ValueError("give model.name or model.class_path, not both")
+        if self.name is None and self.class_path is None and self.checkpoint is None:
+            raise ValueError("give model.name, model.class_path or model.checkpoint")
+        if self.init_args and self.class_path is None:
+            raise ValueError("model.init_args go with model.class_path")
+        if self.normalization is not None and self.class_path is None:
+            raise ValueError(
+                "model.normalization is for class_path models (built-in, torchvision and timm models bring their own)"
+            )
+        if self.class_path is not None and self.weights is not None:
+            raise ValueError("model.weights names torchvision weights; a class_path model takes model.checkpoint")
         return self
+
+    @property
+    def label(self) -> str:
+        """How the model is named in tables and MLflow params."""
+        return self.class_path or self.name or self.checkpoint or "?"
+
+
+class BatchKeys(_Strict):
+    """The keys of dict batches: which entry is the input and which the class label."""
+
+    input: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+
+
+_BUILTIN_ONLY = ("data_dir", "download", "val_fraction", "test_fraction")
+_USER_ONLY = ("init_args", "batch_keys", "normalization", "num_classes")
 
 
 class DataSpec(_Strict):
-    name: str = "digits"
+    """One of: ``name`` (a built-in dataset, ``digits`` by default), ``class_path`` (the user's
+    ``LightningDataModule``), or ``train`` / ``val`` / ``test`` (one ``Dataset`` class per split)."""
+
+    name: str | None = None
+    class_path: str | None = None
+    init_args: dict[str, Any] = Field(default_factory=dict)
+    train: ClassSpec | None = None
+    val: ClassSpec | None = None
+    test: ClassSpec | None = None
     data_dir: str | None = None
     download: bool = False
-    seed: int = 0
+    seed: int = 0  # the split (built-in data); the generators while a user's train loader is read
     val_fraction: float | None = Field(default=None, gt=0, lt=1)
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
-    train_size: int | None = Field(default=None, gt=0)  # stratified subsets, e.g. to keep probes cheap
+    train_size: int | None = Field(default=None, gt=0)  # built-in: stratified subsets; user data: the first N
     val_size: int | None = Field(default=None, gt=0)
     test_size: int | None = Field(default=None, gt=0)
+    batch_keys: BatchKeys | None = None  # user data with dict batches
+    normalization: Normalization | None = None  # user data served in its own normalised space
+    num_classes: int | None = Field(default=None, gt=0)  # user data: else the DataModule's, else the labels'
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dataset(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not any(
+            value.get(key) for key in ("name", "class_path", "train", "val", "test")
+        ):
+            return {**value, "name": "digits"}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        splits = [s for s in ("train", "val", "test") if getattr(self, s) is not None]
+        sources = [bool(self.name), bool(self.class_path), bool(splits)]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give one of data.name (built-in), data.class_path (a LightningDataModule) or "
+                "data.train / data.val / data.test (Dataset classes)"
+            )
+        if splits and self.val is None:
+            raise ValueError("Dataset classes need at least data.val (what trials score)")
+        if self.name:
+            extra = [key for key in _USER_ONLY if getattr(self, key) not in (None, {})]
+            if extra:
+                raise ValueError(
+                    f"data.{extra[0]} is for your own data (class_path or Dataset classes), not {self.name}"
+                )
+        else:
+            extra = [key for key in _BUILTIN_ONLY if getattr(self, key) not in (None, False)]
+            if extra:
+                raise ValueError(f"data.{extra[0]} applies to built-in datasets; your own data splits itself")
+            if self.init_args and not self.class_path:
+                raise ValueError("data.init_args go with data.class_path (each Dataset class has its own init_args)")
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def label(self) -> str:
+        """How the data is named in tables and MLflow params."""
+        return self.name or self.class_path or (self.val.class_path if self.val else "?")
 
 
 class BetaRange(_Strict):

@@ -37,9 +37,9 @@ def run_worker(settings: WorkerSettings) -> dict[str, Any]:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     study = load_study(settings.study, storage=settings.storage_url, tracking_uri=settings.tracking_uri)
-    with Bench.open(study.spec, device=settings.device) as bench:
+    tracker = study.tracker  # MLflow is reachable (and imported) before the worker says it is ready
+    with Bench.open(study.spec, device=settings.device, prepare=False) as bench:
         bench.check_identity(study.meta, study.name)
-        emit_event("ready", device=bench.device_label, pid=os.getpid())
         loop = LoopSettings(
             target_total=settings.target_total,
             deadline=settings.deadline,
@@ -49,7 +49,9 @@ def run_worker(settings: WorkerSettings) -> dict[str, Any]:
             refresh_plots=False,  # the launcher draws the study's plots once at the end
             on_trial=lambda line: emit_event("trial", **line),
         )
-        summary = TrialLoop(study, bench, study.tracker, loop).run()
+        trials = TrialLoop(study, bench, tracker, loop)
+        emit_event("ready", device=bench.device_label, pid=os.getpid())
+        summary = trials.run()
     payload = {
         "finished": summary.finished,
         "failed": summary.failed,

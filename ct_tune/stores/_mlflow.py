@@ -3,7 +3,10 @@ one-line ``InputError`` instead of MLflow's own retries and tracebacks."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
@@ -16,6 +19,20 @@ if TYPE_CHECKING:
 __all__ = ["open_mlflow_client"]
 
 
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING for the block, and give them their levels back."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` that has answered once (which creates a SQL store's schema)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
@@ -23,8 +40,9 @@ def open_mlflow_client(tracking_uri: str) -> MlflowClient:
 
     prepare_sqlite(tracking_uri)
     try:
-        client = MlflowClient(tracking_uri=tracking_uri)
-        client.search_experiments(max_results=1)
+        with _quiet("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
     except Exception as error:
         raise InputError(
             f"cannot open the MLflow tracking store {redact(tracking_uri)}: {database_reason(error)}"
