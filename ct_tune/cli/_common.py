@@ -10,8 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from ct_tune._errors import CTTuneError
-from ct_tune._version import __version__
+from ct_tune import CTTuneError, __version__
 
 PROG = "ct-tune"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ct_tune._errors import InputError
+from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, print_table
 
 EXAMPLES = """\

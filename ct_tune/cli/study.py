@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ct_tune._errors import InputError
+from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._study_common import (
     add_store_options,
@@ -101,9 +101,7 @@ def _create(args: argparse.Namespace) -> CommandResult:
     )
     from ct_tune.stores import redact
 
-    from optuna.trial import TrialState
-
-    waiting = len(study.optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    waiting = study.counts()["WAITING"]
     created = not study.resumed
     spec = study.spec
     payload = {

@@ -60,8 +60,8 @@ def read_weights(path: str) -> Any:
     except pickle.UnpicklingError as error:
         if "Unsupported global" in str(error):
             raise InputError(
-                f"{path} holds Python objects besides tensors, which weights_only=True refuses to unpickle; "
-                "save the state dict (torch.save(model.state_dict(), path))"
+                f"{path} holds Python objects besides tensors; ct-tune does not execute pickled code (it loads "
+                "weights_only=True): save the state dict (torch.save(model.state_dict(), path))"
             ) from error
         raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt") from error
     except Exception as error:  # garbage bytes make the unpickler fail in any way (IndexError, KeyError, ...)

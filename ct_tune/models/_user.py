@@ -80,11 +80,11 @@ def _is_lightning_checkpoint(path: str) -> bool:
 def _load_lightning(cls: type, path: str, init_args: Mapping[str, Any]) -> nn.Module:
     try:
         return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **dict(init_args))
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise InputError(
-            f"{path} holds pickled Python objects besides tensors ({' '.join(str(error).split())[:160]}), and ct-tune "
-            "does not execute pickled code (weights_only=True); save the weights alone "
-            "(torch.save(module.state_dict(), path)) and give model.init_args for the rest"
+            f"{path} holds Python objects besides tensors; ct-tune does not execute pickled code (it loads "
+            "weights_only=True): save the weights alone (torch.save(module.state_dict(), path)) and give "
+            "model.init_args for the rest"
         ) from None
     except TypeError as error:
         raise InputError(
