@@ -25,9 +25,8 @@ def register(subparsers: Any) -> None:
         help="score one beta profile on the val split",
         description=__doc__ + "\n" + EXAMPLES,
     )
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="checkpoint written by ct-tune pretrain (or a state dict with --model)")
-    model.add_argument("--model", help="model name: built-in, torchvision, or package.module:function")
+    parser.add_argument("--checkpoint", help="checkpoint written by ct-tune pretrain (or, with --model, its weights)")
+    parser.add_argument("--model", help="model name: built-in, torchvision, or package.module:function")
     parser.add_argument("--weights", help="torchvision weights, e.g. IMAGENET1K_V1")
     parser.add_argument("--data", default="digits", help="dataset name (default digits)")
     parser.add_argument("--data-dir", help="where datasets live (default $CT_TUNE_DATA, else ~/.cache/ct-tune/data)")
@@ -106,7 +105,7 @@ def _evaluate(args: argparse.Namespace) -> CommandResult:
 
     profile = BetaProfile.load(args.profile) if args.profile else None
     payload = evaluate_profile(
-        model={"checkpoint": args.checkpoint} if args.checkpoint else {"name": args.model, "weights": args.weights},
+        model=_model_section(args),
         data={
             "name": args.data,
             "data_dir": args.data_dir,
@@ -136,3 +135,11 @@ def _evaluate(args: argparse.Namespace) -> CommandResult:
         print(f"betas ({granularity}, c={c:g}): " + ", ".join(shown[:12]) + (" ..." if len(shown) > 12 else ""))
 
     return CommandResult(payload, render)
+
+
+def _model_section(args: argparse.Namespace) -> dict[str, Any]:
+    """--model and/or --checkpoint as the spec's model section (a checkpoint with a name gives its weights)."""
+    if args.model is None and args.checkpoint is None:
+        raise InputError("give --checkpoint FILE, --model NAME, or both (a state dict for that architecture)")
+    section = {"name": args.model, "checkpoint": args.checkpoint, "weights": getattr(args, "weights", None)}
+    return {key: value for key, value in section.items() if value is not None}

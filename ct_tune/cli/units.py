@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, print_table
 
 
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "units", _units, help="list the units of a model (what a profile gives betas to)")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a ct-tune checkpoint")
-    model.add_argument("--model", help="model name: built-in, torchvision, or package.module:function")
+    parser.add_argument("--checkpoint", help="a ct-tune checkpoint (or, with --model, its weights)")
+    parser.add_argument("--model", help="model name: built-in, torchvision, or package.module:function")
     parser.add_argument("--data", default="digits", help="dataset the model is fed (sets classes, channels, size)")
     parser.add_argument("--data-dir", help="where datasets live")
     parser.add_argument("--granularity", default="block", help="global, stage, block or site (default block)")
@@ -22,7 +22,7 @@ def _units(args: argparse.Namespace) -> CommandResult:
     from ct_tune.search import model_units
 
     payload = model_units(
-        model={"checkpoint": args.checkpoint} if args.checkpoint else {"name": args.model},
+        model=_model_section(args),
         data={"name": args.data, "data_dir": args.data_dir},
         granularity=args.granularity,
     )
@@ -41,3 +41,11 @@ def _units(args: argparse.Namespace) -> CommandResult:
         )
 
     return CommandResult(payload, render)
+
+
+def _model_section(args: argparse.Namespace) -> dict[str, Any]:
+    """--model and/or --checkpoint as the spec's model section (a checkpoint with a name gives its weights)."""
+    if args.model is None and args.checkpoint is None:
+        raise InputError("give --checkpoint FILE, --model NAME, or both (a state dict for that architecture)")
+    section = {"name": args.model, "checkpoint": args.checkpoint, "weights": getattr(args, "weights", None)}
+    return {key: value for key, value in section.items() if value is not None}

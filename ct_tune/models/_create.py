@@ -187,7 +187,8 @@ def load_checkpoint(
     state = find_state_dict(data, text)
     if model is None:
         raise InputError(
-            f"{text} is a plain state dict without its architecture; name it, e.g. --model resnet18 --checkpoint {text}"
+            f"{text} is a plain state dict without its architecture; name it: model: {{name: resnet18, checkpoint: "
+            f"{text}}} in a spec, --model resnet18 --checkpoint {text} on the command line"
         )
     if num_classes is None:
         num_classes = guess_num_classes(state)

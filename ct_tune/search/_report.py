@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
-from ct_tune.tracking._keys import ATTR_REPORT
+from ct_tune.data._user import UserData
+from ct_tune.tracking._keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 
 if TYPE_CHECKING:
+    from ct_tune.search._bench import Bench
     from ct_tune.search._study import Study, TrialResult
 
 __all__ = ["StudyReport", "report_study"]
@@ -50,6 +52,7 @@ def report_study(study: Study, *, trial_numbers: Sequence[int] | None = None, de
     with Bench.open(study.spec, device=device) as bench:
         bench.check_identity(study.meta, study.name)
         evaluator = bench.evaluator("test")
+        _check_test_split(study, bench)
         scored: dict[int, Any] = {}
         rows = []
         for trial, is_baseline in listed:
@@ -89,3 +92,19 @@ def report_study(study: Study, *, trial_numbers: Sequence[int] | None = None, de
     tracker.log(study.parent_run_id, metrics=metrics)
     tracker.client.log_dict(study.parent_run_id, report.to_dict(), "report.json")
     return report
+
+
+def _check_test_split(study: Study, bench: Bench) -> None:
+    """The user's test split is read only here, so it is fingerprinted here: at the first report, and every
+    later report must read the same samples (a built-in split's fingerprint already covers its test part)."""
+    if not isinstance(bench.data, UserData):
+        return
+    found = bench.data.fingerprints["test"]
+    recorded = study.optuna_study.user_attrs.get(ATTR_TEST_FINGERPRINT)
+    if recorded is None:
+        study.optuna_study.set_user_attr(ATTR_TEST_FINGERPRINT, found)
+    elif recorded != found:
+        raise InputError(
+            f"the test split differs from the one study {study.name!r} was first reported on ({recorded}, now "
+            f"{found}); report on the same test data, or create a new study"
+        )

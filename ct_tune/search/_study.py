@@ -513,8 +513,8 @@ def new_study(
             "sampler": spec.sampler.name,
             "pruner": spec.pruner.name,
             "n_trials": spec.budget.n_trials,
-            "model": spec.model.checkpoint or spec.model.name,
-            "data": spec.data.name,
+            "model": spec.model.label,
+            "data": spec.data.label,
             "storage": redact(storage_url),
             "ct_tune_version": __version__,
         }

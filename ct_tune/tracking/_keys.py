@@ -36,6 +36,7 @@ ATTR_UNITS = "ct_tune.units"  # unit names in network order
 ATTR_META = "ct_tune.meta"  # what the study was created with: ReLU-site fingerprint, model, data
 ATTR_MLFLOW = "ct_tune.mlflow"  # experiment id, parent run id, tracking URI (redacted), artifact location
 ATTR_REPORT = "ct_tune.report"  # test-split results per trial number (Optuna freezes finished trials)
+ATTR_TEST_FINGERPRINT = "ct_tune.test_fingerprint"  # the user's test split, as first reported on
 ATTR_PIPELINE = "ct_tune.pipeline"  # pipeline name, stage, index, previous stage's study
 
 # Optuna trial user attributes

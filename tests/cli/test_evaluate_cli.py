@@ -70,3 +70,24 @@ def test_evaluate_missing_profile_and_checkpoint(cli_fast, digits_checkpoint):
     assert missing.returncode == 2 and "profile file missing.json does not exist" in missing.stderr
     no_model = cli_fast("evaluate", "--checkpoint", "nowhere.pt", "--beta", "0.9")
     assert no_model.returncode == 2 and "nowhere.pt not found" in no_model.stderr
+
+
+def test_a_plain_state_dict_with_its_architecture_named(cli_fast, digits_checkpoint, tmp_path):
+    """--model NAME --checkpoint STATE_DICT: the advice the error gives works (the two were exclusive once)."""
+    from ct_tune.models import load_checkpoint
+
+    import torch
+
+    weights = tmp_path / "weights.pt"
+    torch.save(load_checkpoint(digits_checkpoint).net.state_dict(), weights)
+    bare = cli_fast("evaluate", "--checkpoint", str(weights), "--data", "digits", "--beta", "1", "--json")
+    assert bare.returncode == 2 and "--model resnet18 --checkpoint" in bare.stderr
+    named = ["--model", "cifar_resnet_small", "--checkpoint", str(weights), "--data", "digits", "--beta", "1"]
+    full = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--data", "digits", "--beta", "1", "--json")
+    result = cli_fast("evaluate", *named, "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.json()["results"]["accuracy"]["value"] == full.json()["results"]["accuracy"]["value"]
+    units = cli_fast("units", "--model", "cifar_resnet_small", "--checkpoint", str(weights), "--json")
+    assert units.returncode == 0 and units.json()["units"] == ["stem", "layer1.0", "layer2.0", "layer3.0"]
+    nothing = cli_fast("evaluate", "--data", "digits", "--beta", "1")
+    assert nothing.returncode == 2 and "give --checkpoint FILE, --model NAME, or both" in nothing.stderr

@@ -56,6 +56,9 @@ class Recorded(L.LightningDataModule):
 
     def _loader(self, split, shuffle=False):
         x, y = digits(split, self.normalized)
+        moved = os.path.join(os.path.dirname(__file__), "test_moved")  # a test set replaced on disk
+        if split == "test" and os.path.exists(moved):
+            x = x.flip(0)
         return DataLoader(TensorDataset(x, (y + self.shift) % 10), batch_size=self.batch_size, shuffle=shuffle)
 
     def train_dataloader(self):
@@ -298,6 +301,22 @@ def test_a_worker_with_other_data_refuses_to_run(project, tmp_path, digits_state
     )  # the same images with other labels
     with Bench.open(other, device="cpu") as bench, pytest.raises(InputError, match="the data differs"):
         bench.check_identity(study.meta, study.name)
+
+
+def test_the_test_split_is_fingerprinted_at_the_first_report(project, tmp_path, digits_state_dict):
+    study = ct_tune.create_study(
+        spec(digits_state_dict, {"class_path": "userdata.Recorded"}, budget={"n_trials": 1}),
+        name="testsplit",
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    study.run(progress=False)
+    study.report()
+    assert "test:" not in study.meta["data"]["fingerprint"]  # created and run without reading it
+    study.report()  # the same test data: fine
+    (project / "test_moved").write_text("")
+    with pytest.raises(InputError, match="the test split differs from the one study 'testsplit' was first reported"):
+        study.report()
 
 
 def test_bad_user_data_through_the_cli_is_exit_2_and_creates_nothing(project, cli_fast, tmp_path, digits_state_dict):
