@@ -395,9 +395,10 @@ class Study:
         """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI)."""
         import optuna
 
+        tracker = self.tracker  # reachable first: never an Optuna study deleted and its experiment left
         n_trials = len(self.optuna_study.get_trials(deepcopy=False))
         optuna.delete_study(study_name=self.name, storage=self.storage)
-        experiment = self.tracker.delete_experiment(self.name)
+        experiment = tracker.delete_experiment(self.name)
         return {"study": self.name, "trials": n_trials, "mlflow_experiment_deleted": experiment}
 
 
