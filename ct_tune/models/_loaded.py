@@ -24,7 +24,7 @@ class LoadedModel:
     input_spec: InputSpec
     name: str
     num_classes: int
-    source: str  # "builtin" | "torchvision" | "checkpoint:<path>" | "factory:<pkg.mod:fn>"
+    source: str  # "builtin" | "torchvision" | "timm" | "checkpoint:<path>" | "factory:<pkg.mod:fn>"
     in_channels: int = 3  # what the network's first layer takes (= input_spec.channels)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # pretrained weights the network started from, for the record

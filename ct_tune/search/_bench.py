@@ -57,7 +57,7 @@ def hash_weights(net: nn.Module) -> str:
     for name, tensor in net.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -130,6 +130,7 @@ class Bench:
             in_channels=data.native_channels,
             weights=model_spec.weights,
             input_size=model_spec.input_size,
+            pretrained=model_spec.pretrained,
         )
         check_split_matches_pretraining(model, data)
         data.input_spec = model.input_spec
@@ -138,13 +139,17 @@ class Bench:
         example = torch.zeros(1, data.channels, data.size, data.size, device=resolved)
         bench = cls(spec, model, data, resolved, checked_trace(model.net, example), weights)
         if steer:
-            bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=spec.search.granularity, trace=bench.trace)
+            search = spec.search
+            bench.handle = steer_traced(
+                model.net, 1.0, c=0.5, granularity=search.granularity, trace=bench.trace, groups=search.groups
+            )
         bench.seconds_to_load = time.perf_counter() - started
         return bench
 
     @property
     def units(self) -> list[str]:
-        return list(dict.fromkeys(group_sites(self.model.net, self.trace.sites, self.spec.search.granularity).values()))
+        search = self.spec.search
+        return list(dict.fromkeys(group_sites(self.model.net, self.trace, search.granularity, search.groups).values()))
 
     @property
     def device_label(self) -> str:
