@@ -48,7 +48,7 @@ def check_granularity(granularity: str, groups: Groups | None = None) -> None:
         if not groups:
             raise InputError(
                 "granularity 'custom' needs groups: {unit: module-path prefix or list of prefixes}, "
-                "e.g. {'early': ['conv1', 'layer1'], 'late': ['layer2', 'layer3', 'layer4']}"
+                "e.g. {'early': ['relu', 'layer1'], 'late': ['layer2', 'layer3', 'layer4']}"
             )
         normalize_groups(groups)
         return
