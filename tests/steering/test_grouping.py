@@ -9,7 +9,7 @@ from __future__ import annotations
 import ct_tune
 from ct_tune import InputError
 from ct_tune.models import create_model
-from ct_tune.search import model_units
+from ct_tune.search import evaluate_profile, model_units
 from ct_tune.search._pipeline_spec import map_profile
 from ct_tune.search._spec import spec_from_dict
 from ct_tune.steering import BetaProfile, apply_profile, find_layout, group_sites, trace_sites
@@ -431,3 +431,34 @@ def test_a_model_without_relu_is_told_what_it_applies(name):
     plain = model(x)
     with ct_tune.steer(model, 0.8):
         assert torch.equal(model(x), plain)
+
+
+@pytest.mark.slow
+def test_a_custom_study_searches_and_exports_its_groups(tmp_path, monkeypatch):
+    """granularity custom end to end: a spec, a study of 3 trials in this process, the exported profile."""
+    from ct_tune.models import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(create_model("cifar_resnet_small", num_classes=10, in_channels=1), "net.pt")
+    groups = {"early": ["relu", "layer1"], "rest": ""}
+    spec = {
+        "name": "custom-groups",
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": "digits", "val_size": 100},
+        "search": {"granularity": "custom", "groups": groups},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 3},
+        "storage": f"sqlite:///{tmp_path}/optuna.db",
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    study = ct_tune.create_study(spec)
+    assert study.units == ["early", "rest"]
+    study.run(progress=False)
+    profile = study.export(tmp_path / "best.json")
+    assert profile.granularity == "custom" and profile.groups == {"early": ["relu", "layer1"], "rest": [""]}
+    net = create_model(str(checkpoint), num_classes=10).net
+    with apply_profile(net, tmp_path / "best.json") as handle:
+        assert handle.units == ("early", "rest") and handle.betas == profile.betas
+    scored = evaluate_profile(model=spec["model"], data=spec["data"], profile=profile)  # ct-tune evaluate --profile
+    assert scored["granularity"] == "custom" and scored["betas"] == profile.betas
