@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +38,8 @@ from torch import nn
 __all__ = ["Group", "Layout", "find_layout"]
 
 _LAYER = re.compile(r"layer(\d+)")
+
+StagesOf = Callable[[nn.Module], list[list[str]]]  # a model -> its stages, each a list of module paths
 
 
 @dataclass(frozen=True)
@@ -56,38 +58,38 @@ class Layout:
 
 
 def find_layout(model: nn.Module, trace: Trace) -> Layout | None:
-    """The first rule that fits ``model`` (see the module docstring), or None."""
-    n, spans = len(trace.sites), trace.spans
-    layers = _resnet_layers(model, spans)
-    if layers:
-        return _layout("ResNet layers", _from_stages([[layer] for layer in layers], spans, n))
-    known = _known_class(model, _TORCHVISION)
-    if known is not None:
-        name, stages_of = known
-        return _layout(f"torchvision {name}", _from_stages(stages_of(model), spans, n))
-    taps = _timm_taps(model)
-    if taps is not None:
-        return _layout("timm feature_info", _from_taps(*taps, spans, n))
-    known = _known_class(model, _TIMM)
-    if known is not None:
-        name, stages_of = known
-        return _layout(f"timm {name}", _from_stages(stages_of(model), spans, n))
+    """The layout of the first rule that fits ``model`` (see the module docstring), or None."""
+    for rule, groups in _candidates(model, trace.spans, len(trace.sites)):
+        if groups:
+            return Layout(rule, groups)
     return None
 
 
-def _known_class(
-    model: nn.Module, table: Mapping[str, Callable[[nn.Module], list[list[str]]]]
-) -> tuple[str, Callable[[nn.Module], list[list[str]]]] | None:
+def _candidates(
+    model: nn.Module, spans: Mapping[str, tuple[int, int]], n: int
+) -> Iterator[tuple[str, tuple[Group, ...] | None]]:
+    """Each rule's layout, in order, computed only when asked for (None: the rule's modules did not run)."""
+    layers = _resnet_layers(model, spans)
+    if layers:
+        yield "ResNet layers", _from_stages([[layer] for layer in layers], spans, n)
+    known = _known_class(model, _TORCHVISION)
+    if known is not None:
+        yield f"torchvision {known[0]}", _from_stages(known[1](model), spans, n)
+    taps = _timm_taps(model)
+    if taps is not None:
+        yield "timm feature_info", _from_taps(*taps, spans, n)
+    known = _known_class(model, _TIMM)
+    if known is not None:
+        yield f"timm {known[0]}", _from_stages(known[1](model), spans, n)
+
+
+def _known_class(model: nn.Module, table: Mapping[str, StagesOf]) -> tuple[str, StagesOf] | None:
     """The table entry of the model's class or of a base class (matched by qualified name: no imports)."""
     for cls in type(model).__mro__:
         stages_of = table.get(f"{cls.__module__}.{cls.__qualname__}")
         if stages_of is not None:
             return cls.__qualname__, stages_of
     return None
-
-
-def _layout(rule: str, groups: tuple[Group, ...] | None) -> Layout | None:
-    return Layout(rule, groups) if groups else None
 
 
 def _from_stages(stages: list[list[str]], spans: Mapping[str, tuple[int, int]], n: int) -> tuple[Group, ...] | None:
@@ -161,7 +163,7 @@ def _between_pools(model: nn.Module) -> list[list[str]]:
     return _runs(model, "features", lambda _name, child: None if isinstance(child, nn.MaxPool2d) else "conv")
 
 
-def _named_children(parent: str, pattern: str) -> Callable[[nn.Module], list[list[str]]]:
+def _named_children(parent: str, pattern: str) -> StagesOf:
     """One stage per child of ``parent`` whose name matches ``pattern``."""
 
     def stages(model: nn.Module) -> list[list[str]]:
@@ -172,7 +174,7 @@ def _named_children(parent: str, pattern: str) -> Callable[[nn.Module], list[lis
     return stages
 
 
-def _of_class(parent: str, class_name: str) -> Callable[[nn.Module], list[list[str]]]:
+def _of_class(parent: str, class_name: str) -> StagesOf:
     """Runs of ``parent``'s children of one class (inception or Fire modules), split by anything else."""
     return lambda model: _runs(model, parent, lambda _name, child: type(child).__name__ == class_name or None)
 
@@ -204,7 +206,7 @@ def _mnasnet(model: nn.Module) -> list[list[str]]:
     return [[f"layers.{name}"] for name, child in children if isinstance(child, nn.Sequential)]
 
 
-_TORCHVISION: dict[str, Callable[[nn.Module], list[list[str]]]] = {
+_TORCHVISION: dict[str, StagesOf] = {
     "torchvision.models.densenet.DenseNet": _named_children("features", r"denseblock\d+"),
     "torchvision.models.vgg.VGG": _between_pools,
     "torchvision.models.alexnet.AlexNet": _between_pools,
@@ -217,7 +219,7 @@ _TORCHVISION: dict[str, Callable[[nn.Module], list[list[str]]]] = {
     "torchvision.models.mobilenetv2.MobileNetV2": _mobilenet,
     "torchvision.models.mobilenetv3.MobileNetV3": _mobilenet,
 }
-_TIMM: dict[str, Callable[[nn.Module], list[list[str]]]] = {
+_TIMM: dict[str, StagesOf] = {
     "timm.models.hrnet.HighResolutionNet": lambda _model: [["layer1"], ["stage2"], ["stage3"], ["stage4"]],
 }
 
