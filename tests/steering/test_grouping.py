@@ -21,6 +21,8 @@ from torch import nn
 from tests.steering.test_handle import formula
 from tests.steering.zoo import example, timm_model, torchvision_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def resnet_blocks(depths: list[int]) -> list[str]:
     return ["stem"] + [f"layer{i}.{j}" for i, depth in enumerate(depths, 1) for j in range(depth)]

@@ -22,6 +22,9 @@ from torch import nn
 from tests.steering.test_handle import RefCT, assert_close_scaled, assert_differs_scaled
 from tests.steering.zoo import example, timm_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 # resnet, resnet-d, regnet, densenet, dla, vgg, hrnet, dpn
 TIMM_MODELS = ["resnet18", "resnet26d", "regnetx_002", "densenet121", "dla34", "vgg11", "hrnet_w18_small", "dpn68"]
 
