@@ -63,7 +63,9 @@ class ModelSpec(_Strict):
         if (self.name is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of model.name or model.checkpoint")
         if self.pretrained and not (self.name or "").startswith("timm/"):
-            raise ValueError("model.pretrained applies to timm models (name: timm/<name>); torchvision: weights")
+            raise ValueError(
+                "model.pretrained applies to timm models (name: timm/<name>); torchvision models take weights (DEFAULT)"
+            )
         return self
 
 

@@ -67,7 +67,7 @@ def normalize_groups(groups: Groups) -> dict[str, list[str]]:
     normalized: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     for unit, value in groups.items():
-        prefixes = [value] if isinstance(value, str) else list(value)
+        prefixes = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else []
         if not isinstance(unit, str) or not unit or not prefixes or not all(isinstance(p, str) for p in prefixes):
             raise InputError(
                 f"groups entry {unit!r}: give a non-empty unit name and a module-path prefix or a list of them"

@@ -364,6 +364,7 @@ def test_custom_profile_records_its_groups_and_applies_to_a_fresh_model(tmp_path
         ({"a": ""}, "block", "groups apply to granularity 'custom' only"),
         (None, "custom", "granularity 'custom' needs groups"),
         ({"a": []}, "custom", "groups entry 'a': give a non-empty unit name"),
+        ({"a": 3}, "custom", "groups entry 'a': give a non-empty unit name and a module-path prefix"),
     ],
 )
 def test_bad_groups_are_one_line(groups, granularity, message):
