@@ -156,8 +156,8 @@ def main() -> None:
         say(f"paper grid: best val {grid_val:.4f} at beta {grid_betas['global']}")
 
         # grid -> block: the block bench with ranges centred on the grid's best
-        net, sites = benches["block"].session.model.net, benches["block"].session.trace.sites
-        warm = map_profile(net, sites, grid_betas, "global", "block")
+        net, trace = benches["block"].session.model.net, benches["block"].session.trace
+        warm = map_profile(net, trace, grid_betas, "global", "block")
         ranged = open_bench(checkpoint, "block", warm_start_ranges([warm], 0.15, 0.7, 1.0))
 
         for seed in range(args.seeds):

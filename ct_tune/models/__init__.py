@@ -1,4 +1,4 @@
-"""Models: built-in small ResNets, any torchvision classifier, checkpoint files and user factories.
+"""Models: built-in small ResNets, any torchvision or timm classifier, checkpoint files and user factories.
 
 A model is served as a :class:`LoadedModel`: the raw network (its own module paths, so ``layer1.0`` stays
 ``layer1.0`` for beta profiles) next to an :class:`InputSpec` that says what the network is fed: square side,

@@ -5,7 +5,9 @@
 2. a path to a checkpoint file (see :func:`load_checkpoint`);
 3. a registered name (``list_models("registered")``; add your own with ``register_model``);
 4. a torchvision classification model name, with optional ``weights`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``,
-   or ``"ResNet18_Weights.IMAGENET1K_V1"``).
+   or ``"ResNet18_Weights.IMAGENET1K_V1"``);
+5. ``timm/<name>`` (``timm/resnet50.a1_in1k``), with ``pretrained`` as timm spells it (the optional extra
+   ``ct-tune[timm]``).
 
 Built-ins normalise with mean 0.5 and std 0.5 (pixels to [-1, 1]): their stem convolution is followed by
 batch norm, which absorbs any per-channel affine map of the input, so dataset statistics buy nothing and the
@@ -34,7 +36,8 @@ from ct_tune.models._checkpoints import (
 )
 from ct_tune.models._input_spec import InputSpec
 from ct_tune.models._loaded import LoadedModel
-from ct_tune.models._registry import list_models, registered, torchvision_names
+from ct_tune.models._registry import TIMM_PREFIX, list_models, registered, torchvision_names
+from ct_tune.models._timm import check_timm_name, from_timm
 from ct_tune.models._torchvision import from_torchvision
 
 from torch import nn
@@ -53,7 +56,7 @@ def check_model_name(name_or_path: str) -> None:
     _kind(name_or_path)
 
 
-def _kind(name_or_path: str) -> Literal["factory", "checkpoint", "builtin", "torchvision"]:
+def _kind(name_or_path: str) -> Literal["factory", "checkpoint", "builtin", "torchvision", "timm"]:
     text = str(name_or_path)
     if _FACTORY.fullmatch(text) and not os.path.exists(text):
         return "factory"
@@ -63,6 +66,9 @@ def _kind(name_or_path: str) -> Literal["factory", "checkpoint", "builtin", "tor
         return "checkpoint"
     if registered(text) is not None:
         return "builtin"
+    if text.startswith(TIMM_PREFIX):
+        check_timm_name(text)
+        return "timm"
     if text in torchvision_names():
         return "torchvision"
     if os.sep in text or text.endswith(_CHECKPOINT_SUFFIXES):
@@ -72,7 +78,8 @@ def _kind(name_or_path: str) -> Literal["factory", "checkpoint", "builtin", "tor
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise InputError(
         f"unknown model {text!r}{hint}; give a checkpoint file, a factory 'package.module:function', "
-        f"a built-in ({', '.join(list_models('registered'))}) or a torchvision model ({', '.join(torchvision_names())})"
+        f"a built-in ({', '.join(list_models('registered'))}), timm/<timm name> "
+        f"or a torchvision model ({', '.join(torchvision_names())})"
     )
 
 
@@ -83,9 +90,12 @@ def create_model(
     in_channels: int = 3,
     weights: str | None = None,
     input_size: int | None = None,
+    pretrained: bool = False,
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Build (or load) a classifier for ``num_classes`` classes fed ``in_channels``-channel data.
+
+    ``weights`` names torchvision weights; ``pretrained`` asks timm for the weights of a ``timm/<name>``.
 
     For a checkpoint, ``num_classes`` None accepts whatever the file holds; a different number than the
     file's head is an error (train or probe a new head instead). The network is returned in eval mode on CPU.
@@ -98,8 +108,15 @@ def create_model(
         raise InputError(f"num_classes must be at least 1, not {num_classes}")
     if in_channels not in (1, 3):
         raise InputError(f"in_channels must be 1 or 3, not {in_channels}")
-    if weights is not None and kind not in ("torchvision",):
-        raise InputError(f"weights={weights!r} applies to torchvision models only; {text!r} is a {kind} model")
+    if weights is not None and kind != "torchvision":
+        timm_hint = (
+            " (timm models take pretrained=True; the tag in the name picks the weights)" if kind == "timm" else ""
+        )
+        raise InputError(
+            f"weights={weights!r} applies to torchvision models only; {text!r} is a {kind} model{timm_hint}"
+        )
+    if pretrained and kind != "timm":
+        raise InputError(f"pretrained applies to timm models (timm/<name>) only; {text!r} is a {kind} model")
     if kind == "checkpoint":
         return _check_classes(load_checkpoint(text, input_size=input_size), num_classes, text)
     if kind == "factory":
@@ -112,6 +129,15 @@ def create_model(
         net = call_builder(entry.builder, text, num_classes=num_classes, in_channels=in_channels, **model_kwargs)
         spec = InputSpec.uniform(in_channels, entry.mean, entry.std, size=input_size or entry.input_size)
         return finish(net, spec, text, num_classes, "builtin", in_channels, model_kwargs, None)
+    if kind == "timm":
+        return from_timm(
+            text,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            pretrained=pretrained,
+            input_size=input_size,
+            model_kwargs=model_kwargs,
+        )
     return from_torchvision(
         text, num_classes=num_classes, weights=weights, input_size=input_size, model_kwargs=model_kwargs
     )

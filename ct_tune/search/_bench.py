@@ -152,6 +152,7 @@ def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
         in_channels=channels,
         weights=model.weights,
         input_size=model.input_size,
+        pretrained=model.pretrained,
     )
 
 
@@ -220,7 +221,10 @@ class Bench:
         bench = cls(spec, model, data, resolved, trace, weights, normalize)
         bench._check_logits()
         if steer:
-            bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=spec.search.granularity, trace=bench.trace)
+            search = spec.search
+            bench.handle = steer_traced(
+                model.net, 1.0, c=0.5, granularity=search.granularity, trace=bench.trace, groups=search.groups
+            )
         bench.seconds_to_load = time.perf_counter() - started
         return bench
 
@@ -248,7 +252,8 @@ class Bench:
 
     @property
     def units(self) -> list[str]:
-        return list(dict.fromkeys(group_sites(self.model.net, self.trace.sites, self.spec.search.granularity).values()))
+        search = self.spec.search
+        return list(dict.fromkeys(group_sites(self.model.net, self.trace, search.granularity, search.groups).values()))
 
     @property
     def device_label(self) -> str:

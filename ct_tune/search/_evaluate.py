@@ -12,7 +12,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.search._bench import Bench
 from ct_tune.search._spec import spec_from_dict
-from ct_tune.steering import GRANULARITIES, BetaProfile, group_sites
+from ct_tune.steering import CUSTOM, GRANULARITIES, BetaProfile, Groups, find_layout, group_sites
 
 __all__ = ["evaluate_profile", "model_units"]
 
@@ -24,19 +24,23 @@ def evaluate_profile(
     beta: float | Mapping[str, float] | None = None,
     profile: BetaProfile | None = None,
     granularity: str = "global",
+    groups: Groups | None = None,
     c: float = 0.5,
     objectives: Sequence[Mapping[str, Any] | str] = ("accuracy",),
     run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score one beta profile on the val split: ``beta`` (one value, or ``{unit: beta}`` at ``granularity``)
-    or a saved ``profile``. ``model`` / ``data`` / ``run`` are the spec sections of the same name."""
+    """Score one beta profile on the val split: ``beta`` (one value, or ``{unit: beta}`` at ``granularity``,
+    with ``groups`` for custom) or a saved ``profile``. ``model`` / ``data`` / ``run`` are the spec sections of
+    the same name."""
     if (beta is None) == (profile is None):
         raise InputError("give exactly one of beta or profile")
+    if profile is not None:
+        granularity, groups = profile.granularity, profile.groups
     spec = spec_from_dict(
         {
             "model": dict(model),
             "data": dict(data),
-            "search": {"granularity": profile.granularity if profile else granularity, "enqueue_baseline": False},
+            "search": {"granularity": granularity, "groups": groups, "enqueue_baseline": False},
             "objectives": list(objectives),
             "run": dict(run or {}),
         },
@@ -67,27 +71,34 @@ def evaluate_profile(
         }
 
 
-def model_units(*, model: Mapping[str, Any], data: Mapping[str, Any], granularity: str = "block") -> dict[str, Any]:
-    """The units of a model at ``granularity`` (one beta each), the ReLU sites of each, and the unit counts at
-    every granularity."""
+def model_units(
+    *, model: Mapping[str, Any], data: Mapping[str, Any], granularity: str = "block", groups: Groups | None = None
+) -> dict[str, Any]:
+    """The units of a model at ``granularity`` (one beta each; ``groups`` for custom), the ReLU sites of each,
+    the unit counts at every granularity and the layout rule that found the stages."""
     spec = spec_from_dict(
         {
             "model": dict(model),
             "data": dict(data),
-            "search": {"granularity": granularity, "enqueue_baseline": False},
+            "search": {"granularity": granularity, "groups": groups, "enqueue_baseline": False},
         },
         source="arguments",
     )
     with Bench.open(spec, device="cpu", steer=False) as bench:
-        net, sites = bench.model.net, bench.trace.sites
+        net, trace = bench.model.net, bench.trace
         units: dict[str, list[str]] = {}
-        for site, unit in group_sites(net, sites, granularity).items():
+        for site, unit in group_sites(net, trace, granularity, groups).items():
             units.setdefault(unit, []).append(site)
+        counts = {g: len(set(group_sites(net, trace, g).values())) for g in GRANULARITIES}
+        if groups:
+            counts[CUSTOM] = len(units)
+        layout = find_layout(net, trace)
         return {
             "model": type(net).__name__,
             "granularity": granularity,
             "units": list(units),
             "sites": units,
-            "counts": {g: len(set(group_sites(net, sites, g).values())) for g in GRANULARITIES},
-            "fingerprint": bench.trace.fingerprint,
+            "counts": counts,
+            "layout": layout.rule if layout else "top-level children",
+            "fingerprint": trace.fingerprint,
         }

@@ -207,10 +207,12 @@ def _create_stage(
                 profiles.append(
                     map_profile(
                         bench.model.net,
-                        bench.trace.sites,
+                        bench.trace,
                         trial.betas,
                         earlier.spec.search.granularity,
                         plain.search.granularity,
+                        source_groups=earlier.spec.search.groups,
+                        target_groups=plain.search.groups,
                     )
                 )
             beta = plain.search.beta

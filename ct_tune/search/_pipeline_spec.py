@@ -23,7 +23,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.search._space import beta_param, uniform_params
 from ct_tune.search._spec import StudySpec, describe_validation_error, parse_yaml, spec_from_dict
-from ct_tune.steering import Site, group_sites
+from ct_tune.steering import Groups, Trace, group_sites
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
@@ -154,12 +154,20 @@ def stage_spec(
 
 
 def map_profile(
-    net: nn.Module, sites: Sequence[Site], betas: Mapping[str, float], source: str, target: str
+    net: nn.Module,
+    trace: Trace,
+    betas: Mapping[str, float],
+    source: str,
+    target: str,
+    *,
+    source_groups: Groups | None = None,
+    target_groups: Groups | None = None,
 ) -> dict[str, float]:
     """A profile at granularity ``source`` expressed at ``target``: each target unit takes the mean beta of
-    its ReLU sites (global -> block copies the value; block -> stage averages the blocks of a stage)."""
-    source_units = group_sites(net, sites, source)
-    target_units = group_sites(net, sites, target)
+    its ReLU sites (global -> block copies the value; block -> stage averages the blocks of a stage); the
+    groups are those of a ``custom`` granularity."""
+    source_units = group_sites(net, trace, source, source_groups)
+    target_units = group_sites(net, trace, target, target_groups)
     collected: dict[str, list[float]] = {}
     for site, unit in target_units.items():
         collected.setdefault(unit, []).append(float(betas.get(source_units[site], 1.0)))

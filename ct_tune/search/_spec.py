@@ -87,6 +87,7 @@ class ModelSpec(_Strict):
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V1
     input_size: int | None = Field(default=None, gt=0)
     normalization: Normalization | None = None  # class_path models that expect normalised input
+    pretrained: bool = False  # timm models (name: timm/<name>): timm's pretrained weights for that name
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -102,6 +103,10 @@ class ModelSpec(_Strict):
             )
         if self.class_path is not None and self.weights is not None:
             raise ValueError("model.weights names torchvision weights; a class_path model takes model.checkpoint")
+        if self.pretrained and not (self.name or "").startswith("timm/"):
+            raise ValueError(
+                "model.pretrained applies to timm models (name: timm/<name>); torchvision models take weights (DEFAULT)"
+            )
         return self
 
     @property
@@ -230,7 +235,9 @@ def _on_grid(distance: float, step: float) -> bool:
 
 
 class SearchSpec(_Strict):
-    granularity: Literal["global", "stage", "block", "site"] = "block"
+    granularity: Literal["global", "stage", "block", "site", "custom"] = "block"
+    # custom: one unit per entry, {unit: module-path prefix or list of prefixes}; the longest prefix wins
+    groups: dict[str, str | list[str]] | None = None
     beta: BetaRange = BetaRange()
     # Ranges for single units (names as `ct-tune units` lists them), overriding `beta` for those units;
     # pipelines use them to search around an earlier stage's best profile.
@@ -241,6 +248,10 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _enqueued_in_range(self) -> SearchSpec:
+        if self.groups is not None and self.granularity != "custom":
+            raise ValueError(f"search.groups applies to granularity custom only (not {self.granularity}); set custom")
+        if self.granularity == "custom" and not self.groups:
+            raise ValueError("granularity custom needs search.groups: {unit: module-path prefix or list of them}")
         ranges = [("beta", self.beta), *((f"ranges.{unit}", r) for unit, r in self.ranges.items())]
         if self.enqueue_baseline:
             for name, beta in ranges:

@@ -232,6 +232,7 @@ class Study:
         reported = self.optuna_study.user_attrs.get(ATTR_REPORT, {}).get(str(trial.number), {})
         profile = BetaProfile(
             granularity=self.spec.search.granularity,
+            groups=self.spec.search.groups,
             betas=betas,
             c=c,
             fingerprint=self.meta.get("fingerprint"),

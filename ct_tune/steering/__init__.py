@@ -4,7 +4,7 @@
   models run once they pay for their compile.
 - ``trace_sites`` finds where a model applies ReLU (modules, reused modules, inline calls);
   ``group_sites`` groups those sites into *units* (one beta each) at a granularity, following the
-  architecture's own stages and blocks.
+  architecture's own stages and blocks (``find_layout``), or the user's own groups (``custom``).
 - ``steer`` attaches CT and returns a ``SteeringHandle`` (``update`` between trials, ``remove`` after);
   ``BetaProfile`` saves a found set of betas and ``apply_profile`` puts it on a fresh model.
 """
@@ -13,16 +13,20 @@ from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct
 from ct_tune.steering._apply import apply_profile
 from ct_tune.steering._batched import GroupedBeta, split, stack
 from ct_tune.steering._fused import fused_status, set_fused
-from ct_tune.steering._grouping import GRANULARITIES, check_granularity, group_sites
+from ct_tune.steering._grouping import CUSTOM, GRANULARITIES, Groups, check_granularity, group_sites
 from ct_tune.steering._handle import SteeringHandle, checked_trace, steer, steer_traced, units
+from ct_tune.steering._layouts import Layout, find_layout
 from ct_tune.steering._profile import BetaProfile
 from ct_tune.steering._sites import Site, Trace, describe, trace_sites
 
 __all__ = [
+    "CUSTOM",
     "GRANULARITIES",
     "BetaLike",
     "BetaProfile",
     "GroupedBeta",
+    "Groups",
+    "Layout",
     "Site",
     "SteeringHandle",
     "Trace",
@@ -33,6 +37,7 @@ __all__ = [
     "checked_trace",
     "ct",
     "describe",
+    "find_layout",
     "fused_status",
     "group_sites",
     "set_fused",

@@ -41,7 +41,9 @@ def apply_profile(
             f"{profile.fingerprint}) than this {type(model).__name__} ({trace.fingerprint}); "
             "use the same architecture, or pass strict=False"
         )
-    return steer_traced(model, profile.betas, c=profile.c, granularity=profile.granularity, trace=trace)
+    return steer_traced(
+        model, profile.betas, c=profile.c, granularity=profile.granularity, trace=trace, groups=profile.groups
+    )
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -25,7 +25,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct_hot
 from ct_tune.steering._batched import GroupedBeta
-from ct_tune.steering._grouping import check_granularity, group_sites
+from ct_tune.steering._grouping import Groups, check_granularity, group_sites, normalize_groups
 from ct_tune.steering._profile import BetaProfile
 from ct_tune.steering._sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
 
@@ -44,11 +44,13 @@ BetaSpec = BetaLike | Mapping[str, BetaLike]
 _STEERED: weakref.WeakKeyDictionary[nn.Module, SteeringHandle] = weakref.WeakKeyDictionary()
 
 
-def units(model: nn.Module, example_input: Any, granularity: str = "global") -> list[str]:
-    """The ordered unit names of ``model`` at ``granularity`` (one beta per unit)."""
-    check_granularity(granularity)
+def units(
+    model: nn.Module, example_input: Any, granularity: str = "global", *, groups: Groups | None = None
+) -> list[str]:
+    """The ordered unit names of ``model`` at ``granularity`` (one beta per unit; ``groups`` for custom)."""
+    check_granularity(granularity, groups)
     trace = checked_trace(model, example_input)
-    return list(dict.fromkeys(group_sites(model, trace.sites, granularity).values()))
+    return list(dict.fromkeys(group_sites(model, trace, granularity, groups).values()))
 
 
 def steer(
@@ -58,15 +60,17 @@ def steer(
     c: float = 0.5,
     granularity: str = "global",
     example_input: Any = None,
+    groups: Groups | None = None,
 ) -> SteeringHandle:
     """Replace the model's ReLUs by CT in place; undo with ``.remove()`` or a ``with`` block.
 
     ``beta`` is a float for every ReLU, or a mapping ``{unit: beta}`` where missing units stay ReLU.
     ``example_input`` (one batch, or a tuple/dict of arguments) is run once to find the ReLU calls;
     it is required unless ``granularity="global"``, where all ``nn.ReLU`` modules and inline ReLU
-    calls are steered without knowing their names.
+    calls are steered without knowing their names. ``granularity="custom"`` takes ``groups``
+    (``{unit: module-path prefix or list of prefixes}``).
     """
-    check_granularity(granularity)
+    check_granularity(granularity, groups)
     check_c(c)
     if model in _STEERED:
         raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
@@ -76,28 +80,42 @@ def steer(
             "to find the model's ReLU calls"
         )
     trace = checked_trace(model, example_input) if example_input is not None else None
-    return steer_traced(model, beta, c=c, granularity=granularity, trace=trace)
+    return steer_traced(model, beta, c=c, granularity=granularity, trace=trace, groups=groups)
 
 
 def steer_traced(
-    model: nn.Module, beta: BetaSpec, *, c: float, granularity: str, trace: Trace | None
+    model: nn.Module,
+    beta: BetaSpec,
+    *,
+    c: float,
+    granularity: str,
+    trace: Trace | None,
+    groups: Groups | None = None,
 ) -> SteeringHandle:
     """``steer`` with the ReLU sites already traced (``None``: global steering of every ReLU)."""
     if model in _STEERED:
         raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
-    handle = SteeringHandle(model, granularity, trace)
+    handle = SteeringHandle(model, granularity, trace, groups)
     handle.update(beta, c=c)
     handle._attach()
     return handle
 
 
 def checked_trace(model: nn.Module, example_input: Any) -> Trace:
-    """``trace_sites``, refusing a model that applies no ReLU (nothing to steer)."""
+    """``trace_sites``, refusing a model that applies no ReLU (nothing to steer), naming what it applies."""
     trace = trace_sites(model, example_input)
     if not trace.sites:
+        name = type(model).__name__
+        if not trace.activations:
+            raise InputError(f"{name} applies no ReLU (nor any other activation) on this input: nothing to steer")
+        labels = list(trace.activations)
+        used = ", ".join(
+            f"{label} ({count} call{'s' if count > 1 else ''})" for label, count in trace.activations.items()
+        )
+        others = " or ".join(labels[:3]) + (", which are other functions" if len(labels) > 1 else ", another function")
         raise InputError(
-            f"{type(model).__name__} applies no ReLU on this input: there is nothing to steer "
-            "(CT replaces ReLU; other activations such as GELU or Hardswish are left alone)"
+            f"{name} applies no ReLU on this input, only {used}: there is nothing to steer "
+            f"(CT at beta = 1 is exactly ReLU, so it leaves alone {others})"
         )
     return trace
 
@@ -131,15 +149,16 @@ class _State:
 class SteeringHandle:
     """A model steered by CT. Use as a context manager, or call ``remove()``; ``update()`` between trials."""
 
-    def __init__(self, model: nn.Module, granularity: str, trace: Trace | None) -> None:
+    def __init__(self, model: nn.Module, granularity: str, trace: Trace | None, groups: Groups | None = None) -> None:
         self.model = model
         self.granularity = granularity
+        self.groups = normalize_groups(groups) if groups else None
         self.trace = trace
         if trace is None:
             self._site_units: dict[str, str] = {}
             self.units: tuple[str, ...] = ("global",)
         else:
-            self._site_units = group_sites(model, trace.sites, granularity)
+            self._site_units = group_sites(model, trace, granularity, self.groups)
             self.units = tuple(dict.fromkeys(self._site_units.values()))
         self._state = _State()
         self._betas: dict[str, BetaLike] = {}
@@ -246,6 +265,7 @@ class SteeringHandle:
         return BetaProfile(
             granularity=self.granularity,
             betas={unit: float(value) for unit, value in self._betas.items()},
+            groups=self.groups,
             c=self.c,
             fingerprint=trace.fingerprint if trace else None,
             input_shape=list(trace.input_shape) if trace and trace.input_shape else None,

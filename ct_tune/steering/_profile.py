@@ -1,9 +1,10 @@
 """Beta profiles: a found set of betas, saved as JSON and applied to a freshly built model.
 
 A profile records the granularity, one beta per unit, c, the input shape used to find the ReLU calls
-and a fingerprint of those calls. ``apply_profile`` (``ct_tune.steering._apply``) re-traces the new
-model and refuses one whose ReLU calls differ, so a profile cannot be silently applied to the wrong
-architecture.
+and a fingerprint of those calls; a ``custom`` profile also records its groups, so that the same units
+can be made on a fresh model (other profiles are written exactly as before, without the field).
+``apply_profile`` (``ct_tune.steering._apply``) re-traces the new model and refuses one whose ReLU calls
+differ, so a profile cannot be silently applied to the wrong architecture.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune._version import __version__
 from ct_tune.steering._activation import check_beta, check_c
-from ct_tune.steering._grouping import check_granularity
+from ct_tune.steering._grouping import check_granularity, normalize_groups
 from ct_tune.steering._sites import describe
 
 __all__ = ["BetaProfile"]
@@ -38,9 +39,12 @@ class BetaProfile:
     input_shape: list[int] | None = None
     model: str | None = None  # class name, for messages
     metadata: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, list[str]] | None = None  # granularity custom: unit -> module-path prefixes
 
     def __post_init__(self) -> None:
-        check_granularity(self.granularity)
+        check_granularity(self.granularity, self.groups)
+        if self.groups:
+            self.groups = normalize_groups(self.groups)
         check_c(self.c)
         if not self.betas:
             raise InputError("a beta profile needs at least one unit")
@@ -48,7 +52,10 @@ class BetaProfile:
             check_beta(beta, name=f"beta[{unit!r}]")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "ct_tune_version": __version__, **asdict(self)}
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "ct_tune_version": __version__, **asdict(self)}
+        if self.groups is None:
+            del data["groups"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "profile") -> BetaProfile:
@@ -67,6 +74,7 @@ class BetaProfile:
                 input_shape=data.get("input_shape"),
                 model=data.get("model"),
                 metadata=data.get("metadata") or {},
+                groups=data.get("groups"),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise InputError(f"{source} is missing or has a malformed field: {error}") from error

@@ -8,6 +8,8 @@ forward made the call: ``features.relu()#0`` (``relu()#0`` for the model's own f
 Sites can only be found by running the model: module reuse and inline calls are invisible to
 ``named_modules()``. ``trace_sites`` runs one forward pass (eval mode, no grad, training flags
 restored) with scope hooks on every module and a ``TorchFunctionMode`` that sees every ReLU call.
+The same pass records where each module starts and ends in the sequence of sites (what layouts cut
+stages at) and which other activations the model applies (what a model without ReLU is told).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ct_tune._errors import InputError
@@ -32,6 +34,15 @@ RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
     {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 )
 INPLACE_RELU_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({torch.relu_, torch.Tensor.relu_})
+# Activations CT leaves alone, recorded only to tell a model without ReLU what it applies instead.
+OTHER_ACTIVATIONS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        *(F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.relu6, F.leaky_relu, F.leaky_relu_),
+        *(F.elu, F.elu_, F.selu, F.celu, F.prelu, F.rrelu, F.glu, F.softplus, F.logsigmoid, F.softsign),
+        *(torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, F.sigmoid),
+        *(torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_, F.tanh),
+    }
+)
 
 INLINE_MARK = "relu()"
 
@@ -58,6 +69,10 @@ class Trace:
 
     sites: tuple[Site, ...]
     input_shape: tuple[int, ...] | None
+    # module path -> (sites run when it was first entered, sites run when its forward first returned)
+    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    # activations other than ReLU -> calls: a leaf module's class ("SiLU"), else the function ("gelu()")
+    activations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -115,8 +130,24 @@ class _Recorder(TorchFunctionMode):
         self.relu_modules = relu_modules
         self.counts: dict[tuple[str, bool], int] = {}
         self.sites: list[Site] = []
+        self.entered: dict[str, int] = {}
+        self.returned: dict[str, int] = {}
+        self.activations: dict[str, int] = {}
+
+    def push(self, path: str, module: nn.Module) -> None:
+        self.stack.append((path, module))
+        self.entered.setdefault(path, len(self.sites))
+
+    def pop(self, path: str) -> None:
+        self.stack.pop()
+        self.returned.setdefault(path, len(self.sites))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func in OTHER_ACTIVATIONS and self.stack:
+            module = self.stack[-1][1]
+            leaf = next(iter(module.children()), None) is None
+            label = type(module).__name__ if leaf else f"{getattr(func, '__name__', func)}()"
+            self.activations[label] = self.activations.get(label, 0) + 1
         if func in RELU_FUNCTIONS and self.stack:
             owner, module = self.stack[-1]
             # A model that *is* an nn.ReLU has no path to name it by: count it as its own inline call.
@@ -138,10 +169,10 @@ def trace_sites(model: nn.Module, example_input: Any) -> Trace:
     for path, module in model.named_modules():
 
         def push(_module, _args, _path=path, _m=module):
-            recorder.stack.append((_path, _m))
+            recorder.push(_path, _m)
 
-        def pop(_module, _args, _output):
-            recorder.stack.pop()
+        def pop(_module, _args, _output, _path=path):
+            recorder.pop(_path)
 
         handles.append(module.register_forward_pre_hook(push))
         handles.append(module.register_forward_hook(pop, always_call=True))
@@ -157,7 +188,9 @@ def trace_sites(model: nn.Module, example_input: Any) -> Trace:
     finally:
         for handle in handles:
             handle.remove()
-    return Trace(tuple(recorder.sites), input_shape_of(example_input))
+    end = len(recorder.sites)
+    spans = {path: (start, recorder.returned.get(path, end)) for path, start in recorder.entered.items()}
+    return Trace(tuple(recorder.sites), input_shape_of(example_input), spans, dict(recorder.activations))
 
 
 def describe(names: Sequence[str], limit: int = 12) -> str:

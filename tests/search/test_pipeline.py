@@ -124,16 +124,16 @@ def test_map_profile_between_granularities(digits_checkpoint):
     model = load_checkpoint(digits_checkpoint)
     net = model.net.eval()
     spec = model.input_spec
-    sites = trace_sites(net, torch.zeros(1, spec.channels, spec.size or 8, spec.size or 8)).sites
-    assert map_profile(net, sites, {"global": 0.8}, "global", "block") == dict.fromkeys(UNITS, 0.8)
+    trace = trace_sites(net, torch.zeros(1, spec.channels, spec.size or 8, spec.size or 8))
+    assert map_profile(net, trace, {"global": 0.8}, "global", "block") == dict.fromkeys(UNITS, 0.8)
     block = {"stem": 0.7, "layer1.0": 0.8, "layer2.0": 0.9, "layer3.0": 1.0}
     # a stage holds whole blocks: each stage takes the mean of its ReLU sites' betas
-    staged = map_profile(net, sites, block, "block", "stage")
+    staged = map_profile(net, trace, block, "block", "stage")
     assert staged == {"stem": 0.7, "layer1": 0.8, "layer2": 0.9, "layer3": 1.0}
-    glob = map_profile(net, sites, block, "block", "global")
+    glob = map_profile(net, trace, block, "block", "global")
     assert list(glob) == ["global"] and 0.7 < glob["global"] < 1.0
     # units missing from a profile stay ReLU
-    assert map_profile(net, sites, {"stem": 0.75}, "block", "block")["layer3.0"] == 1.0
+    assert map_profile(net, trace, {"stem": 0.75}, "block", "block")["layer3.0"] == 1.0
 
 
 def test_warm_start_ranges_are_centred_and_clipped():

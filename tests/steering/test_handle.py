@@ -46,29 +46,52 @@ class RefCT(nn.Module):
 
 
 # Which unit a ReLU module (path) belongs to, per architecture and granularity, written by hand.
+# "relu()" stands for DenseNet's inline F.relu after `features` (the head).
 def _resnet(depth: int) -> Callable[[str], str]:
     return lambda path: "stem" if path == "relu" else ".".join(path.split(".")[:depth])
 
 
-def _densenet(granularity: str) -> Callable[[str], str]:
+def _vgg11_bn(granularity: str) -> Callable[[str], str]:
+    """ReLUs at features.2, 6, 10, 13, 17, 20, 24, 27; max-pools at 3, 7, 14, 21, 28 close the stages."""
+    stages = {"2": "features.2", "6": "features.6", "10": "features.10..13", "13": "features.10..13"}
+    stages |= {"17": "features.17..20", "20": "features.17..20", "24": "features.24..27", "27": "features.24..27"}
+
     def rule(path: str) -> str:
-        parts = path.split(".")
+        if path.startswith("classifier."):
+            return "head"
+        return stages[path.split(".")[1]] if granularity == "stage" else path
+
+    return rule
+
+
+def _densenet(granularity: str) -> Callable[[str], str]:
+    """Stem relu0; dense block k (its transition before it joins it); the final inline F.relu is the head."""
+
+    def rule(path: str) -> str:
         if path == "features.relu0":
-            return path
-        if granularity == "stage":
-            return ".".join(parts[:2])
-        return ".".join(parts[:3]) if parts[1].startswith("denseblock") else path
+            return "stem"
+        if path == ROOT_INLINE_UNIT:
+            return "head"
+        parts = path.split(".")
+        if granularity == "block":
+            return ".".join(parts[:3]) if parts[1].startswith("denseblock") else ".".join(parts[:2])
+        if parts[1].startswith("transition"):
+            return f"features.denseblock{int(parts[1].removeprefix('transition')) + 1}"
+        return ".".join(parts[:2])
 
     return rule
 
 
 def _mobilenet(granularity: str) -> Callable[[str], str]:
+    """mobilenet_v3_small: blocks 1, 2, 4 and 9 halve the resolution, so the stages are 1 | 2-3 | 4-8 | 9-11."""
+    stages = {1: "features.1", 2: "features.2..3", 4: "features.4..8", 9: "features.9..11"}
+
     def rule(path: str) -> str:
-        parts = path.split(".")
+        index = int(path.split(".")[1])
         if granularity == "stage":
-            return ".".join(parts[:2])
-        # features.1-3: ReLU in the expansion conv and in squeeze-excitation; later: only in SE.
-        return ".".join(parts[:4]) if int(parts[1]) <= 3 else path
+            return stages[max(start for start in stages if start <= index)]
+        # block 1 is a stage of its own: its block is its only child; later stages are runs of peer blocks
+        return "features.1.block" if index == 1 else f"features.{index}"
 
     return rule
 
@@ -76,7 +99,7 @@ def _mobilenet(granularity: str) -> Callable[[str], str]:
 UNIT_RULES: dict[str, dict[str, Callable[[str], str]]] = {
     "resnet18": {"stage": _resnet(1), "block": _resnet(2)},
     "resnet50": {"stage": _resnet(1), "block": _resnet(2)},
-    "vgg11_bn": {"stage": lambda p: p.split(".")[0], "block": lambda p: p},
+    "vgg11_bn": {"stage": _vgg11_bn("stage"), "block": _vgg11_bn("block")},
     "densenet121": {"stage": _densenet("stage"), "block": _densenet("block")},
     "mobilenet_v3_small": {"stage": _mobilenet("stage"), "block": _mobilenet("block")},
 }
@@ -167,7 +190,7 @@ def test_unit_profile_matches_reference(name, granularity, x):
     rule = UNIT_RULES[name][granularity]
 
     def unit_beta(path: str) -> float:
-        return profile.get(ROOT_INLINE_UNIT if path == ROOT_INLINE_UNIT else rule(path), 1.0)
+        return profile.get(rule(path), 1.0)
 
     expected = reference_model(model, unit_beta, 0.3)(x)
     with ct_tune.steer(model, profile, c=0.3, granularity=granularity, example_input=x) as handle:
@@ -183,9 +206,7 @@ def test_input_gradients_finite_and_match_reference(name, x):
     names = ct_tune.units(model, x, "stage")
     profile = random_profile(names, seed=7)
     rule = UNIT_RULES[name]["stage"]
-    ref = reference_model(
-        model, lambda p: profile.get(ROOT_INLINE_UNIT if p == ROOT_INLINE_UNIT else rule(p), 1.0), 0.5
-    )
+    ref = reference_model(model, lambda p: profile.get(rule(p), 1.0), 0.5)
     x_ref = x.clone().requires_grad_(True)
     ref(x_ref).logsumexp(1).sum().backward()
     x_ours = x.clone().requires_grad_(True)
@@ -221,11 +242,9 @@ def test_resnet_units_are_exactly_the_documented_names(x):
     assert bottleneck_sites[1:4] == ["layer1.0.relu#0", "layer1.0.relu#1", "layer1.0.relu#2"]
 
 
-def test_densenet_inline_relu_is_a_unit(x):
+def test_densenet_inline_relu_is_the_head(x):
     stages = ct_tune.units(build("densenet121"), x, "stage")
-    assert stages[0] == "features.relu0"
-    assert "features.denseblock4" in stages
-    assert stages[-1] == "relu()"
+    assert stages == ["stem", *(f"features.denseblock{k}" for k in range(1, 5)), "head"]
 
 
 def test_block_profile_changes_only_activations_at_and_after_that_block(x):
