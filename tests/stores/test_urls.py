@@ -1,0 +1,219 @@
+"""Store URLs: where each comes from (argument > environment > spec > default), how it is checked and shown."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ct_tune import InputError
+from ct_tune.stores import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    engine_kwargs,
+    normalize_url,
+    prepare_sqlite,
+    redact,
+    resolve_recorded_tracking_uri,
+    resolve_storage,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+
+import pytest
+
+SECRET = "s3cret-Pw-1729"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    monkeypatch.delenv(TRACKING_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    text = str(error.value)
+    assert "\n" not in text, text
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Precedence
+def test_storage_precedence_argument_environment_spec_default(clean_env, tmp_path):
+    argument, environment, spec = (f"sqlite:///{tmp_path}/{name}.db" for name in ("arg", "env", "spec"))
+    clean_env.setenv(STORAGE_ENV, environment)
+    assert resolve_storage(argument, spec) == argument
+    assert resolve_storage(None, spec) == environment
+    clean_env.delenv(STORAGE_ENV)
+    assert resolve_storage(None, spec) == spec
+    assert resolve_storage(None) == f"sqlite:///{tmp_path}/studies/optuna.db"  # the default, made absolute
+    assert DEFAULT_STORAGE.endswith("studies/optuna.db")
+    clean_env.setenv(STORAGE_ENV, "")  # an empty variable is no choice
+    assert resolve_storage(None, spec) == spec
+
+
+def test_tracking_precedence_argument_environment_spec_default(clean_env, tmp_path):
+    argument, environment, spec = (f"sqlite:///{tmp_path}/{name}.db" for name in ("arg", "env", "spec"))
+    clean_env.setenv(TRACKING_ENV, environment)
+    assert resolve_tracking_uri(argument, spec) == argument
+    assert resolve_tracking_uri(None, spec) == environment
+    clean_env.delenv(TRACKING_ENV)
+    assert resolve_tracking_uri(None, spec) == spec
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert DEFAULT_TRACKING_URI.endswith("mlruns/mlflow.db")
+
+
+def test_tracking_servers_pass_unchanged_and_the_file_store_is_refused(clean_env):
+    for server in ("http://127.0.0.1:5000", f"https://user:{SECRET}@mlflow.example.org"):
+        assert resolve_tracking_uri(server) == server
+    for file_store in ("file:///tmp/mlruns", "/tmp/mlruns", "mlruns"):
+        with pytest.raises(InputError) as error:
+            resolve_tracking_uri(file_store)
+        assert "MLflow's file store, which ct-tune does not use" in one_line(error)
+    with pytest.raises(InputError) as error:
+        resolve_tracking_uri(f"file://user:{SECRET}@host/mlruns")
+    assert SECRET not in one_line(error)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="'databricks' (MLflow's name for a Databricks workspace) has no URL scheme: refused as a file store"
+)
+def test_databricks_tracking_uri_is_a_server(clean_env):
+    assert resolve_tracking_uri("databricks") == "databricks"
+
+
+# --------------------------------------------------------------------------------------------------
+# A recorded (redacted) tracking URI
+def test_recorded_uri_without_a_password_is_used(clean_env):
+    recorded = "postgresql+psycopg://ctune@db.example.org:5432/mlflow"
+    assert resolve_recorded_tracking_uri(None, recorded, study="s") == recorded
+
+
+def test_recorded_uri_whose_password_was_redacted_is_refused(clean_env):
+    recorded = "postgresql+psycopg://ctune:***@db.example.org:5432/mlflow"
+    with pytest.raises(InputError) as error:
+        resolve_recorded_tracking_uri(None, recorded, study="digits")
+    text = one_line(error)
+    assert "study 'digits' logs to" in text and "--tracking-uri" in text and "MLFLOW_TRACKING_URI" in text
+    # the password comes from the argument or the environment, never from the record
+    explicit = f"postgresql://ctune:{SECRET}@db.example.org:5432/mlflow"
+    wanted = f"postgresql+psycopg://ctune:{SECRET}@db.example.org:5432/mlflow"
+    assert resolve_recorded_tracking_uri(explicit, recorded, study="digits") == wanted
+    clean_env.setenv(TRACKING_ENV, explicit)
+    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == wanted
+    http = "http://user:***@mlflow.example.org"
+    clean_env.delenv(TRACKING_ENV)
+    with pytest.raises(InputError, match="whose password is not stored"):
+        resolve_recorded_tracking_uri(None, http, study="digits")
+
+
+def test_no_recorded_uri_falls_back_to_the_default(clean_env, tmp_path):
+    assert resolve_recorded_tracking_uri(None, None, study="s") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+
+
+# --------------------------------------------------------------------------------------------------
+# normalize_url
+def test_postgresql_gets_the_psycopg_driver():
+    url = f"postgresql://ctune:{SECRET}@127.0.0.1:5432/optuna"
+    assert normalize_url(url, what="storage") == f"postgresql+psycopg://ctune:{SECRET}@127.0.0.1:5432/optuna"
+    explicit = "postgresql+psycopg://ctune@127.0.0.1/optuna"
+    assert normalize_url(explicit, what="storage") == explicit
+    quoted = "postgresql://ctune:p%40ss@127.0.0.1/optuna"  # a password with '@', percent-encoded, stays encoded
+    assert normalize_url(quoted, what="storage") == "postgresql+psycopg://ctune:p%40ss@127.0.0.1/optuna"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="postgres:// (Heroku-style) is refused as an unsupported database 'postgres'"
+)
+def test_postgres_scheme_alias_gets_the_psycopg_driver():
+    assert normalize_url("postgres://ctune@127.0.0.1/optuna", what="storage") == (
+        "postgresql+psycopg://ctune@127.0.0.1/optuna"
+    )
+
+
+def test_sqlite_paths_become_absolute(clean_env, tmp_path):
+    assert normalize_url("sqlite:///rel/optuna.db", what="storage") == f"sqlite:///{tmp_path}/rel/optuna.db"
+    assert normalize_url(f"sqlite:///{tmp_path}/abs.db", what="storage") == f"sqlite:///{tmp_path}/abs.db"
+    home = normalize_url("sqlite:///~/x.db", what="storage")
+    assert home == f"sqlite:///{Path('~/x.db').expanduser()}" and "~" not in home
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "storage 'not a url' is not a database URL"),
+        ("mongodb://127.0.0.1/optuna", "unsupported database 'mongodb'; use sqlite or postgresql"),
+        ("http://127.0.0.1:5000", "unsupported database 'http'"),
+        ("sqlite://", "names no database file"),
+        ("sqlite:///:memory:", "names no database file"),
+        (f"mongodb://u:{SECRET}@h/db", "unsupported database 'mongodb'"),
+    ],
+)
+def test_bad_urls_are_one_line(url, message):
+    with pytest.raises(InputError) as error:
+        normalize_url(url, what="storage")
+    text = one_line(error)
+    assert message in text and SECRET not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# redact
+def test_redact_hides_passwords_of_databases_and_servers():
+    assert redact(f"postgresql+psycopg://ctune:{SECRET}@127.0.0.1:5432/optuna") == (
+        "postgresql+psycopg://ctune:***@127.0.0.1:5432/optuna"
+    )
+    assert redact(f"https://user:{SECRET}@mlflow.example.org/path?x=1") == "https://user:***@mlflow.example.org/path?x=1"
+    assert redact(f"postgresql://:{SECRET}@h/db") == "postgresql://:***@h/db"
+    for plain in ("postgresql+psycopg://ctune@127.0.0.1/optuna", "sqlite:////tmp/optuna.db", "http://h:5000"):
+        assert redact(plain) == plain
+
+
+def test_redact_hides_a_password_with_an_at_sign():
+    redacted = redact("postgresql://ctune:p@ss@127.0.0.1/optuna")
+    assert "p@ss" not in redacted and redacted.endswith("@127.0.0.1/optuna")
+
+
+@pytest.mark.xfail(strict=True, reason="redact drops the brackets of an IPv6 host: the redacted URL is no URL")
+def test_redact_keeps_an_ipv6_host():
+    assert redact(f"postgresql+psycopg://ctune:{SECRET}@[::1]:5432/optuna") == (
+        "postgresql+psycopg://ctune:***@[::1]:5432/optuna"
+    )
+
+
+@pytest.mark.xfail(strict=True, reason="a password given as ?password=... (libpq accepts it) is printed as is")
+def test_redact_hides_a_password_in_the_query():
+    assert SECRET not in redact(f"postgresql+psycopg://ctune@127.0.0.1:5432/optuna?password={SECRET}")
+
+
+# --------------------------------------------------------------------------------------------------
+# SQLite files
+def test_prepare_sqlite_creates_the_directory_and_switches_to_wal(tmp_path):
+    url = f"sqlite:///{tmp_path}/deep/er/optuna.db"
+    prepare_sqlite(url)
+    path = tmp_path / "deep/er/optuna.db"
+    assert sqlite_path(url) == path and path.is_file()
+    with sqlite3.connect(path) as connection:  # WAL is a property of the file: every later connection has it
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    prepare_sqlite(url)  # again: harmless
+    prepare_sqlite("postgresql+psycopg://ctune@127.0.0.1/optuna")  # other databases: nothing to do
+
+
+def test_prepare_sqlite_on_an_unusable_path_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(InputError) as error:
+        prepare_sqlite(f"sqlite:///{blocker}/optuna.db")
+    text = one_line(error)
+    assert f"cannot open the SQLite database {blocker}/optuna.db" in text and "permissions" in text
+    with pytest.raises(InputError, match="cannot open the SQLite database"):
+        prepare_sqlite("sqlite:////proc/nowhere/optuna.db")  # unwritable even for root
+
+
+def test_sqlite_path_and_engine_kwargs(tmp_path):
+    assert sqlite_path("sqlite://") is None and sqlite_path("sqlite:///:memory:") is None
+    assert sqlite_path("postgresql+psycopg://h/db") is None
+    assert engine_kwargs(f"sqlite:///{tmp_path}/o.db") == {"connect_args": {"timeout": 120}}
+    assert engine_kwargs("postgresql+psycopg://ctune@127.0.0.1/optuna") == {"pool_pre_ping": True}
