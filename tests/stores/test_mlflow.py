@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import sqlite3
+import subprocess
 import sys
 import textwrap
 import time

@@ -79,7 +79,7 @@ def test_tracking_servers_pass_unchanged_and_the_file_store_is_refused(clean_env
 
 
 @pytest.mark.xfail(
-    strict=True, reason="'databricks' (MLflow's name for a Databricks workspace) has no URL scheme: refused as a file store"
+    strict=True, reason="'databricks' (MLflow's name for a Databricks workspace) has no scheme: refused as a file store"
 )
 def test_databricks_tracking_uri_is_a_server(clean_env):
     assert resolve_tracking_uri("databricks") == "databricks"
@@ -125,9 +125,7 @@ def test_postgresql_gets_the_psycopg_driver():
     assert normalize_url(quoted, what="storage") == "postgresql+psycopg://ctune:p%40ss@127.0.0.1/optuna"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="postgres:// (Heroku-style) is refused as an unsupported database 'postgres'"
-)
+@pytest.mark.xfail(strict=True, reason="postgres:// (Heroku-style) is refused as an unsupported database 'postgres'")
 def test_postgres_scheme_alias_gets_the_psycopg_driver():
     assert normalize_url("postgres://ctune@127.0.0.1/optuna", what="storage") == (
         "postgresql+psycopg://ctune@127.0.0.1/optuna"
@@ -165,7 +163,9 @@ def test_redact_hides_passwords_of_databases_and_servers():
     assert redact(f"postgresql+psycopg://ctune:{SECRET}@127.0.0.1:5432/optuna") == (
         "postgresql+psycopg://ctune:***@127.0.0.1:5432/optuna"
     )
-    assert redact(f"https://user:{SECRET}@mlflow.example.org/path?x=1") == "https://user:***@mlflow.example.org/path?x=1"
+    assert (
+        redact(f"https://user:{SECRET}@mlflow.example.org/path?x=1") == "https://user:***@mlflow.example.org/path?x=1"
+    )
     assert redact(f"postgresql://:{SECRET}@h/db") == "postgresql://:***@h/db"
     for plain in ("postgresql+psycopg://ctune@127.0.0.1/optuna", "sqlite:////tmp/optuna.db", "http://h:5000"):
         assert redact(plain) == plain

@@ -1,0 +1,46 @@
+"""The one table of MLflow tag and Optuna attribute keys: strings, unique within each namespace, and what
+the README tells users to filter on."""
+
+from __future__ import annotations
+
+from ct_tune.tracking import _keys
+
+KEYS = {name: value for name, value in vars(_keys).items() if name.isupper()}
+TAGS = {name: value for name, value in KEYS.items() if name.startswith("TAG_")}
+STUDY_ATTRS = {
+    n: KEYS[n] for n in ("ATTR_SPEC", "ATTR_UNITS", "ATTR_META", "ATTR_MLFLOW", "ATTR_REPORT", "ATTR_PIPELINE")
+}
+TRIAL_ATTRS = {n: KEYS[n] for n in ("ATTR_RUN_ID", "ATTR_KIND", "ATTR_DISCARDED")}
+
+
+def test_every_key_is_a_nonempty_string_in_one_namespace():
+    assert KEYS and all(isinstance(value, str) and value and value.strip() == value for value in KEYS.values())
+    assert set(KEYS) == set(TAGS) | set(STUDY_ATTRS) | set(TRIAL_ATTRS)  # a new key is sorted into one here
+
+
+def test_keys_are_unique_where_they_share_a_namespace():
+    for namespace in (TAGS, STUDY_ATTRS, TRIAL_ATTRS):
+        values = list(namespace.values())
+        assert len(set(values)) == len(values), namespace
+
+
+def test_tags_are_valid_mlflow_keys_and_only_the_intended_ones_are_mlflows_own():
+    from mlflow.utils.validation import _validate_tag_name
+
+    for value in TAGS.values():
+        _validate_tag_name(value)
+    assert sorted(v for v in TAGS.values() if v.startswith("mlflow.")) == ["mlflow.note.content", "mlflow.parentRunId"]
+    ours = [v for v in TAGS.values() if not v.startswith(("mlflow.", "optuna."))]
+    assert all(v.startswith("ct_tune.") for v in ours)
+
+
+def test_the_names_users_filter_on():
+    """Renaming one breaks saved MLflow views and `optuna trials` scripts (README, MLflow section)."""
+    assert (_keys.TAG_STATE, _keys.TAG_TRIAL) == ("ct_tune.state", "optuna.trial_number")
+    assert _keys.TAG_ROLE == "ct_tune.role"
+    assert (_keys.TAG_PARENT_RUN, _keys.ATTR_RUN_ID) == ("mlflow.parentRunId", "mlflow_run_id")
+    assert (_keys.TAG_PIPELINE, _keys.TAG_STAGE, _keys.TAG_PREVIOUS_STAGE_RUN) == (
+        "ct_tune.pipeline",
+        "ct_tune.stage",
+        "ct_tune.previous_stage_run",
+    )
