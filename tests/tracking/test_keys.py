@@ -3,19 +3,32 @@ the README tells users to filter on."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from ct_tune.tracking import _keys
 
 KEYS = {name: value for name, value in vars(_keys).items() if name.isupper()}
-TAGS = {name: value for name, value in KEYS.items() if name.startswith("TAG_")}
-STUDY_ATTRS = {
-    n: KEYS[n] for n in ("ATTR_SPEC", "ATTR_UNITS", "ATTR_META", "ATTR_MLFLOW", "ATTR_REPORT", "ATTR_PIPELINE")
-}
-TRIAL_ATTRS = {n: KEYS[n] for n in ("ATTR_RUN_ID", "ATTR_KIND", "ATTR_DISCARDED")}
+
+
+def section(title: str) -> dict[str, str]:
+    """The keys defined under one of the module's section comments (a namespace each)."""
+    source = Path(_keys.__file__).read_text()
+    body = source.split(f"# {title}", 1)[1].split("\n# ", 1)[0]
+    return {name: KEYS[name] for name in re.findall(r"^([A-Z_]+) = ", body, flags=re.MULTILINE)}
+
+
+TAGS = section("MLflow run tags")
+STUDY_ATTRS = section("Optuna study user attributes")
+TRIAL_ATTRS = section("Optuna trial user attributes")
 
 
 def test_every_key_is_a_nonempty_string_in_one_namespace():
     assert KEYS and all(isinstance(value, str) and value and value.strip() == value for value in KEYS.values())
-    assert set(KEYS) == set(TAGS) | set(STUDY_ATTRS) | set(TRIAL_ATTRS)  # a new key is sorted into one here
+    assert set(KEYS) == set(TAGS) | set(STUDY_ATTRS) | set(TRIAL_ATTRS)  # each key under one section
+    assert all(name.startswith("TAG_") for name in TAGS)
+    assert all(name.startswith("ATTR_") for name in (*STUDY_ATTRS, *TRIAL_ATTRS))
+    assert {"ATTR_SPEC", "ATTR_UNITS", "ATTR_MLFLOW"} <= set(STUDY_ATTRS) and "ATTR_RUN_ID" in TRIAL_ATTRS
 
 
 def test_keys_are_unique_where_they_share_a_namespace():
