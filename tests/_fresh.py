@@ -38,3 +38,28 @@ def fresh_sqlite(kind: str, directory: Path) -> str:
     assert not path.exists(), path
     shutil.copyfile(_template(kind), path)
     return f"sqlite:///{path}"
+
+
+def tiny_study(tmp_path: Path, checkpoint: Path | None, name: str = "tiny", **sections):
+    """A real study on digits with fresh stores under ``tmp_path``; keyword arguments replace spec sections.
+
+    ``checkpoint`` is a ct-tune checkpoint (the ``digits_checkpoint`` fixture); pass ``model=`` instead for
+    another model."""
+    import ct_tune
+
+    spec = {
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": "digits", "seed": 0},
+        "search": {"granularity": "block", "enqueue_baseline": True},
+        "objectives": ["accuracy"],
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 50},
+        "run": {"device": "cpu", "batch_size": 256},
+        **sections,
+    }
+    return ct_tune.create_study(
+        spec,
+        name=name,
+        storage=fresh_sqlite("optuna", tmp_path / "studies"),
+        tracking_uri=fresh_sqlite("mlflow", tmp_path / "mlruns"),
+    )
