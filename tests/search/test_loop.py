@@ -3,7 +3,10 @@ evaluation, and what a second launch of the same worker samples."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from pathlib import Path
 
 from ct_tune.search._bench import Bench
 from ct_tune.search._loop import LoopSettings, TrialLoop, describe_trial
@@ -37,8 +40,9 @@ class Fragile(nn.Module):
 def run_loop(study, **settings):
     lines: list[dict] = []
     settings.setdefault("refresh_plots", False)
+    settings.setdefault("on_trial", lines.append)
     with Bench.open(study.spec, device="cpu") as bench:
-        loop = TrialLoop(study, bench, study.tracker, LoopSettings(on_trial=lines.append, **settings))
+        loop = TrialLoop(study, bench, study.tracker, LoopSettings(**settings))
         summary = loop.run()
     return summary, lines
 
@@ -101,9 +105,6 @@ def test_median_pruner_prunes_a_bad_profile(tmp_path, digits_checkpoint):
     steps = [m.step for m in study.tracker.client.get_metric_history(run.info.run_id, "accuracy.running")]
     assert steps and max(steps) < 359  # stopped before the end of the val set
     record = study.tracker.client.download_artifacts(run.info.run_id, "trial.json")
-    import json
-    from pathlib import Path
-
     assert json.loads(Path(record).read_text())["pruned_at_step"] == max(steps)
 
 
@@ -157,3 +158,22 @@ def test_a_second_launch_does_not_replay_the_first_launchs_betas(tmp_path, digit
     drawn_first = [tuple(line["betas"].values()) for line in first[1:]]
     drawn_second = [tuple(line["betas"].values()) for line in second]
     assert len(drawn_second) == 2 and not set(drawn_first) & set(drawn_second)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="on_trial (a worker's progress pipe) runs before Optuna's tell: a dead pipe fails a scored trial whose "
+    "MLflow run is already closed COMPLETE",
+)
+def test_a_dead_progress_pipe_does_not_fail_a_scored_trial(tmp_path, digits_checkpoint):
+    study = tiny_study(tmp_path, digits_checkpoint)
+
+    def dead_launcher(line: dict) -> None:  # what emit_event raises once the launcher is gone
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with contextlib.suppress(BrokenPipeError):  # the worker may stop; the trial it scored must stand
+        run_loop(study, target_total=1, on_trial=dead_launcher)
+    trial = study.optuna_study.trials[0]
+    run = child_runs(study)[0]
+    assert run.data.tags[TAG_STATE] == "COMPLETE"  # MLflow says it was scored ...
+    assert trial.state == TrialState.COMPLETE  # ... and Optuna, the truth, must agree

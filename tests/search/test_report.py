@@ -57,7 +57,8 @@ def test_report_of_the_pareto_front_and_the_baseline(finished):
         trial = finished.trial(row["number"])
         assert row["test"] == pytest.approx(expected[row["number"]])
         assert row["val"] == trial.values and row["betas"] == trial.betas and row["c"] == trial.c
-        assert set(row["test_details"]) == {"accuracy", "adversarial"} and "per_class" in row["test_details"]["accuracy"]
+        assert set(row["test_details"]) == {"accuracy", "adversarial"}
+        assert "per_class" in row["test_details"]["accuracy"]
     json.dumps(report.to_dict())
 
     stored = finished.optuna_study.user_attrs[ATTR_REPORT]
