@@ -65,7 +65,6 @@ def test_a_worker_runs_the_study_to_its_target(tmp_path, digits_checkpoint):
     ("stdin", "code", "message"),
     [
         ("[1, 2]", 1, "ct-tune worker: expected one JSON object with its settings on stdin"),
-        ("", 1, "ct-tune worker: expected one JSON object with its settings on stdin"),
         (
             json.dumps({"study": "nope", "storage_url": "sqlite:///o.db", "tracking_uri": "sqlite:///m.db"}),
             2,
@@ -87,7 +86,7 @@ def test_a_worker_runs_the_study_to_its_target(tmp_path, digits_checkpoint):
             ),
         ),
     ],
-    ids=["not-an-object", "empty", "unknown-study", "not-json", "missing-keys"],
+    ids=["not-an-object", "unknown-study", "not-json", "missing-keys"],
 )
 def test_bad_settings_end_the_worker_with_one_line(tmp_path, stdin, code, message):
     proc = worker(stdin, tmp_path)

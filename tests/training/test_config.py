@@ -48,6 +48,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # a fresh interpreter: importing ct_tune and torch takes ~5 s here
 def test_check_fails_fast_without_lightning(tmp_path):
     checkpoint = tmp_path / "net.pt"
     checkpoint.write_bytes(b"weights")  # only its existence is checked before training
