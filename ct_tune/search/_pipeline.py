@@ -31,7 +31,13 @@ from ct_tune.search._pipeline_spec import (
 from ct_tune.search._run import RunOptions
 from ct_tune.search._spec import StudySpec
 from ct_tune.search._study import Study, new_study, open_study, study_exists
-from ct_tune.stores import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
+from ct_tune.stores import (
+    check_two_databases,
+    open_optuna_storage,
+    redact,
+    resolve_storage,
+    resolve_tracking_uri,
+)
 from ct_tune.tracking import Tracker
 from ct_tune.tracking._keys import (
     ATTR_KIND,
@@ -122,6 +128,9 @@ def run_pipeline(
     options.check()
     for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
         plan_workers(options.workers, options.devices or stage_study.run.device)
+        check_two_databases(
+            resolve_storage(storage, stage_study.storage), resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
+        )
     outcomes: list[StageOutcome] = []
     studies: dict[str, Study] = {}
     tracker: Tracker | None = None

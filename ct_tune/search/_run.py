@@ -85,6 +85,11 @@ class WorkerSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerSettings:
         known = set(cls.__dataclass_fields__)
+        missing = [key for key in ("study", "storage_url", "tracking_uri") if not isinstance(data.get(key), str)]
+        if missing:
+            raise SystemExit(
+                f"ct-tune worker: the settings lack {', '.join(missing)} (strings); start workers with Study.run"
+            )
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
@@ -117,6 +122,8 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     timeout = options.timeout if options.timeout is not None else spec.budget.timeout
     if target is not None and finished >= target:
         return RunSummary(study.name, f"budget already reached ({finished} trials); use --n-trials to run more")
+    if target is not None and target - finished < len(plans):  # a worker with no trial to run only costs a start
+        plans = plan_workers(target - finished, options.devices or spec.run.device)
 
     # Done once, before any worker starts: workers racing on these would duplicate them.
     tracker = study.tracker

@@ -151,14 +151,17 @@ class DataSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_dataset(cls, value: Any) -> Any:
-        if isinstance(value, dict) and not any(
-            value.get(key) for key in ("name", "class_path", "train", "val", "test")
+        if isinstance(value, dict) and all(
+            value.get(key) is None for key in ("name", "class_path", "train", "val", "test")
         ):
             return {**value, "name": "digits"}
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
+        for key in ("name", "class_path"):
+            if getattr(self, key) == "":  # an unset variable in a template, say: never fall back to digits
+                raise ValueError(f"data.{key} is empty; give a dataset name or a module.Class path")
         splits = [s for s in ("train", "val", "test") if getattr(self, s) is not None]
         sources = [bool(self.name), bool(self.class_path), bool(splits)]
         if sum(sources) != 1:
@@ -341,6 +344,12 @@ class CmaEsSpec(_Strict):
     popsize: int | None = Field(default=None, gt=1)
     use_separable_cma: bool = False
     with_margin: bool = False  # set for discrete (stepped) beta ranges
+
+    @model_validator(mode="after")
+    def _supported(self) -> CmaEsSpec:
+        if self.use_separable_cma and self.with_margin:  # Optuna's CmaEsSampler refuses the pair
+            raise ValueError("use_separable_cma and with_margin cannot both be true (Optuna supports one or the other)")
+        return self
 
 
 class RandomSpec(_Strict):
@@ -554,7 +563,8 @@ def describe_validation_error(error: ValidationError) -> str:
     problems = error.errors(include_url=False)
     # A field typed as a union (c: number | range) fails in every branch; the deepest location is the
     # branch the user meant (a mapping for c fails inside CRange, not at "is not a number").
-    first = max(problems, key=lambda problem: len(problem["loc"]))
+    # At equal depth a branch's own check (low < high) says more than another branch's type error.
+    first = max(problems, key=lambda problem: (len(problem["loc"]), problem["type"] == "value_error"))
     location = _location(first)
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")

@@ -26,6 +26,7 @@ from ct_tune.search._space import check_units, initial_trials, profile_from_para
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
 from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
+    check_two_databases,
     count_states,
     open_optuna_storage,
     redact,
@@ -441,6 +442,7 @@ def create_study(
         raise InputError("the study needs a name: pass name=... (or --name), or set name: in the spec")
     storage_url = resolve_storage(storage, parsed.storage)
     tracking = resolve_tracking_uri(tracking_uri, parsed.tracking_uri)
+    check_two_databases(storage_url, tracking)
     # Model and data first, then the Optuna storage: a bad checkpoint, dataset or storage URL fails before
     # the MLflow store is touched.
     with Bench.open(parsed, device="cpu", steer=False) as bench:

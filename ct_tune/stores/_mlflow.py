@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
 from ct_tune.stores._optuna import database_reason
-from ct_tune.stores._urls import prepare_sqlite, redact
+from ct_tune.stores._urls import prepare_sqlite, redact, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -33,12 +33,30 @@ def _quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+def _check_reachable(tracking_uri: str) -> None:
+    """Connect once ourselves: MLflow retries an unreachable database for about 100 s, with warnings."""
+    if sqlite_path(tracking_uri) is not None or tracking_uri.split(":", 1)[0] in ("http", "https", "databricks"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:
+        raise InputError(
+            f"cannot open the MLflow tracking store {redact(tracking_uri)}: {database_reason(error)}"
+        ) from None
+
+
 def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` that has answered once (which creates a SQL store's schema)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
     from mlflow import MlflowClient
 
     prepare_sqlite(tracking_uri)
+    _check_reachable(tracking_uri)
     try:
         with _quiet("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
             client = MlflowClient(tracking_uri=tracking_uri)

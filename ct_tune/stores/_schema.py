@@ -13,7 +13,14 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.stores._mlflow import open_mlflow_client
 from ct_tune.stores._optuna import database_reason, open_optuna_storage
-from ct_tune.stores._urls import engine_kwargs, prepare_sqlite, redact, resolve_storage, resolve_tracking_uri
+from ct_tune.stores._urls import (
+    check_two_databases,
+    engine_kwargs,
+    prepare_sqlite,
+    redact,
+    resolve_storage,
+    resolve_tracking_uri,
+)
 
 __all__ = ["init_stores", "upgrade_stores"]
 
@@ -22,10 +29,7 @@ _SERVERS = ("http", "https", "databricks")
 
 def _urls(storage: str | None, tracking_uri: str | None) -> tuple[str, str]:
     storage_url, tracking = resolve_storage(storage), resolve_tracking_uri(tracking_uri)
-    if storage_url == tracking:
-        raise InputError(
-            "the Optuna storage and the MLflow store must be two databases (both keep an alembic_version table)"
-        )
+    check_two_databases(storage_url, tracking)
     return storage_url, tracking
 
 

@@ -17,7 +17,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ct_tune._errors import InputError
 
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "STORAGE_ENV",
     "TRACKING_ENV",
+    "check_two_databases",
     "engine_kwargs",
     "normalize_url",
     "prepare_sqlite",
@@ -57,7 +58,7 @@ def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
     """
     uri = cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI
     scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
-    if scheme in TRACKING_SERVERS:
+    if scheme in TRACKING_SERVERS or uri == "databricks":  # bare "databricks": MLflow's default workspace
         return uri
     if scheme in ("", "file"):
         raise InputError(
@@ -74,11 +75,21 @@ def resolve_recorded_tracking_uri(explicit: str | None, recorded: str | None, *,
     """
     chosen = explicit or os.environ.get(TRACKING_ENV)
     if not chosen and recorded and ":***@" in recorded:
+        if _password_elsewhere(recorded):  # libpq or MLflow's client adds it; the URL must not claim "***"
+            return resolve_tracking_uri(recorded.replace(":***@", "@", 1))
         raise InputError(
             f"study {study!r} logs to {recorded}, whose password is not stored: pass the tracking URI with it "
             "(--tracking-uri), set MLFLOW_TRACKING_URI, or keep the password in ~/.pgpass / PGPASSWORD"
         )
     return resolve_tracking_uri(chosen, recorded)
+
+
+def _password_elsewhere(url: str) -> bool:
+    """Whether the password of ``url`` comes from the environment or a password file."""
+    if urlsplit(url).scheme.startswith("postgres"):
+        pgpass = Path(os.environ.get("PGPASSFILE", "~/.pgpass")).expanduser()
+        return bool(os.environ.get("PGPASSWORD")) or pgpass.is_file()
+    return bool(os.environ.get("MLFLOW_TRACKING_PASSWORD"))
 
 
 def normalize_url(url: str, *, what: str) -> str:
@@ -94,6 +105,8 @@ def normalize_url(url: str, *, what: str) -> str:
             "postgresql://user@host:5432/dbname"
         ) from None
     backend = parsed.get_backend_name()
+    if backend == "postgres":  # the Heroku-style alias
+        backend = "postgresql"
     if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend not in ("sqlite", "postgresql", "mysql"):
@@ -110,12 +123,41 @@ def normalize_url(url: str, *, what: str) -> str:
 def redact(url: str) -> str:
     """The URL with any password replaced by ***, safe to print or log (databases and servers alike)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(key, "***" if key.lower() == "password" else value) for key, value in query]
+    if parts.password is None and hidden == query:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")  # the host part keeps an IPv6 address's brackets
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query_text = urlencode(hidden, safe="*") if hidden != query else parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query_text, parts.fragment))
+
+
+def check_two_databases(storage: str, tracking_uri: str) -> None:
+    """Refuse one database for both stores, however the two URLs spell it (both keep ``alembic_version``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    def identity(url: str) -> tuple[Any, ...] | None:
+        path = sqlite_path(url)
+        if path is not None:
+            return ("sqlite", os.path.realpath(path))
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            return None  # a tracking server
+        backend = "postgresql" if parsed.get_backend_name() == "postgres" else parsed.get_backend_name()
+        port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
+        return (backend, (parsed.host or "localhost").lower(), port, parsed.database)
+
+    first = identity(storage)
+    if first is not None and first == identity(tracking_uri):
+        raise InputError(
+            f"the Optuna storage and the MLflow store are one database ({redact(storage)}); give two (both keep "
+            "an alembic_version table): two SQLite files, or two databases on one PostgreSQL server"
+        )
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -29,7 +29,10 @@ def parse_event(line: str) -> dict[str, Any] | None:
 def read_settings() -> dict[str, Any]:
     """The worker's settings, as the launcher wrote them on its stdin."""
     text = sys.stdin.read()
-    settings = json.loads(text) if text.strip() else None
+    try:
+        settings = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        settings = None
     if not isinstance(settings, dict):
         raise SystemExit("ct-tune worker: expected one JSON object with its settings on stdin")
     return settings

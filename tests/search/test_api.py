@@ -121,6 +121,15 @@ def test_api_errors_are_the_cli_lines(tmp_path, digits_checkpoint, cli_fast, mon
         ct_tune.create_study(42)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="the study needs a name"):
         ct_tune.create_study({"model": {"checkpoint": str(digits_checkpoint)}}, **stores(tmp_path))
+    (tmp_path / "one").mkdir()
+    with pytest.raises(InputError, match="are one database"):  # one file, two spellings: refused before writing
+        ct_tune.create_study(
+            tmp_path / "spec.yaml",
+            name="shared",
+            storage=f"sqlite:///{tmp_path}/one/../one/both.db",
+            tracking_uri=f"sqlite:///{tmp_path}/one/both.db",
+        )
+    assert not (tmp_path / "one" / "both.db").exists()
 
 
 def test_run_pipeline_from_a_mapping(tmp_path, digits_checkpoint, monkeypatch):

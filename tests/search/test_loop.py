@@ -149,7 +149,7 @@ def test_a_failing_evaluation_fails_the_trial_and_its_run(tmp_path, trials_per_b
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the sampler is seeded with seed + worker on every launch: a resumed study replays the first draws",
+    reason="issue 13: the sampler is seeded with seed + worker on every launch, so a resumed study replays draws",
 )
 def test_a_second_launch_does_not_replay_the_first_launchs_betas(tmp_path, digits_checkpoint):
     study = tiny_study(tmp_path, digits_checkpoint)
@@ -162,8 +162,8 @@ def test_a_second_launch_does_not_replay_the_first_launchs_betas(tmp_path, digit
 
 @pytest.mark.xfail(
     strict=True,
-    reason="on_trial (a worker's progress pipe) runs before Optuna's tell: a dead pipe fails a scored trial whose "
-    "MLflow run is already closed COMPLETE",
+    reason="issue 13: on_trial (a worker's progress pipe) runs before Optuna's tell: a dead pipe fails a "
+    "scored trial whose MLflow run is already closed COMPLETE",
 )
 def test_a_dead_progress_pipe_does_not_fail_a_scored_trial(tmp_path, digits_checkpoint):
     study = tiny_study(tmp_path, digits_checkpoint)

@@ -121,7 +121,6 @@ def test_runs_left_running_are_closed(tmp_path, digits_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="run_study starts every planned worker even when fewer trials are left")
 def test_never_more_workers_than_trials_left(tmp_path, digits_checkpoint, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = tiny_study(tmp_path, digits_checkpoint)

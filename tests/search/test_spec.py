@@ -142,16 +142,10 @@ def test_a_mapping_that_is_not_a_spec():
             spec_from_dict(data, source="my.yaml")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="search.c {low: 0.8, high: 0.2} reports the number branch ('a valid number'), not low > high"
-)
 def test_a_searched_c_range_reports_its_own_problem():
     assert "search.c: low (0.8) must be below high (0.2)" in error_of({"search": {"c": {"low": 0.8, "high": 0.2}}})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="cmaes use_separable_cma + with_margin passes the spec; Optuna's ValueError comes in the worker"
-)
 def test_cmaes_options_optuna_refuses_are_refused_by_the_spec():
     message = error_of({"sampler": {"name": "cmaes", "use_separable_cma": True, "with_margin": True}})
     assert "sampler" in message and "with_margin" in message
@@ -254,7 +248,6 @@ def test_data_errors(data, message):
     assert message in error_of({"data": data})
 
 
-@pytest.mark.xfail(strict=True, reason="data.class_path '' (an unset variable, say) silently falls back to digits")
 def test_an_empty_data_class_path_is_refused():
     assert "data.class_path" in error_of({"data": {"class_path": ""}})
 

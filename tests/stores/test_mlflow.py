@@ -60,10 +60,6 @@ def test_a_store_of_another_schema_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unreachable PostgreSQL store is handed to MLflow unchecked: ~100 s of retries and warnings",
-)
 def test_an_unreachable_store_is_one_line_and_quick():
     url = f"postgresql+psycopg://ctune:{PASSWORD}@127.0.0.1:9/mlflow"
     code = textwrap.dedent(

@@ -11,6 +11,7 @@ from ct_tune.stores import (
     DEFAULT_TRACKING_URI,
     STORAGE_ENV,
     TRACKING_ENV,
+    check_two_databases,
     engine_kwargs,
     normalize_url,
     prepare_sqlite,
@@ -30,6 +31,9 @@ SECRET = "s3cret-Pw-1729"
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     monkeypatch.delenv(STORAGE_ENV, raising=False)
     monkeypatch.delenv(TRACKING_ENV, raising=False)
+    for name in ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))  # the user's own ~/.pgpass stays out
     monkeypatch.chdir(tmp_path)
     return monkeypatch
 
@@ -78,9 +82,6 @@ def test_tracking_servers_pass_unchanged_and_the_file_store_is_refused(clean_env
     assert SECRET not in one_line(error)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="'databricks' (MLflow's name for a Databricks workspace) has no scheme: refused as a file store"
-)
 def test_databricks_tracking_uri_is_a_server(clean_env):
     assert resolve_tracking_uri("databricks") == "databricks"
 
@@ -125,7 +126,6 @@ def test_postgresql_gets_the_psycopg_driver():
     assert normalize_url(quoted, what="storage") == "postgresql+psycopg://ctune:p%40ss@127.0.0.1/optuna"
 
 
-@pytest.mark.xfail(strict=True, reason="postgres:// (Heroku-style) is refused as an unsupported database 'postgres'")
 def test_postgres_scheme_alias_gets_the_psycopg_driver():
     assert normalize_url("postgres://ctune@127.0.0.1/optuna", what="storage") == (
         "postgresql+psycopg://ctune@127.0.0.1/optuna"
@@ -176,14 +176,12 @@ def test_redact_hides_a_password_with_an_at_sign():
     assert "p@ss" not in redacted and redacted.endswith("@127.0.0.1/optuna")
 
 
-@pytest.mark.xfail(strict=True, reason="redact drops the brackets of an IPv6 host: the redacted URL is no URL")
 def test_redact_keeps_an_ipv6_host():
     assert redact(f"postgresql+psycopg://ctune:{SECRET}@[::1]:5432/optuna") == (
         "postgresql+psycopg://ctune:***@[::1]:5432/optuna"
     )
 
 
-@pytest.mark.xfail(strict=True, reason="a password given as ?password=... (libpq accepts it) is printed as is")
 def test_redact_hides_a_password_in_the_query():
     assert SECRET not in redact(f"postgresql+psycopg://ctune@127.0.0.1:5432/optuna?password={SECRET}")
 
@@ -219,13 +217,36 @@ def test_sqlite_path_and_engine_kwargs(tmp_path):
     assert engine_kwargs("postgresql+psycopg://ctune@127.0.0.1/optuna") == {"pool_pre_ping": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a redacted recorded URL is refused even with PGPASSWORD set, though the refusal offers PGPASSWORD",
-)
-def test_recorded_uri_with_the_password_in_pgpassword(clean_env):
-    clean_env.setenv("PGPASSWORD", SECRET)
+def test_recorded_uri_with_the_password_elsewhere(clean_env, tmp_path):
     recorded = "postgresql+psycopg://ctune:***@db.example.org:5432/mlflow"
-    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == (
-        "postgresql+psycopg://ctune@db.example.org:5432/mlflow"  # libpq takes the password from PGPASSWORD
-    )
+    without = "postgresql+psycopg://ctune@db.example.org:5432/mlflow"  # libpq adds the password
+    clean_env.setenv("PGPASSWORD", SECRET)
+    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == without
+    clean_env.delenv("PGPASSWORD")
+    (tmp_path / "no-pgpass").write_text(f"db.example.org:5432:mlflow:ctune:{SECRET}\n")
+    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == without
+    server = "https://user:***@mlflow.example.org"
+    with pytest.raises(InputError, match="whose password is not stored"):
+        resolve_recorded_tracking_uri(None, server, study="digits")
+    clean_env.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)  # MLflow's client sends it
+    assert resolve_recorded_tracking_uri(None, server, study="digits") == "https://user@mlflow.example.org"
+
+
+def test_check_two_databases_sees_through_spellings(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "x")
+    for storage, tracking in (
+        (f"sqlite:///{tmp_path}/x/../x/o.db", f"sqlite:///{tmp_path}/x/o.db"),
+        (f"sqlite:///{tmp_path}/link/o.db", f"sqlite:///{tmp_path}/x/o.db"),
+        (f"postgresql+psycopg://a:{SECRET}@DB.example.org/one", "postgres://b@db.example.org:5432/one"),
+    ):
+        with pytest.raises(InputError) as error:
+            check_two_databases(storage, tracking)
+        assert "are one database" in one_line(error) and SECRET not in one_line(error)
+    for storage, tracking in (
+        (f"sqlite:///{tmp_path}/x/o.db", f"sqlite:///{tmp_path}/x/m.db"),
+        ("postgresql+psycopg://a@h/optuna", "postgresql+psycopg://a@h/mlflow"),
+        ("postgresql+psycopg://a@h:5432/one", "postgresql+psycopg://a@h:5433/one"),
+        (f"sqlite:///{tmp_path}/o.db", "http://127.0.0.1:5000"),
+    ):
+        check_two_databases(storage, tracking)
