@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import ct_tune
-from ct_tune.models import load_checkpoint
-from ct_tune.search._pipeline_spec import load_pipeline, map_profile, warm_start_ranges
-from ct_tune.steering._sites import trace_sites
+from ct_tune.search._pipeline_spec import load_pipeline, warm_start_ranges
 
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -118,22 +115,6 @@ def test_missing_pipeline_file_and_warm_start_without_result(cli_fast, tmp_path,
     result = cli_fast("pipeline", "run", "p.yaml", "--no-progress")
     assert result.returncode == 2, result.stderr
     assert "no completed trial to warm-start from" in result.stderr.strip().splitlines()[-1]
-
-
-def test_map_profile_between_granularities(digits_checkpoint):
-    model = load_checkpoint(digits_checkpoint)
-    net = model.net.eval()
-    spec = model.input_spec
-    trace = trace_sites(net, torch.zeros(1, spec.channels, spec.size or 8, spec.size or 8))
-    assert map_profile(net, trace, {"global": 0.8}, "global", "block") == dict.fromkeys(UNITS, 0.8)
-    block = {"stem": 0.7, "layer1.0": 0.8, "layer2.0": 0.9, "layer3.0": 1.0}
-    # a stage holds whole blocks: each stage takes the mean of its ReLU sites' betas
-    staged = map_profile(net, trace, block, "block", "stage")
-    assert staged == {"stem": 0.7, "layer1": 0.8, "layer2": 0.9, "layer3": 1.0}
-    glob = map_profile(net, trace, block, "block", "global")
-    assert list(glob) == ["global"] and 0.7 < glob["global"] < 1.0
-    # units missing from a profile stay ReLU
-    assert map_profile(net, trace, {"stem": 0.75}, "block", "block")["layer3.0"] == 1.0
 
 
 def test_warm_start_ranges_are_centred_and_clipped():

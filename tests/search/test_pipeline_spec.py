@@ -165,17 +165,25 @@ def test_warm_start_ranges():
 
 def test_map_profile_between_granularities():
     net = create_model(DEFAULT_MODEL, num_classes=10, in_channels=1, input_size=8).net
-    sites = checked_trace(net, torch.zeros(1, 1, 8, 8)).sites
-    assert map_profile(net, sites, {"global": 0.8}, "global", "block") == {
+    trace = checked_trace(net, torch.zeros(1, 1, 8, 8))
+    sites = trace.sites
+    assert map_profile(net, trace, {"global": 0.8}, "global", "block") == {
         "stem": 0.8,
         "layer1.0": 0.8,
         "layer2.0": 0.8,
         "layer3.0": 0.8,
     }
     per_site = {site.name: 0.7 + 0.05 * index for index, site in enumerate(sites)}
-    blocks = map_profile(net, sites, per_site, "site", "block")
+    blocks = map_profile(net, trace, per_site, "site", "block")
     layer1 = [value for name, value in per_site.items() if name.startswith("layer1.0.")]
     assert len(layer1) >= 2 and blocks["layer1.0"] == pytest.approx(sum(layer1) / len(layer1))  # the mean
-    assert map_profile(net, sites, {"stem": 0.9}, "block", "global") == {
+    assert map_profile(net, trace, {"stem": 0.9}, "block", "global") == {
         "global": pytest.approx((0.9 + 1.0 * (len(sites) - 1)) / len(sites))  # units not given stay ReLU
+    }
+    block = {"stem": 0.7, "layer1.0": 0.8, "layer2.0": 0.9, "layer3.0": 1.0}  # a stage holds whole blocks
+    assert map_profile(net, trace, block, "block", "stage") == {
+        "stem": 0.7,
+        "layer1": 0.8,
+        "layer2": 0.9,
+        "layer3": 1.0,
     }
