@@ -15,6 +15,27 @@ import pytest
 
 SOURCE_ROOT = Path(ct_tune.__file__).resolve().parents[1]
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``), give each test process its own share of the cores.
+
+    Torch in every process would otherwise start one OpenMP thread per core, and threads spinning next to
+    another process's made forwards many times slower (measured in the steering tests). The share is the
+    process's CPU affinity, so the study workers a test launches split that share, not the machine.
+    """
+    name, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not name.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return
+    share = cores[int(name[2:]) % count :: count]
+    os.sched_setaffinity(0, share)
+    import torch
+
+    torch.set_num_threads(len(share))
+
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
