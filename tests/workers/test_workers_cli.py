@@ -119,7 +119,15 @@ def test_killed_worker_costs_one_trial_which_is_retried(cli_fast, tmp_path, digi
             pids[int(match.group(1))] = int(match.group(2))
         if len(pids) == 3:
             break
-    time.sleep(3)  # every worker is inside its first trial (several seconds each)
+    # Kill worker 1 inside a trial (several seconds each): once its trial's MLflow run is open, the Optuna
+    # trial it belongs to is RUNNING. A fixed sleep missed it when the workers shared one loaded core.
+    deadline = time.monotonic() + 120
+    while not any(
+        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
+        for run in child_runs(stores, "crash")
+    ):
+        assert time.monotonic() < deadline, "worker 1 never started a trial"
+        time.sleep(0.2)
     os.kill(pids[1], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr  # the other workers finished the budget
@@ -129,7 +137,7 @@ def test_killed_worker_costs_one_trial_which_is_retried(cli_fast, tmp_path, digi
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
-    assert len(failed) == 1
+    assert len(failed) == 1, [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials]
     killed = failed[0]
     retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
