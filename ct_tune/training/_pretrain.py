@@ -53,8 +53,26 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     Lightning prints its progress bar and model summary to stdout; they go to stderr here, because
     stdout is for results (a caller's ``--json`` or table).
     """
-    with _mlflow_tracking_uri_restored(), contextlib.redirect_stdout(sys.stderr):
+    with _mlflow_tracking_uri_restored(), _lightning_quiet(), contextlib.redirect_stdout(sys.stderr):
         return _pretrain(config)
+
+
+@contextlib.contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """Lightning's info lines (GPU/TPU availability, a tip advertising its cloud logger, "Loading
+    train_dataloader ...") and its MLflow logger's "Experiment ... not found. Creating it." are not the
+    user's news: warnings and errors still come through, and the loggers get their levels back."""
+    levels = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING}
+    levels["lightning.pytorch.loggers.mlflow"] = logging.ERROR
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {item: item.level for item in loggers}
+    for item, level in loggers.items():
+        item.setLevel(max(item.getEffectiveLevel(), level))
+    try:
+        yield
+    finally:
+        for item, level in before.items():
+            item.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -174,7 +192,7 @@ def _trainer(
         default_root_dir=scratch,
         log_every_n_steps=min(50, steps_per_epoch),
         enable_progress_bar=config.progress,
-        enable_model_summary=config.progress,
+        enable_model_summary=False,  # Lightning's table: the parameter count is in the result
     )
     return trainer, mlflow_logger
 

@@ -34,6 +34,8 @@ def test_pretrain_digits_through_the_cli_and_load_the_checkpoint_back(cli, tmp_p
     assert payload["checkpoint"] == "ck/digits.pt" and payload["sizes"] == {"train": 1079, "val": 359, "test": 359}
     assert payload["val_accuracy"] > 0.7 and payload["seconds"] > 0
     assert "Epoch" in result.stderr  # the progress bar goes to stderr
+    for noise in ("Tip:", "litlogger", "GPU available", "not found. Creating it", "Trainable params"):
+        assert noise not in result.stderr  # Lightning's and MLflow's info lines, and a tip for a cloud product
 
     model = load_checkpoint(tmp_path / payload["checkpoint"])
     assert model.name == "cifar_resnet_small" and model.num_classes == 10
