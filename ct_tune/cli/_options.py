@@ -6,8 +6,11 @@ Nothing heavy is imported here: ``ct-tune --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-__all__ = ["add_data_options", "add_model_options"]
+from ct_tune import InputError
+
+__all__ = ["add_data_options", "add_model_options", "model_section"]
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "digits") -> None:
@@ -55,3 +58,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
         "--checkpoint", metavar="FILE", help="weights for --model: a state dict or Lightning .ckpt (weights_only)"
     )
     group.add_argument("--input-size", type=int, metavar="PX", help="side of the square input (default: the model's)")
+
+
+def model_section(args: argparse.Namespace) -> dict[str, Any]:
+    """--model and/or --checkpoint as the spec's model section (a checkpoint with a name gives its weights)."""
+    if args.model is None and args.checkpoint is None:
+        raise InputError("give --checkpoint FILE, --model NAME, or both (a state dict for that architecture)")
+    section = {"name": args.model, "checkpoint": args.checkpoint, "weights": getattr(args, "weights", None)}
+    return {key: value for key, value in section.items() if value is not None}

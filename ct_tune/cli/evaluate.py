@@ -7,6 +7,7 @@ from typing import Any
 
 from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, print_table
+from ct_tune.cli._options import model_section
 
 EXAMPLES = """\
 examples:
@@ -105,7 +106,7 @@ def _evaluate(args: argparse.Namespace) -> CommandResult:
 
     profile = BetaProfile.load(args.profile) if args.profile else None
     payload = evaluate_profile(
-        model=_model_section(args),
+        model=model_section(args),
         data={
             "name": args.data,
             "data_dir": args.data_dir,
@@ -135,11 +136,3 @@ def _evaluate(args: argparse.Namespace) -> CommandResult:
         print(f"betas ({granularity}, c={c:g}): " + ", ".join(shown[:12]) + (" ..." if len(shown) > 12 else ""))
 
     return CommandResult(payload, render)
-
-
-def _model_section(args: argparse.Namespace) -> dict[str, Any]:
-    """--model and/or --checkpoint as the spec's model section (a checkpoint with a name gives its weights)."""
-    if args.model is None and args.checkpoint is None:
-        raise InputError("give --checkpoint FILE, --model NAME, or both (a state dict for that architecture)")
-    section = {"name": args.model, "checkpoint": args.checkpoint, "weights": getattr(args, "weights", None)}
-    return {key: value for key, value in section.items() if value is not None}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, print_table
+from ct_tune.cli._options import model_section
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +22,7 @@ def _units(args: argparse.Namespace) -> CommandResult:
     from ct_tune.search import model_units
 
     payload = model_units(
-        model=_model_section(args),
+        model=model_section(args),
         data={"name": args.data, "data_dir": args.data_dir},
         granularity=args.granularity,
     )
@@ -41,11 +41,3 @@ def _units(args: argparse.Namespace) -> CommandResult:
         )
 
     return CommandResult(payload, render)
-
-
-def _model_section(args: argparse.Namespace) -> dict[str, Any]:
-    """--model and/or --checkpoint as the spec's model section (a checkpoint with a name gives its weights)."""
-    if args.model is None and args.checkpoint is None:
-        raise InputError("give --checkpoint FILE, --model NAME, or both (a state dict for that architecture)")
-    section = {"name": args.model, "checkpoint": args.checkpoint, "weights": getattr(args, "weights", None)}
-    return {key: value for key, value in section.items() if value is not None}

@@ -3,15 +3,13 @@ one-line ``InputError`` instead of MLflow's own retries and tracebacks."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
+from ct_tune._quiet import quiet_loggers
 from ct_tune.stores._optuna import database_reason
-from ct_tune.stores._urls import prepare_sqlite, redact, sqlite_path
+from ct_tune.stores._urls import is_tracking_server, prepare_sqlite, redact, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -19,23 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["open_mlflow_client"]
 
 
-@contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Raise these loggers to WARNING for the block, and give them their levels back."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def _check_reachable(tracking_uri: str) -> None:
     """Connect once ourselves: MLflow retries an unreachable database for about 100 s, with warnings."""
-    if sqlite_path(tracking_uri) is not None or tracking_uri.split(":", 1)[0] in ("http", "https", "databricks"):
+    if sqlite_path(tracking_uri) is not None or is_tracking_server(tracking_uri):
         return
     import sqlalchemy
 
@@ -58,7 +42,7 @@ def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     prepare_sqlite(tracking_uri)
     _check_reachable(tracking_uri)
     try:
-        with _quiet("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
+        with quiet_loggers("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
             client = MlflowClient(tracking_uri=tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:

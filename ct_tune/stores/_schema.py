@@ -16,6 +16,7 @@ from ct_tune.stores._optuna import database_reason, open_optuna_storage
 from ct_tune.stores._urls import (
     check_two_databases,
     engine_kwargs,
+    is_tracking_server,
     prepare_sqlite,
     redact,
     resolve_storage,
@@ -23,8 +24,6 @@ from ct_tune.stores._urls import (
 )
 
 __all__ = ["init_stores", "upgrade_stores"]
-
-_SERVERS = ("http", "https", "databricks")
 
 
 def _urls(storage: str | None, tracking_uri: str | None) -> tuple[str, str]:
@@ -37,7 +36,7 @@ def init_stores(*, storage: str | None = None, tracking_uri: str | None = None) 
     """Create both schemas where missing (idempotent); what was found, with URLs redacted."""
     storage_url, tracking = _urls(storage, tracking_uri)
     optuna_storage = open_optuna_storage(storage_url)  # creates the tables when missing
-    server = tracking.startswith(_SERVERS)
+    server = is_tracking_server(tracking)
     if not server:
         open_mlflow_client(tracking)
     return {
@@ -64,7 +63,7 @@ def upgrade_stores(*, storage: str | None = None, tracking_uri: str | None = Non
     except Exception as error:
         raise InputError(f"cannot upgrade the Optuna storage {redact(storage_url)}: {database_reason(error)}") from None
     mlflow = "a tracking server (upgrade it there)"
-    if not tracking.startswith(_SERVERS):
+    if not is_tracking_server(tracking):
         prepare_sqlite(tracking)
         proc = subprocess.run(
             [sys.executable, "-m", "mlflow", "db", "upgrade", tracking], capture_output=True, text=True

@@ -28,6 +28,7 @@ __all__ = [
     "TRACKING_ENV",
     "check_two_databases",
     "engine_kwargs",
+    "is_tracking_server",
     "normalize_url",
     "prepare_sqlite",
     "redact",
@@ -57,15 +58,20 @@ def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
     store (MLflow 3 refuses it, and Lightning's logger would silently fall back to ./mlruns).
     """
     uri = cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI
-    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
-    if scheme in TRACKING_SERVERS or uri == "databricks":  # bare "databricks": MLflow's default workspace
+    if is_tracking_server(uri):
         return uri
+    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
     if scheme in ("", "file"):
         raise InputError(
             f"tracking URI {redact(uri)!r} is MLflow's file store, which ct-tune does not use; give a database "
             f"({DEFAULT_TRACKING_URI}, postgresql://user@host/db) or a tracking server (http://host:5000)"
         )
     return normalize_url(uri, what="tracking URI")
+
+
+def is_tracking_server(uri: str) -> bool:
+    """An MLflow tracking server (http, https, databricks; bare ``databricks`` is the default workspace)."""
+    return urlsplit(uri).scheme.split("+", 1)[0].lower() in TRACKING_SERVERS or uri == "databricks"
 
 
 def resolve_recorded_tracking_uri(explicit: str | None, recorded: str | None, *, study: str) -> str:

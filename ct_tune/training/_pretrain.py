@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ct_tune._quiet import quiet_loggers
 from ct_tune.data import CTDataModule, create_datamodule
 from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
 from ct_tune.stores import prepare_sqlite, redact, resolve_tracking_uri
@@ -53,26 +54,16 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     Lightning prints its progress bar and model summary to stdout; they go to stderr here, because
     stdout is for results (a caller's ``--json`` or table).
     """
-    with _mlflow_tracking_uri_restored(), _lightning_quiet(), contextlib.redirect_stdout(sys.stderr):
+    # Lightning's info lines (GPU/TPU availability, a tip advertising its cloud logger, "Loading
+    # train_dataloader ...") and its MLflow logger's "Experiment ... not found. Creating it." are not the
+    # user's news; warnings and errors still come through.
+    with (
+        _mlflow_tracking_uri_restored(),
+        quiet_loggers("lightning.pytorch", "lightning.fabric"),
+        quiet_loggers("lightning.pytorch.loggers.mlflow", level=logging.ERROR),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         return _pretrain(config)
-
-
-@contextlib.contextmanager
-def _lightning_quiet() -> Iterator[None]:
-    """Lightning's info lines (GPU/TPU availability, a tip advertising its cloud logger, "Loading
-    train_dataloader ...") and its MLflow logger's "Experiment ... not found. Creating it." are not the
-    user's news: warnings and errors still come through, and the loggers get their levels back."""
-    levels = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING}
-    levels["lightning.pytorch.loggers.mlflow"] = logging.ERROR
-    loggers = {logging.getLogger(name): level for name, level in levels.items()}
-    before = {item: item.level for item in loggers}
-    for item, level in loggers.items():
-        item.setLevel(max(item.getEffectiveLevel(), level))
-    try:
-        yield
-    finally:
-        for item, level in before.items():
-            item.setLevel(level)
 
 
 @contextlib.contextmanager
