@@ -5,6 +5,9 @@ closes its MLflow run FAILED). Between the evaluation's end and Optuna's ``tell`
 written to both stores; an interrupt there waits until both hold the same state, then stops the run.
 A second Ctrl-C while one is waiting interrupts at once. SIGTERM (a cluster scheduler's preemption,
 ``kill``) is handled like Ctrl-C.
+
+``interrupt_on`` does the same for code with no bookkeeping to protect (the launcher, ``ct-tune ui``):
+the signals it names stop the block as Ctrl-C would, so its cleanup runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,30 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+
+
+@contextmanager
+def interrupt_on(*signals: signal.Signals) -> Iterator[set[int]]:
+    """While the block runs, ``signals`` raise KeyboardInterrupt; the set yielded records which arrived.
+
+    Without it SIGTERM and SIGHUP end Python at once, skipping ``finally``: what the process started (a
+    server, workers) is left running. Main thread only; elsewhere nothing changes.
+    """
+    received: set[int] = set()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.add(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class InterruptGuard:

@@ -1,13 +1,18 @@
-"""`ct-tune ui` serves the study's MLflow store and prints a URL that answers."""
+"""`ct-tune ui` serves the study's MLflow store and prints a URL that answers; a signal stops it and all
+that it started; bad --port / --host values are one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +63,117 @@ def test_ui_refuses_a_busy_port(cli_fast, tmp_path):
         result = cli_fast("ui", "--port", str(busy.getsockname()[1]))
     assert result.returncode == 2
     assert "is in use" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "99999"), "--port must be between 1 and 65535, not 99999"),
+        (("--port", "0"), "--port must be between 1 and 65535, not 0"),
+        (("--host", "999.1.1.1"), "--host '999.1.1.1' is not an address or host name"),
+        (("--host", "192.0.2.1"), "--host 192.0.2.1 is not an address of this machine"),  # TEST-NET-1: nobody's
+    ],
+)
+def test_ui_bad_port_or_host_is_one_line(cli_fast, tmp_path, args, message):
+    result = cli_fast("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store is touched
+
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, state) of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, int, str]]) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (parent, _, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int], groups: set[int]) -> set[int]:
+    """Of ``pids`` and the members of ``groups``, those still running (zombies are gone for good)."""
+    return {
+        pid for pid, (_, group, state) in process_table().items() if (pid in pids or group in groups) and state != "Z"
+    }
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+@pytest.mark.parametrize(
+    ("sig", "jobs"),
+    [(signal.SIGTERM, "false"), (signal.SIGHUP, "true")],
+    ids=["sigterm", "sighup-with-mlflow-job-consumers"],
+)
+def test_a_signal_stops_the_ui_and_everything_it_started(tmp_path, sig, jobs):
+    """SIGTERM (a scheduler, kill) and SIGHUP (a closed terminal) to ct-tune alone: it exits and leaves no
+    mlflow server, uvicorn or huey job consumer behind, and the port is free again."""
+    port = free_port()
+    env = {
+        "PYTHONPATH": str(SOURCE_ROOT),
+        "PATH": "/usr/bin:/bin",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs,
+    }
+    command = [sys.executable, "-m", "ct_tune.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal gives a command
+    )
+    started: set[int] = set()
+    groups = {proc.pid}
+    try:
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
+            assert response.status == 200
+        deadline = time.monotonic() + 120
+        while True:  # with job execution on, wait for its consumers: they start after the server answers
+            table = process_table()
+            started = descendants(proc.pid, table)
+            lines = [command_line(pid) for pid in started]
+            if jobs == "false" or any("huey_consumer" in line for line in lines):
+                break
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.5)
+        groups |= {table[pid][1] for pid in started if pid in table}
+        assert json.loads(first)["pid"] in started
+        assert any("uvicorn" in line for line in lines), lines
+        assert any("huey_consumer" in line for line in lines) == (jobs == "true"), lines
+
+        sent = time.monotonic()
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr, stderr
+        while (left := alive(started, groups)) and time.monotonic() < sent + 15:
+            time.sleep(0.1)
+        assert not left, [command_line(pid) for pid in left]
+        assert time.monotonic() - sent < 15
+        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.1", port))
+    finally:
+        for pid in alive(started | {proc.pid}, groups):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=10)
