@@ -7,7 +7,8 @@ and relays the JSON event lines it prints on stdout until every worker has exite
 studies: what a worker does is its module's business.
 
 Ctrl-C (or SIGTERM) on the launcher reaches every worker; each fails its running trial and exits, and
-the launcher waits for them. Ctrl-C while workers are still starting stops the ones started so far.
+the launcher waits for them. Ctrl-C while workers are still starting stops the ones started so far at
+once: a worker that has not said "ready" has no trial to fail.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune.workers._events import parse_event
+from ct_tune.workers._interrupts import interrupt_on
 from ct_tune.workers._plan import WorkerPlan
 
 __all__ = ["EXIT_DATABASE_LOST", "LaunchResult", "launch"]
@@ -62,26 +64,25 @@ def launch(
     result = LaunchResult()
     events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
     processes: dict[int, subprocess.Popen] = {}
-    terminated = threading.Event()
-    previous = _on_sigterm(terminated)
+    ready: set[int] = set()  # workers that said "ready": from then on one may be inside a trial
     try:
-        for plan in plans:
-            processes[plan.index] = _start(module, plan, settings(plan), log_dir, env, result, events)
-        running = set(processes)
-        while running:
-            index, event = events.get()
-            if event is None:
-                running.discard(index)
-                continue
-            if event.get("event") == "summary":
-                result.summaries[index] = event
-            on_event(index, event)
-    except KeyboardInterrupt:
-        result.interrupted = True
-        _stop(processes, forward=signal.SIGTERM if terminated.is_set() else None)
+        with interrupt_on(signal.SIGTERM) as received:  # a scheduler's preemption, handled like Ctrl-C
+            try:
+                for plan in plans:
+                    _start(module, plan, settings(plan), log_dir, env, result, events, processes, ready)
+                running = set(processes)
+                while running:
+                    index, event = events.get()
+                    if event is None:
+                        running.discard(index)
+                        continue
+                    if event.get("event") == "summary":
+                        result.summaries[index] = event
+                    on_event(index, event)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                _stop(processes, ready, forward=signal.SIGTERM if received else None)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         for index, process in processes.items():
             try:
                 result.exit_codes[index] = process.wait(timeout=STOP_GRACE_SECONDS)
@@ -99,7 +100,9 @@ def _start(
     env: Mapping[str, str] | None,
     result: LaunchResult,
     events: queue.Queue,
-) -> subprocess.Popen:
+    processes: dict[int, subprocess.Popen],
+    ready: set[int],
+) -> None:
     child_env = {
         **os.environ,
         **(env or {}),
@@ -123,17 +126,17 @@ def _start(
             text=True,
             env=child_env,
         )
+    processes[plan.index] = process  # at once: a Ctrl-C from here on stops it too
     assert process.stdin is not None
     try:
         process.stdin.write(json.dumps(dict(settings)))
         process.stdin.close()
     except BrokenPipeError:  # it died at once; its log says why and the relay sees it exit
         pass
-    threading.Thread(target=_relay, args=(plan.index, process, events), daemon=True).start()
-    return process
+    threading.Thread(target=_relay, args=(plan.index, process, events, ready), daemon=True).start()
 
 
-def _relay(index: int, process: subprocess.Popen, events: queue.Queue) -> None:
+def _relay(index: int, process: subprocess.Popen, events: queue.Queue, ready: set[int]) -> None:
     assert process.stdout is not None
     for line in process.stdout:
         try:
@@ -142,32 +145,25 @@ def _relay(index: int, process: subprocess.Popen, events: queue.Queue) -> None:
             logger.warning("worker %d sent an unreadable event: %s", index, line.strip()[:200])
             continue
         if event is not None:
+            if event.get("event") == "ready":
+                ready.add(index)  # here, not in the main thread's queue: an interrupt may be waiting there
             events.put((index, event))
     process.wait()
     events.put((index, None))
 
 
-def _on_sigterm(flag: threading.Event):
-    """SIGTERM on the launcher (a scheduler's preemption) becomes a KeyboardInterrupt, remembered."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        flag.set()
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _stop(processes: dict[int, subprocess.Popen], *, forward: signal.Signals | None) -> None:
+def _stop(processes: dict[int, subprocess.Popen], ready: set[int], *, forward: signal.Signals | None) -> None:
     """Stop every worker cleanly: each fails its running trial and exits.
 
-    A terminal's Ctrl-C already reached every worker (same process group): signalling them again could
-    interrupt a trial's bookkeeping, so they get ``OWN_SIGNAL_SECONDS`` to exit on their own first. A
-    SIGTERM sent to the launcher alone is forwarded at once.
+    A worker that has not said "ready" holds no trial: it gets SIGTERM at once (during a launch of many,
+    waiting on them is what kept hundreds of starting processes alive after a Ctrl-C). A terminal's Ctrl-C
+    already reached the ready ones (same process group): signalling them again could interrupt a trial's
+    bookkeeping, so they get ``OWN_SIGNAL_SECONDS`` to exit on their own first. A SIGTERM sent to the
+    launcher alone is forwarded at once.
     """
+    _signal_all({i: p for i, p in processes.items() if i not in ready}, signal.SIGTERM)
     if forward is not None:
-        _signal_all(processes, forward)
+        _signal_all({i: p for i, p in processes.items() if i in ready}, forward)
     if not _wait_all(processes, OWN_SIGNAL_SECONDS):
         _signal_all(processes, signal.SIGINT)
     if not _wait_all(processes, STOP_GRACE_SECONDS):

@@ -3,6 +3,7 @@ events relayed, exit codes, log files per launch, unreadable events skipped, Ctr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,10 @@ if os.environ.get("TINY_DIE_AT_ONCE"):
     sys.exit(int(os.environ["TINY_DIE_AT_ONCE"]))
 settings = json.loads(sys.stdin.read())
 mode = settings["mode"]
+if mode == "slow-start":  # still setting up (importing torch, loading a model) when the Ctrl-C comes
+    with open(os.path.join(settings["pids"], str(settings["index"])), "w") as pid_file:
+        pid_file.write(str(os.getpid()))
+    time.sleep(120)
 if mode == "signals":
     def stop(signum, frame):
         print(f"worker {{settings['index']}} got {{signal.Signals(signum).name}}", file=sys.stderr, flush=True)
@@ -204,8 +209,8 @@ def on_event(index, event):
 
 result = launch(
     "tiny_worker",
-    [WorkerPlan(i, "cpu", None, 1) for i in range(2)],
-    settings=lambda plan: {{"mode": "signals", "index": plan.index}},
+    [WorkerPlan(i, "cpu", None, 1) for i in range({workers})],
+    settings=lambda plan: {{"mode": {mode!r}, "index": plan.index, "pids": {pids!r}}},
     log_dir=Path({log_dir!r}),
     on_event=on_event,
     env={{"PYTHONPATH": {package!r}}},
@@ -225,7 +230,9 @@ def test_interrupting_the_launcher_stops_every_worker(tmp_path, worker_module, h
     forwards it. Either way every worker stops and the launcher reports the launch as interrupted."""
     _, env = worker_module
     script = tmp_path / "launcher.py"
-    script.write_text(LAUNCHER.format(log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"]))
+    script.write_text(
+        LAUNCHER.format(log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=2, mode="signals", pids="")
+    )
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -260,3 +267,49 @@ def test_interrupting_the_launcher_stops_every_worker(tmp_path, worker_module, h
     assert elapsed < 8, elapsed  # stopped by the signal, not after the launcher's 10 s wait
     for index in (0, 1):
         assert f"worker {index} got {worker_signal}" in (tmp_path / f"logs/worker-{index}.log").read_text()
+
+
+def test_ctrl_c_while_workers_start_stops_them_at_once(tmp_path, worker_module):
+    """SIGINT to the launcher alone while its workers are still setting up: none has a trial, so none is
+    waited for; every one started so far is gone within a few seconds (it was 10 s each before)."""
+    _, env = worker_module
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        LAUNCHER.format(
+            log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=3, mode="slow-start", pids=str(pids)
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
+        start_new_session=True,
+    )
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(started) < 3:  # every worker runs, none is ready
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1] if proc.poll() else ""
+            started = [int(f.read_text()) for f in pids.iterdir() if f.read_text()]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    result = json.loads(out.split("RESULT", 1)[1])
+    assert result == {"interrupted": True, "exit_codes": {str(i): -signal.SIGTERM for i in range(3)}}
+    assert elapsed < 5, elapsed
+    for pid in started:
+        assert not Path(f"/proc/{pid}").exists()
