@@ -27,6 +27,11 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=int, help="seconds without heartbeat before a trial counts as dead (default 2x)"
     )
+    parser.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="start more CPU workers than this process's cores (refused otherwise; each runs slower)",
+    )
     parser.add_argument("--log-dir", help="per-worker logs (default: logs/<study>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
@@ -40,6 +45,7 @@ def worker_options(args: argparse.Namespace) -> dict[str, Any]:
         "grace": args.grace,
         "log_dir": args.log_dir,
         "progress": not args.no_progress,
+        "oversubscribe": args.oversubscribe,
     }
 
 

@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
         description=__doc__,
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--oversubscribe", action="store_true", help="more workers than this process's cores (refused otherwise)"
+    )
     parser.add_argument("--name", default="quickstart", help="pipeline name (its studies: NAME.global, NAME.block)")
     parser.add_argument(
         "--trials",
@@ -46,11 +49,16 @@ def _quickstart(args: argparse.Namespace) -> CommandResult:
     from ct_tune.search import checked_quickstart, quickstart_pipeline, run_quickstart
 
     if args.print_pipeline:
-        checked_quickstart(args.name, trials=args.trials, workers=args.workers)
+        checked_quickstart(args.name, trials=args.trials, workers=args.workers, oversubscribe=args.oversubscribe)
         definition = quickstart_pipeline(args.name, trials=args.trials)
         text = yaml.safe_dump(definition, sort_keys=False)
         return CommandResult({"pipeline": definition}, lambda: print(text, end=""))
     result = run_quickstart(
-        name=args.name, trials=args.trials, workers=args.workers, fresh=args.fresh, progress=not args.no_progress
+        name=args.name,
+        trials=args.trials,
+        workers=args.workers,
+        oversubscribe=args.oversubscribe,
+        fresh=args.fresh,
+        progress=not args.no_progress,
     )
     return CommandResult(result.to_dict(), lambda: render_pipeline(result))

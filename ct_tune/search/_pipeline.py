@@ -47,7 +47,7 @@ from ct_tune.tracking._keys import (
     TAG_STAGE,
     TAG_STAGE_INDEX,
 )
-from ct_tune.workers import plan_workers
+from ct_tune.workers import check_cores, plan_workers
 
 __all__ = ["PipelineResult", "StageOutcome", "as_pipeline", "delete_pipeline_studies", "run_pipeline"]
 
@@ -108,11 +108,12 @@ def run_pipeline(
     log_dir: str | os.PathLike[str] | None = None,
     profile_dir: str | os.PathLike[str] = "profiles",
     say: Callable[[str], None] | None = None,
+    oversubscribe: bool = False,
 ) -> PipelineResult:
     """Create (or resume) and run each stage, then report the chosen stages on the test split.
 
-    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` are those of ``Study.run`` and
-    apply to every stage; ``say`` receives the progress lines (default: stderr).
+    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` / ``oversubscribe`` are those of
+    ``Study.run`` and apply to every stage; ``say`` receives the progress lines (default: stderr).
     """
     spec = as_pipeline(pipeline)
     options = RunOptions(
@@ -127,7 +128,8 @@ def run_pipeline(
     specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages}
     options.check()
     for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
-        plan_workers(options.workers, options.devices or stage_study.run.device)
+        plans = plan_workers(options.workers, options.devices or stage_study.run.device)
+        check_cores(plans, oversubscribe=oversubscribe)  # each stage's run prints the warning
         check_two_databases(
             resolve_storage(storage, stage_study.storage), resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
         )
@@ -155,6 +157,7 @@ def run_pipeline(
             heartbeat=options.heartbeat,
             grace=options.grace,
             log_dir=options.log_dir,
+            oversubscribe=oversubscribe,
         )
         outcomes.append(
             StageOutcome(

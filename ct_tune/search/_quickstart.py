@@ -20,7 +20,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.search._pipeline import PipelineResult, delete_pipeline_studies, run_pipeline
 from ct_tune.search._pipeline_spec import PipelineSpec
-from ct_tune.workers import plan_workers
+from ct_tune.workers import check_cores, plan_workers
 
 __all__ = ["QUICKSTART_CHECKPOINT", "quickstart_pipeline", "run_quickstart"]
 
@@ -70,11 +70,13 @@ def quickstart_pipeline(
     return pipeline
 
 
-def checked_quickstart(name: str = "quickstart", *, trials: int | None = None, workers: int = 2) -> PipelineSpec:
+def checked_quickstart(
+    name: str = "quickstart", *, trials: int | None = None, workers: int = 2, oversubscribe: bool = False
+) -> PipelineSpec:
     """The quickstart's pipeline, validated with the options a user gave (before anything is trained)."""
     if trials is not None and trials < 1:
         raise InputError(f"--trials must be at least 1, not {trials}")
-    plan_workers(workers, "cpu")  # a bad --workers fails before pretraining
+    check_cores(plan_workers(workers, "cpu"), oversubscribe=oversubscribe)  # a bad --workers fails before pretraining
     try:
         return PipelineSpec.model_validate(quickstart_pipeline(name, trials=trials))
     except ValueError:
@@ -86,19 +88,22 @@ def run_quickstart(
     name: str = "quickstart",
     trials: int | None = None,
     workers: int = 2,
+    oversubscribe: bool = False,
     fresh: bool = False,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Pretrain (or reuse the checkpoint), then run the quickstart pipeline and its report."""
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    pipeline = checked_quickstart(name, trials=trials, workers=workers)
+    pipeline = checked_quickstart(name, trials=trials, workers=workers, oversubscribe=oversubscribe)
     checkpoint = _checkpoint(tell, progress=progress)
     if fresh:
         for deleted in delete_pipeline_studies(pipeline):
             tell(f"deleted study {deleted} (--fresh)")
     tell(f"searching betas: pipeline {pipeline.name} ({', '.join(s.name for s in pipeline.stages)}) on {checkpoint}")
-    return run_pipeline(pipeline, workers=workers, devices="cpu", progress=progress, say=tell)
+    return run_pipeline(
+        pipeline, workers=workers, devices="cpu", progress=progress, say=tell, oversubscribe=oversubscribe
+    )
 
 
 def _checkpoint(tell: Callable[[str], None], *, progress: bool) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -357,15 +358,22 @@ class Study:
         heartbeat: int = 10,
         grace: int | None = None,
         log_dir: str | os.PathLike[str] | None = None,
+        oversubscribe: bool = False,
     ) -> RunSummary:
         """Run trials until the budget is used: the spec's total, or ``n_trials`` more in this call.
 
         ``workers`` processes (None: one per GPU of ``devices``, else 1) on ``devices`` (``auto``, ``cpu``
         or ``cuda:0,cuda:1``; default the spec's ``run.device``). One worker runs in this process; several
         are child processes logging to ``log_dir`` (default ``logs/<study>``). Ctrl-C fails the running
-        trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes.
+        trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes. More CPU workers than cores
+        are refused unless ``oversubscribe`` (then with a warning on stderr).
         """
         from ct_tune.search._run import RunOptions, run_study
+        from ct_tune.workers import check_cores, plan_workers
+
+        warning = check_cores(plan_workers(workers, devices or self.spec.run.device), oversubscribe=oversubscribe)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
         options = RunOptions(
             workers=workers,

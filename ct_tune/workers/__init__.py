@@ -6,7 +6,7 @@ from ct_tune.workers._events import EVENT_PREFIX, emit_event, parse_event, read_
 from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
 from ct_tune.workers._interrupts import InterruptGuard, interrupt_on
 from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, launch
-from ct_tune.workers._plan import WorkerPlan, available_cores, plan_workers
+from ct_tune.workers._plan import WorkerPlan, available_cores, check_cores, plan_workers
 
 __all__ = [
     "EVENT_PREFIX",
@@ -16,6 +16,7 @@ __all__ = [
     "LaunchResult",
     "WorkerPlan",
     "available_cores",
+    "check_cores",
     "emit_event",
     "heartbeat_interval",
     "interrupt_on",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ct_tune._errors import InputError
 
-__all__ = ["WorkerPlan", "available_cores", "plan_workers"]
+__all__ = ["WorkerPlan", "available_cores", "check_cores", "plan_workers"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,22 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover  (not Linux)
         return os.cpu_count() or 1
+
+
+def check_cores(plans: Sequence[WorkerPlan], *, oversubscribe: bool) -> str | None:
+    """Refuse more CPU workers than the cores this process may use, unless ``oversubscribe``: then the
+    warning line to print. Each worker holds its own torch and model (about 180 MB); beyond the cores they
+    only slow each other down (``--workers 1000`` once filled a 2-core machine's memory)."""
+    cpu = sum(plan.device == "cpu" for plan in plans)
+    cores = available_cores()
+    if cpu <= cores:
+        return None
+    if not oversubscribe:
+        raise InputError(
+            f"--workers {cpu}: more CPU workers than the {cores} core(s) this process may use; "
+            f"pass --workers {cores} or fewer, or --oversubscribe to start them anyway"
+        )
+    return f"warning: {cpu} CPU workers share {cores} core(s) (--oversubscribe): each runs slower than alone"
 
 
 def plan_workers(workers: int | None, devices: str) -> list[WorkerPlan]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ct_tune import InputError
-from ct_tune.workers import WorkerPlan, available_cores, plan_workers
+from ct_tune.workers import WorkerPlan, available_cores, check_cores, plan_workers
 
 import pytest
 import torch
@@ -60,3 +60,21 @@ def test_one_worker_per_listed_gpu():  # pragma: no cover - GPU machines only
     assert [p.visible_gpu for p in plan_workers(3, "cuda:0")] == ["0", "0", "0"]
     with pytest.raises(InputError, match=f"GPU {count} does not exist"):
         plan_workers(None, f"cuda:{count}")
+
+
+def test_more_cpu_workers_than_cores_only_when_asked():
+    cores = available_cores()
+    assert check_cores(plan_workers(cores, "cpu"), oversubscribe=False) is None
+    too_many = plan_workers(cores + 1, "cpu")
+    with pytest.raises(InputError) as refused:
+        check_cores(too_many, oversubscribe=False)
+    assert str(refused.value) == (
+        f"--workers {cores + 1}: more CPU workers than the {cores} core(s) this process may use; "
+        f"pass --workers {cores} or fewer, or --oversubscribe to start them anyway"
+    )
+    warning = check_cores(too_many, oversubscribe=True)
+    assert (
+        warning
+        == f"warning: {cores + 1} CPU workers share {cores} core(s) (--oversubscribe): each runs slower than alone"
+    )
+    assert check_cores([WorkerPlan(i, "cuda", "0", 1) for i in range(cores + 1)], oversubscribe=False) is None

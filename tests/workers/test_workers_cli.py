@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -222,3 +223,77 @@ def test_db_init_creates_both_schemas_once(cli_fast, stores):
     assert PASSWORD not in first.stdout + again.stdout
     same = cli_fast("db", "init", "--storage", stores.storage, "--tracking-uri", stores.storage)
     assert same.returncode == 2 and "two databases" in same.stderr
+
+
+def test_more_cpu_workers_than_cores_is_refused_before_anything_starts(cli_fast, tmp_path, digits_checkpoint):
+    from ct_tune.workers import available_cores
+
+    from tests.conftest import Stores
+
+    stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    create(cli_fast, tmp_path, digits_checkpoint, stores, "many", 3)
+    result = cli_fast("study", "run", "many", "--workers", "1000", "--devices", "cpu", "--no-progress")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pass --workers {available_cores()} or fewer, or --oversubscribe" in lines[0]
+    assert not (tmp_path / "logs").exists()
+    assert {t.state for t in trials_of(stores, "many")} <= {TrialState.WAITING}  # the enqueued baseline only
+
+
+def test_ctrl_c_while_workers_start_stops_them_all(cli_fast, tmp_path, digits_checkpoint):
+    """More workers than cores (--oversubscribe: one warning line), Ctrl-C to the launcher alone while they
+    load: every worker is gone within seconds, exit 130, no traceback, no RUNNING trial."""
+    from ct_tune.workers import available_cores
+
+    from tests.conftest import Stores
+
+    stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    create(cli_fast, tmp_path, digits_checkpoint, stores, "early", 6)
+    workers = available_cores() + 1
+    proc = launcher(tmp_path, "study", "run", "early", "--workers", str(workers), "--oversubscribe", "--no-progress")
+    lines: list[str] = []
+    started: set[int] = set()
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if f"{workers} worker(s)" in line:
+                break
+        deadline = time.monotonic() + 60
+        while len(started) < workers and time.monotonic() < deadline:  # all started, none loaded yet
+            started = {
+                int(p.name)
+                for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _parent(p) == proc.pid and b"ct_tune.search.worker" in _cmdline(p)
+            }
+            time.sleep(0.02)
+        assert len(started) == workers, "".join(lines)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.count(f"warning: {workers} CPU workers share") == 1, stderr
+    assert "Traceback" not in stderr and "Resume with: ct-tune study run early" in stderr
+    assert elapsed < 5, elapsed
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert not [t for t in trials_of(stores, "early") if t.state == TrialState.RUNNING]
+
+
+def _parent(proc_dir: Path) -> int:
+    with contextlib.suppress(OSError):
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return -1
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    with contextlib.suppress(OSError):
+        return (proc_dir / "cmdline").read_bytes()
+    return b""
