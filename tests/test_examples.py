@@ -55,7 +55,21 @@ def test_the_example_through_the_cli_with_two_workers(project):
     command = [str(script)] if script.exists() else [sys.executable, "-m", "ct_tune.cli"]
     created = run([*command, "study", "create", "study.yaml", "--name", "litcnn-mnist-cli", "--json"], project)
     assert json.loads(created.stdout)["units"] == ["block1.relu", "block2.relu", "relu()"]
-    run([*command, "study", "run", "litcnn-mnist-cli", "--workers", "2", "--devices", "cpu", "--no-progress"], project)
+    run(
+        [
+            *command,
+            "study",
+            "run",
+            "litcnn-mnist-cli",
+            "--workers",
+            "2",
+            "--oversubscribe",
+            "--devices",
+            "cpu",
+            "--no-progress",
+        ],
+        project,
+    )
     status = json.loads(run([*command, "study", "status", "litcnn-mnist-cli", "--json"], project).stdout)
     assert status["trials"]["COMPLETE"] == 8 and status["trials"]["RUNNING"] == 0
     report = json.loads(run([*command, "study", "report", "litcnn-mnist-cli", "--json"], project).stdout)

@@ -43,7 +43,7 @@ def test_notebook_session_create_run_two_workers_inspect_export_report(tmp_path,
     )
     assert study.best() == [] and study.status().trials["WAITING"] == 1  # the ReLU baseline, enqueued
 
-    summary = study.run(workers=2, devices="cpu", progress=False)
+    summary = study.run(workers=2, devices="cpu", progress=False, oversubscribe=True)
     assert isinstance(summary, RunSummary) and summary.workers == 2
     assert (summary.finished, summary.failed, summary.reason) == (6, 0, "budget reached")
     assert set(summary.seconds) == {"evaluate", "tracking", "optuna"} and summary.seconds["evaluate"] > 0

@@ -28,7 +28,17 @@ def test_two_workers_three_trials_per_batch_finish_exactly_the_budget(cli, cli_f
     created = cli_fast("study", "create", "batched.yaml", "--storage", storage, "--tracking-uri", tracking)
     assert created.returncode == 0, created.stderr
     result = cli(
-        "study", "run", "batched", "--workers", "2", "--storage", storage, "--tracking-uri", tracking, "--no-progress"
+        "study",
+        "run",
+        "batched",
+        "--workers",
+        "2",
+        "--oversubscribe",
+        "--storage",
+        storage,
+        "--tracking-uri",
+        tracking,
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     logs = "".join(path.read_text() for path in (tmp_path / "logs" / "batched").glob("*.log"))

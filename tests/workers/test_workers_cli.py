@@ -63,6 +63,7 @@ def test_three_workers_finish_exactly_the_budget(cli, cli_fast, tmp_path, digits
         "shared",
         "--workers",
         "3",
+        "--oversubscribe",  # pinned test processes may have fewer cores
         "--storage",
         stores.storage,
         "--tracking-uri",
@@ -112,7 +113,18 @@ def test_killed_worker_costs_one_trial_which_is_retried(cli_fast, tmp_path, digi
     stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 6, objectives=SLOW)
     proc = launcher(
-        tmp_path, "study", "run", "crash", "--workers", "3", "--heartbeat", "1", "--grace", "4", "--no-progress"
+        tmp_path,
+        "study",
+        "run",
+        "crash",
+        "--workers",
+        "3",
+        "--oversubscribe",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "4",
+        "--no-progress",
     )
     pids: dict[int, int] = {}
     for line in proc.stderr:
@@ -182,6 +194,7 @@ def test_database_going_away_stops_workers_and_a_later_run_resumes(
         "outage",
         "--workers",
         "2",
+        "--oversubscribe",
         "--heartbeat",
         "1",
         "--grace",
