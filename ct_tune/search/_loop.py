@@ -53,6 +53,7 @@ class LoopSettings:
     poll_seconds: float = 2.0
     refresh_plots: bool = True
     on_trial: Callable[[dict[str, Any]], None] | None = None  # progress: called after each trial
+    keep_going: Callable[[], bool] | None = None  # checked before each round: False stops the loop
 
 
 @dataclass
@@ -162,10 +163,10 @@ class TrialLoop:
     def run(self) -> WorkerSummary:
         parent = self.study.parent_run_id
         self.tracker.set_status(parent, "RUNNING")
-        status = "FINISHED"
+        status: str | None = "FINISHED"
         try:
             with self._interrupts.installed():
-                while (reason := self.budget.stop_reason()) is None:
+                while (reason := self._stop_reason()) is None:
                     if self.budget.must_wait():
                         time.sleep(self.settings.poll_seconds)
                         continue
@@ -183,6 +184,7 @@ class TrialLoop:
         except Exception as error:
             status = "FAILED"
             if is_database_error(error) or isinstance(error, DatabaseGone):
+                status = None  # MLflow may be on the same lost server: the error below is the one line
                 reason = database_reason(database_cause(error))
                 self.summary.reason = f"database unreachable: {reason}"
                 raise StorageLost(
@@ -191,11 +193,17 @@ class TrialLoop:
                 ) from None
             raise
         finally:
-            self.tracker.set_status(parent, status)
-            if self.settings.refresh_plots:
-                self.refresh_plots(force=True)
-            self.tracker.flush()
+            if status is not None:
+                self.tracker.set_status(parent, status)
+                if self.settings.refresh_plots:
+                    self.refresh_plots(force=True)
+                self.tracker.flush()
         return self.summary
+
+    def _stop_reason(self) -> str | None:
+        if self.settings.keep_going is not None and not self.settings.keep_going():
+            return "the launcher is gone"
+        return self.budget.stop_reason()
 
     def _run_round(self) -> None:
         """Ask up to K trials (``run.trials_per_batch``, 1 by default), score them, and end each one.

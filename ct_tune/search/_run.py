@@ -41,6 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WORKER_MODULE = "ct_tune.search.worker"
+DEFAULT_GRACE_SECONDS = 60
 INTERRUPTED = "interrupted (a trial that was running is marked FAIL). Resume with: ct-tune study run {name}"
 
 
@@ -53,9 +54,15 @@ class RunOptions:
     n_trials: int | None = None  # more trials in this launch (default: the spec's budget, in total)
     timeout: float | None = None  # seconds (default: the spec's budget.timeout)
     heartbeat: int = 10
-    grace: int | None = None
+    grace: int | None = None  # default: max(60, 3 x heartbeat), see grace_period
     log_dir: str | None = None
     progress: bool = True
+
+    @property
+    def grace_period(self) -> int:
+        """Seconds without a heartbeat before a trial counts as dead. Optuna's default (2 x heartbeat) let
+        other workers fail live trials on an overloaded machine; a dead worker's trial now waits a minute."""
+        return self.grace if self.grace is not None else max(DEFAULT_GRACE_SECONDS, 3 * self.heartbeat)
 
     def check(self) -> None:
         if self.n_trials is not None and self.n_trials < 1:
@@ -180,7 +187,7 @@ def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, targ
             target_total=target,
             deadline=deadline,
             heartbeat_interval=options.heartbeat,
-            grace_period=options.grace,
+            grace_period=options.grace_period,
             on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
         )
         worker = TrialLoop(study, bench, tracker, settings).run()
@@ -226,7 +233,7 @@ def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, 
             target_total=target,
             deadline=deadline,
             heartbeat=options.heartbeat,
-            grace=options.grace,
+            grace=options.grace_period,
             sys_path=list(sys.path),
         ).to_dict()
 
