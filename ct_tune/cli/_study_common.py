@@ -25,7 +25,7 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", help="auto, cpu, or GPUs like cuda:0,cuda:1 (default: the spec's run.device)")
     parser.add_argument("--heartbeat", type=int, default=10, help="seconds between a worker's heartbeats (default 10)")
     parser.add_argument(
-        "--grace", type=int, help="seconds without heartbeat before a trial counts as dead (default 2x)"
+        "--grace", type=int, help="seconds without heartbeats before a trial is dead (default 60, or 3x heartbeat)"
     )
     parser.add_argument(
         "--oversubscribe",

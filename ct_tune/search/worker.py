@@ -6,7 +6,8 @@ what the study was created with, then pulls trials until the study's target is r
 together. It reports each finished trial as an event line on stdout; its logs go to stderr. Storage URLs
 (with any password) travel in the settings, never on the command line.
 
-Exit codes: 0 done, 2 bad input (one line on stderr), 3 the database went away, 130 interrupted.
+Exit codes: 0 done, 1 the launcher went away (it stops after ending its trial), 2 bad input (one line on
+stderr), 3 the database went away, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from ct_tune.workers import emit_event, read_settings
 __all__ = ["WorkerSettings", "main", "run_worker"]
 
 
-def run_worker(settings: WorkerSettings) -> dict[str, Any]:
-    """Run trials until the target is reached; the worker's summary (also emitted as its last event)."""
+def run_worker(settings: WorkerSettings, *, launcher_pid: int | None = None) -> dict[str, Any]:
+    """Run trials until the target is reached; the worker's summary (also emitted as its last event).
+
+    With ``launcher_pid``, the worker stops before its next trial once that process is no longer its parent
+    (the launcher died: nobody would relay or count its trials)."""
     for entry in reversed(settings.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -48,6 +52,7 @@ def run_worker(settings: WorkerSettings) -> dict[str, Any]:
             grace_period=settings.grace,
             refresh_plots=False,  # the launcher draws the study's plots once at the end
             on_trial=lambda line: emit_event("trial", **line),
+            keep_going=None if launcher_pid is None else lambda: os.getppid() == launcher_pid,
         )
         trials = TrialLoop(study, bench, tracker, loop)
         emit_event("ready", device=bench.device_label, pid=os.getpid())
@@ -75,14 +80,22 @@ def main() -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     settings = WorkerSettings.from_dict(read_settings())
     try:
-        run_worker(settings)
+        summary = run_worker(settings, launcher_pid=os.getppid())
     except KeyboardInterrupt:
         print("ct-tune worker: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the launcher is gone; the trial that was ending is told and recorded already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return _launcher_gone()
     except CTTuneError as error:
         print(f"ct-tune: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
-    return 0
+    return _launcher_gone() if summary["reason"] == "the launcher is gone" else 0
+
+
+def _launcher_gone() -> int:
+    print("ct-tune worker: the launcher is gone; stopped after ending its trial", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

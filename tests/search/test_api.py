@@ -177,3 +177,30 @@ def test_python_api_names_are_keyword_only_after_the_first():
         parameters = list(inspect.signature(method).parameters.values())[1:]
         assert all(p.kind is p.KEYWORD_ONLY for p in parameters), method.__name__
     assert list(inspect.signature(ct_tune.Study.export).parameters)[1] == "path"
+
+
+def test_a_checkpoint_replaced_on_disk_is_refused(tmp_path, digits_checkpoint, monkeypatch):
+    """Another checkpoint of the same architecture under the study's path: no worker scores with it."""
+    import shutil
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(digits_checkpoint, checkpoint)
+    spec = {
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {"name": "digits", "seed": 0},
+        "budget": {"n_trials": 3},
+        "run": {"device": "cpu"},
+    }
+    study = ct_tune.create_study(spec, name="swapped", **stores(tmp_path))
+    saved = torch.load(checkpoint, weights_only=True)
+    weights = saved["state_dict"]
+    name = next(key for key, value in weights.items() if value.is_floating_point())
+    weights[name] = weights[name] + 0.01  # the same architecture, other weights
+    torch.save(saved, checkpoint)
+    with pytest.raises(InputError, match="the model's weights differ") as error:
+        study.run(n_trials=1, progress=False)
+    assert len(str(error.value).splitlines()) == 1
+    assert study.counts().get("RUNNING", 0) == 0 and study.counts().get("COMPLETE", 0) == 0

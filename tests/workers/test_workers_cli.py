@@ -1,4 +1,4 @@
-"""Several worker processes on one study, on real SQLite and PostgreSQL stores; crashes cost one trial."""
+"""Several worker processes on one study, on real SQLite and PostgreSQL stores (faults: tests/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,12 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.conftest import SOURCE_ROOT, write_spec
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
-
-# A slow objective (a 60-step attack, a few seconds a trial) so that a signal lands inside a trial.
-SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 60, "n": 359}]
 
 
 def create(cli_fast, tmp_path, checkpoint, stores, name: str, n_trials: int, **sections) -> None:
@@ -107,60 +103,6 @@ def test_three_workers_finish_exactly_the_budget(cli, cli_fast, tmp_path, digits
         assert PASSWORD not in repr(run.data.params) + repr(run.data.tags)
 
 
-def test_killed_worker_costs_one_trial_which_is_retried(cli_fast, tmp_path, digits_checkpoint):
-    from tests.conftest import Stores
-
-    stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 6, objectives=SLOW)
-    proc = launcher(
-        tmp_path,
-        "study",
-        "run",
-        "crash",
-        "--workers",
-        "3",
-        "--oversubscribe",
-        "--heartbeat",
-        "1",
-        "--grace",
-        "4",
-        "--no-progress",
-    )
-    pids: dict[int, int] = {}
-    for line in proc.stderr:
-        if match := re.search(r"worker (\d) ready .*\(pid (\d+)\)", line):
-            pids[int(match.group(1))] = int(match.group(2))
-        if len(pids) == 3:
-            break
-    # Kill worker 1 inside a trial (several seconds each): once its trial's MLflow run is open, the Optuna
-    # trial it belongs to is RUNNING. A fixed sleep missed it when the workers shared one loaded core.
-    deadline = time.monotonic() + 120
-    while not any(
-        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
-        for run in child_runs(stores, "crash")
-    ):
-        assert time.monotonic() < deadline, "worker 1 never started a trial"
-        time.sleep(0.2)
-    os.kill(pids[1], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr  # the other workers finished the budget
-    assert "worker 1 was killed by SIGKILL" in stderr
-
-    trials = trials_of(stores, "crash")
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    failed = [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
-    assert len(failed) == 1, [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials]
-    killed = failed[0]
-    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == killed.params  # the same betas, run again
-    runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(stores, "crash")}
-    assert runs[killed.number].info.status == "FAILED"
-    assert runs[killed.number].data.tags["ct_tune.state"] == "FAIL"
-    assert all(run.info.status != "RUNNING" for run in runs.values())
-
-
 @pytest.mark.parametrize(
     ("storage", "message"),
     [
@@ -176,55 +118,6 @@ def test_unreachable_storage_at_start_is_one_line(cli_fast, storage, message):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], result.stderr
         assert PASSWORD not in result.stderr + result.stdout
-
-
-@pytest.mark.postgres
-def test_database_going_away_stops_workers_and_a_later_run_resumes(
-    cli, cli_fast, tmp_path, digits_checkpoint, postgres
-):
-    from tests.conftest import Stores
-
-    stores = Stores(
-        "postgres", postgres.url(postgres.create_database("optuna")), postgres.url(postgres.create_database("mlflow"))
-    )
-    create(cli_fast, tmp_path, digits_checkpoint, stores, "outage", 6, objectives=SLOW)
-    args = (
-        "study",
-        "run",
-        "outage",
-        "--workers",
-        "2",
-        "--oversubscribe",
-        "--heartbeat",
-        "1",
-        "--grace",
-        "3",
-        "--storage",
-        stores.storage,
-        "--tracking-uri",
-        stores.tracking,
-        "--no-progress",
-    )
-    proc = launcher(tmp_path, *args)
-    for line in proc.stderr:
-        if "] trial" in line:  # a first trial finished: the others are mid-flight
-            break
-    postgres.stop("immediate")
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        postgres.start()
-    assert proc.returncode == 3, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert "lost the database" in last and "run 'ct-tune study run outage' again" in last
-    assert PASSWORD not in stderr
-
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr
-    trials = trials_of(stores, "outage")
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all(run.info.status != "RUNNING" for run in child_runs(stores, "outage"))
 
 
 def test_db_init_creates_both_schemas_once(cli_fast, stores):

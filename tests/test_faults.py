@@ -1,0 +1,233 @@
+"""Fault injection on real stores: a worker or the launcher SIGKILLed, the database stopped mid-run, Ctrl-C
+with one worker and with several. After each fault Optuna (the truth) and MLflow agree trial by trial,
+nothing is left RUNNING, the console ends with one line and holds no traceback, and running again
+finishes the study.
+
+SQLite has no server to stop (an open SQLite connection survives its file being moved or deleted), so the
+database-stopped cases run on PostgreSQL; every other fault runs on both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tests.conftest import SOURCE_ROOT, Stores, write_spec
+from tests.postgres import PASSWORD
+
+pytestmark = pytest.mark.slow
+
+# A slow objective (a 60-step attack, a few seconds a trial) so that a fault lands inside a trial.
+SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 60, "n": 359}]
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORES)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    if request.param == "sqlite":
+        return Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    server = request.getfixturevalue("postgres")
+    return Stores(
+        "postgres", server.url(server.create_database("optuna")), server.url(server.create_database("mlflow"))
+    )
+
+
+def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str, n_trials: int) -> list[str]:
+    """Create a slow study; returns the store options every later command of the test passes."""
+    write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, objectives=SLOW)
+    options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
+    result = cli_fast("study", "create", f"{name}.yaml", *options)
+    assert result.returncode == 0, result.stderr
+    return options
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ct_tune.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen, pattern: str, seen: list[str]) -> re.Match:
+    """Read the launcher's stderr line by line until ``pattern`` matches (lines kept in ``seen``)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"{pattern!r} never printed; stderr:\n{''.join(seen)}")
+
+
+def trials_of(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=stores.storage).get_trials()
+
+
+def child_runs(stores: Stores, name: str) -> list:
+    client = MlflowClient(stores.tracking)
+    experiment = client.get_experiment_by_name(f"ct-tune/{name}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+
+def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Optuna and MLflow tell the same story, trial by trial; nothing is RUNNING. Returns the trials."""
+    trials = trials_of(stores, name)
+    runs: dict[int, list] = defaultdict(list)
+    for run in child_runs(stores, name):
+        runs[int(run.data.tags["optuna.trial_number"])].append(run)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    for trial in trials:
+        described = f"trial {trial.number} ({trial.state.name}, {trial.user_attrs})"
+        mine = runs.pop(trial.number, [])
+        if trial.state == TrialState.WAITING or "ct_tune.discarded" in trial.user_attrs:
+            assert not mine, described  # never started here: no run
+            continue
+        if trial.state == TrialState.FAIL and not mine:
+            continue  # failed before its run opened
+        assert len(mine) == 1, described  # one run per trial
+        run = mine[0]
+        assert run.info.run_id == trial.user_attrs["mlflow_run_id"], described
+        assert run.data.tags["ct_tune.state"] == trial.state.name, described
+        assert run.info.status == RUN_STATUS[trial.state.name], described
+        if trial.state == TrialState.COMPLETE:
+            assert run.data.metrics["adversarial"] == pytest.approx(trial.values[0]), described
+    assert not runs, f"runs of trials Optuna does not have: {sorted(runs)}"
+    return trials
+
+
+def assert_one_line_at_the_end(stderr: str, expected: str) -> None:
+    """Whatever was printed before, the fault is reported by exactly one line, the last, and no traceback."""
+    assert "Traceback" not in stderr and PASSWORD not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert expected in lines[-1], stderr
+    assert sum(expected in line for line in lines) == 1, stderr
+
+
+def finish(cli, stores: Stores, name: str, options: list[str], n_trials: int) -> None:
+    """Running again completes the study, and the two stores still agree."""
+    again = cli("study", "run", name, *options, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    trials = assert_agree(stores, name)
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n_trials
+
+
+def exited(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie (its parent, the killed launcher, cannot reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp_path, digits_checkpoint, stores):
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 5)
+    proc = start(tmp_path, "study", "run", "crash", *options, "--workers", "3", "--heartbeat", "1", "--grace", "4")
+    seen: list[str] = []
+    pids = {}
+    while len(pids) < 3:
+        match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
+        pids[int(match.group(1))] = int(match.group(2))
+    # Kill worker 1 inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING.
+    deadline = time.monotonic() + 120
+    while not any(
+        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
+        for run in child_runs(stores, "crash")
+    ):
+        assert time.monotonic() < deadline, "worker 1 never started a trial"
+        time.sleep(0.2)
+    os.kill(pids[1], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr  # the other workers finished the budget
+    assert "worker 1 was killed by SIGKILL" in stderr and "Traceback" not in stderr
+
+    trials = assert_agree(stores, "crash")
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 5
+    failed = [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
+    assert len(failed) == 1, [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials]
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == failed[0].params  # the same betas, run again
+
+
+def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tmp_path, digits_checkpoint, stores):
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "orphaned", 6)
+    proc = start(tmp_path, "study", "run", "orphaned", *options, "--workers", "2", "--no-progress")
+    seen: list[str] = []
+    pids = []
+    while len(pids) < 2:
+        pids.append(int(read_until(proc, r"worker \d ready .*\(pid (\d+)\)", seen).group(1)))
+    read_until(proc, r"\] trial", seen)  # a first trial ended: the other worker is inside one
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 180
+    while not all(exited(pid) for pid in pids):  # each ends the trial it was scoring, then stops
+        assert time.monotonic() < deadline, "a worker kept running after its launcher died"
+        time.sleep(0.5)
+    trials = assert_agree(stores, "orphaned")  # what was scored is COMPLETE in both, nothing failed for it
+    assert not [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
+    logs = "".join(path.read_text() for path in (tmp_path / "logs" / "orphaned").glob("*.log"))
+    assert "the launcher is gone; stopped after ending its trial" in logs and "Traceback" not in logs
+    finish(cli, stores, "orphaned", options, 6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_fails_the_running_trials_in_both_stores(cli, cli_fast, tmp_path, digits_checkpoint, stores, workers):
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "stopped", 4)
+    proc = start(tmp_path, "study", "run", "stopped", *options, "--workers", str(workers), "--no-progress")
+    seen: list[str] = []
+    read_until(proc, r"worker \d (on|ready)", seen)  # the model is loaded, trials start
+    deadline = time.monotonic() + 120
+    while not any(run.info.status == "RUNNING" for run in child_runs(stores, "stopped")):
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert_one_line_at_the_end("".join(seen) + rest, "interrupted")
+    assert "Resume with: ct-tune study run stopped" in rest
+    trials = assert_agree(stores, "stopped")
+    assert [t for t in trials if t.state == TrialState.FAIL]  # the interrupted trial(s)
+    finish(cli, stores, "stopped", options, 4)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", [1, 2])
+def test_database_stopped_mid_run_is_one_line_and_a_later_run_resumes(
+    cli, cli_fast, tmp_path, digits_checkpoint, postgres, workers
+):
+    stores = Stores(
+        "postgres", postgres.url(postgres.create_database("optuna")), postgres.url(postgres.create_database("mlflow"))
+    )
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "outage", 4)
+    timing = ["--heartbeat", "1", "--grace", "3"]
+    proc = start(tmp_path, "study", "run", "outage", *options, "--workers", str(workers), *timing, "--no-progress")
+    seen: list[str] = []
+    read_until(proc, r"trial +\d+ COMPLETE", seen)  # a first trial ended: the next is mid-flight
+    postgres.stop("immediate")
+    try:
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        postgres.start()
+    assert proc.returncode == 3, "".join(seen) + rest
+    expected = "lost the database" if workers > 1 else "the Optuna storage stopped answering"
+    assert_one_line_at_the_end("".join(seen) + rest, expected)
+    assert "run 'ct-tune study run outage' again" in rest.strip().splitlines()[-1].lower()
+    finish(cli, stores, "outage", [*options, *timing], 4)
