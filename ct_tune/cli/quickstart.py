@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         help="pretrain, search betas per block and report, offline",
         description=__doc__,
     )
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--workers", type=int, help="worker processes (default 2, or 1 on a single core)")
     parser.add_argument(
         "--oversubscribe", action="store_true", help="more workers than this process's cores (refused otherwise)"
     )

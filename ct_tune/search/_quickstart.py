@@ -20,7 +20,7 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.search._pipeline import PipelineResult, delete_pipeline_studies, run_pipeline
 from ct_tune.search._pipeline_spec import PipelineSpec
-from ct_tune.workers import check_cores, plan_workers
+from ct_tune.workers import available_cores, check_cores, plan_workers
 
 __all__ = ["QUICKSTART_CHECKPOINT", "quickstart_pipeline", "run_quickstart"]
 
@@ -70,10 +70,16 @@ def quickstart_pipeline(
     return pipeline
 
 
+def quickstart_workers(workers: int | None) -> int:
+    """The quickstart's default: 2 workers, 1 on a machine that gives this process a single core."""
+    return workers if workers is not None else min(2, available_cores())
+
+
 def checked_quickstart(
-    name: str = "quickstart", *, trials: int | None = None, workers: int = 2, oversubscribe: bool = False
+    name: str = "quickstart", *, trials: int | None = None, workers: int | None = None, oversubscribe: bool = False
 ) -> PipelineSpec:
     """The quickstart's pipeline, validated with the options a user gave (before anything is trained)."""
+    workers = quickstart_workers(workers)
     if trials is not None and trials < 1:
         raise InputError(f"--trials must be at least 1, not {trials}")
     check_cores(plan_workers(workers, "cpu"), oversubscribe=oversubscribe)  # a bad --workers fails before pretraining
@@ -87,7 +93,7 @@ def run_quickstart(
     *,
     name: str = "quickstart",
     trials: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     oversubscribe: bool = False,
     fresh: bool = False,
     progress: bool = True,
@@ -95,6 +101,7 @@ def run_quickstart(
 ) -> PipelineResult:
     """Pretrain (or reuse the checkpoint), then run the quickstart pipeline and its report."""
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    workers = quickstart_workers(workers)
     pipeline = checked_quickstart(name, trials=trials, workers=workers, oversubscribe=oversubscribe)
     checkpoint = _checkpoint(tell, progress=progress)
     if fresh:

@@ -23,7 +23,7 @@ from ct_tune.search._progress import Progress
 from ct_tune.search._space import initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
 from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_STATE, TAG_TRIAL
-from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, launch, plan_workers
+from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, check_cores, launch, plan_workers
 
 if TYPE_CHECKING:
     from ct_tune.search._study import Study
@@ -57,6 +57,7 @@ class RunOptions:
     grace: int | None = None  # default: max(60, 3 x heartbeat), see grace_period
     log_dir: str | None = None
     progress: bool = True
+    oversubscribe: bool = False  # more CPU workers than cores: refused unless set (then a warning)
 
     @property
     def grace_period(self) -> int:
@@ -134,12 +135,15 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         return RunSummary(study.name, f"budget already reached ({finished} trials); use --n-trials to run more")
     if target is not None and target - finished < len(plans):  # a worker with no trial to run only costs a start
         plans = plan_workers(target - finished, options.devices or spec.run.device)
+    crowded = check_cores(plans, oversubscribe=options.oversubscribe)  # before anything is written
 
     # Done once, before any worker starts: workers racing on these would duplicate them.
     tracker = study.tracker
     requeued = requeue_initial_trials(study)
     closed = close_orphan_runs(study)
     progress = Progress(total=None if target is None else target - finished, bar=options.progress)
+    if crowded:
+        progress.write(crowded)
     if requeued:
         progress.write(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
     if closed:

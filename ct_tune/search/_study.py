@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -369,11 +368,6 @@ class Study:
         are refused unless ``oversubscribe`` (then with a warning on stderr).
         """
         from ct_tune.search._run import RunOptions, run_study
-        from ct_tune.workers import check_cores, plan_workers
-
-        warning = check_cores(plan_workers(workers, devices or self.spec.run.device), oversubscribe=oversubscribe)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
 
         options = RunOptions(
             workers=workers,
@@ -384,6 +378,7 @@ class Study:
             grace=grace,
             log_dir=None if log_dir is None else str(log_dir),
             progress=progress,
+            oversubscribe=oversubscribe,
         )
         return run_study(self, options)
 
