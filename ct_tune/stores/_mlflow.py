@@ -21,10 +21,10 @@ __all__ = ["open_mlflow_client"]
 def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` that has answered once (which creates a SQL store's schema)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
+    prepare_sqlite(tracking_uri)
+    check_reachable(tracking_uri, what="MLflow tracking store")  # before importing MLflow: 4 s sooner on failure
     from mlflow import MlflowClient
 
-    prepare_sqlite(tracking_uri)
-    check_reachable(tracking_uri, what="MLflow tracking store")
     try:
         with quiet_loggers("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
             client = MlflowClient(tracking_uri=tracking_uri)
