@@ -127,12 +127,21 @@ def _create(args: argparse.Namespace) -> CommandResult:
         print(f"  objectives: {objectives}; sampler {spec.sampler.name}")
         print(f"  budget: {spec.budget.n_trials} trials, {waiting} enqueued first (ReLU baseline / paper grid)")
         print(f"  MLflow: {payload['tracking_uri']} (experiment {study.experiment_id})")
-        print(
-            f"next: ct-tune study run {study.name}"
-            + ("" if args.storage is None else f" --storage '{payload['storage']}'")
-        )
+        print(f"next: ct-tune study run {_next_target(args, study)}")
 
     return CommandResult(payload, render)
+
+
+def _next_target(args: argparse.Namespace, study) -> str:
+    """How the next command finds the study: the spec file when it names the stores, else name and storage
+    (without its password, which ~/.pgpass, PGPASSWORD or --storage give)."""
+    from ct_tune.stores import without_password
+
+    if args.storage is None and args.name is None and (study.spec.storage or study.spec.tracking_uri):
+        return args.spec
+    if args.storage is None and study.spec.storage is None:
+        return study.name
+    return f"{study.name} --storage '{without_password(study.storage_url)}'"
 
 
 def _run(args: argparse.Namespace) -> CommandResult:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from ct_tune._errors import InputError
+from ct_tune.stores import without_password
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -511,7 +512,12 @@ class StudySpec(_Strict):
         return step.values()
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The spec as a study records it (Optuna attribute, ``spec.json``): store URLs without passwords."""
+        data = self.model_dump(mode="json")
+        for key in ("storage", "tracking_uri", "artifact_location"):
+            if data[key] is not None:
+                data[key] = without_password(data[key])
+        return data
 
 
 def parse_duration(text: str) -> float:

@@ -26,13 +26,14 @@ from ct_tune.search._space import check_units, initial_trials, profile_from_para
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
 from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
+    check_reachable,
     check_two_databases,
     count_states,
     open_optuna_storage,
     redact,
-    resolve_recorded_tracking_uri,
     resolve_storage,
     resolve_tracking_uri,
+    without_password,
 )
 from ct_tune.tracking import Tracker
 from ct_tune.tracking._keys import (
@@ -186,7 +187,8 @@ class Study:
     def tracking_uri(self) -> str:
         """The MLflow store: as given, else ``$MLFLOW_TRACKING_URI``, else the one recorded at creation."""
         if self._tracking_uri is None:
-            self._tracking_uri = resolve_recorded_tracking_uri(None, self.mlflow.get("tracking_uri"), study=self.name)
+            self.use_tracking_uri(None)
+        assert self._tracking_uri is not None
         return self._tracking_uri
 
     @property
@@ -201,11 +203,10 @@ class Study:
             f"objectives={self.objective_names}, storage={redact(self.storage_url)!r})"
         )
 
-    def use_tracking_uri(self, tracking_uri: str) -> None:
-        """Log to this MLflow store (the same one the study was created with, reached another way)."""
-        self._tracking_uri = resolve_recorded_tracking_uri(
-            tracking_uri, self.mlflow.get("tracking_uri"), study=self.name
-        )
+    def use_tracking_uri(self, tracking_uri: str | None, spec: str | None = None) -> None:
+        """Log to the MLflow store the rule of ``resolve_tracking_uri`` picks: ``tracking_uri``, the
+        environment, ``spec`` (a spec file's), then the one recorded at creation (without its password)."""
+        self._tracking_uri = resolve_tracking_uri(tracking_uri, spec, recorded=self.mlflow.get("tracking_uri"))
         self._tracker = None
 
     def reopened(self, **storage_settings: Any) -> Study:
@@ -367,6 +368,7 @@ class Study:
         trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes. More CPU workers than cores
         are refused unless ``oversubscribe`` (then with a warning on stderr).
         """
+        self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._run import RunOptions, run_study
 
         options = RunOptions(
@@ -392,6 +394,7 @@ class Study:
     def report(self, *, trials: Sequence[int] | None = None, device: str | None = None) -> StudyReport:
         """Score the best trial(s) (or ``trials``) and the ReLU baseline once on the test split: the only
         reader of the test split. Results go to the study, to MLflow and to the returned report."""
+        self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._report import report_study
 
         return report_study(self, trial_numbers=trials, device=device)
@@ -446,8 +449,10 @@ def create_study(
     storage_url = resolve_storage(storage, parsed.storage)
     tracking = resolve_tracking_uri(tracking_uri, parsed.tracking_uri)
     check_two_databases(storage_url, tracking)
-    # Model and data first, then the Optuna storage: a bad checkpoint, dataset or storage URL fails before
-    # the MLflow store is touched.
+    # Both stores answer (seconds), then the model and data load: only then is anything created, so a
+    # wrong host, password, checkpoint or dataset leaves both stores as they were.
+    check_reachable(storage_url, what="Optuna storage")
+    check_reachable(tracking, what="MLflow tracking store")
     with Bench.open(parsed, device="cpu", steer=False) as bench:
         units, meta = bench.units, bench.meta()
     optuna_storage = open_optuna_storage(storage_url)
@@ -504,7 +509,7 @@ def new_study(
         study.set_metric_names(spec.objective_names)
         mlflow_info.update(
             {
-                "tracking_uri": redact(tracker.tracking_uri),  # never a password; workers pass their own
+                "tracking_uri": without_password(tracker.tracking_uri),  # workers get the real one on stdin
                 "experiment_id": experiment_id,
                 "artifact_location": tracker.artifact_location,
             }
@@ -522,7 +527,7 @@ def new_study(
             "n_trials": spec.budget.n_trials,
             "model": spec.model.label,
             "data": spec.data.label,
-            "storage": redact(storage_url),
+            "storage": without_password(storage_url),
             "ct_tune_version": __version__,
         }
         mlflow_info["parent_run_id"] = tracker.create_study_run(experiment_id, name, parent_params, spec.to_dict())
@@ -569,25 +574,26 @@ def open_study(
     )
 
 
-def _name_and_storage(name: str | os.PathLike[str], storage: str | None) -> tuple[str, str]:
-    """A study given by name, or by the spec file it was created from (its name and storage)."""
+def _name_and_stores(name: str | os.PathLike[str], storage: str | None) -> tuple[str, str, str | None]:
+    """A study given by name, or by the spec file it was created from: its name, storage, and the spec's
+    tracking URI (None for a name)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         spec = load_spec(path)
-        return spec.name or path.stem, resolve_storage(storage, spec.storage)
-    return str(name), resolve_storage(storage)
+        return spec.name or path.stem, resolve_storage(storage, spec.storage), spec.tracking_uri
+    return str(name), resolve_storage(storage), None
 
 
 def load_study(name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None) -> Study:
     """An existing study, by name (or the spec file it was created from).
 
-    ``storage`` defaults to ``$CT_TUNE_STORAGE``, else ``sqlite:///studies/optuna.db``; ``tracking_uri`` to
-    ``$MLFLOW_TRACKING_URI``, else the store the study was created with (never with its password).
+    ``storage`` defaults to ``$CT_TUNE_STORAGE``, then the spec file's, then ``sqlite:///studies/optuna.db``;
+    ``tracking_uri`` to ``$MLFLOW_TRACKING_URI``, then the spec file's, then the store the study was created
+    with (recorded without its password: ``~/.pgpass`` or ``PGPASSWORD`` give it).
     """
-    study_name, storage_url = _name_and_storage(name, storage)
+    study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
     study = open_study(study_name, storage_url, open_optuna_storage(storage_url))
-    if tracking_uri is not None:
-        study.use_tracking_uri(tracking_uri)
+    study.use_tracking_uri(tracking_uri, spec_tracking_uri)
     return study
 
 

@@ -3,7 +3,8 @@
 - Two databases: Optuna and MLflow both keep their schema version in a table named ``alembic_version``,
   so they cannot share one (two SQLite files, or two databases on one PostgreSQL server).
 - ``resolve_storage`` / ``resolve_tracking_uri`` decide where each URL comes from (argument, environment,
-  spec, default); ``redact`` is the only form of a URL that is ever printed, logged or stored.
+  spec, the study's record, default); ``redact`` is the form of a URL that is printed or logged,
+  ``without_password`` the one that is stored; ``check_reachable`` tries a store once, in seconds.
 - ``open_optuna_storage`` opens the Optuna side with the settings parallel workers need; ``init_stores`` /
   ``upgrade_stores`` create or migrate both schemas once, before workers start.
 """
@@ -16,6 +17,7 @@ from ct_tune.stores._optuna import (
     is_database_error,
     open_optuna_storage,
 )
+from ct_tune.stores._reach import check_reachable
 from ct_tune.stores._schema import init_stores, upgrade_stores
 from ct_tune.stores._urls import (
     DEFAULT_STORAGE,
@@ -28,10 +30,10 @@ from ct_tune.stores._urls import (
     normalize_url,
     prepare_sqlite,
     redact,
-    resolve_recorded_tracking_uri,
     resolve_storage,
     resolve_tracking_uri,
     sqlite_path,
+    without_password,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "STORAGE_ENV",
     "TRACKING_ENV",
+    "check_reachable",
     "check_two_databases",
     "count_states",
     "database_cause",
@@ -52,9 +55,9 @@ __all__ = [
     "open_optuna_storage",
     "prepare_sqlite",
     "redact",
-    "resolve_recorded_tracking_uri",
     "resolve_storage",
     "resolve_tracking_uri",
     "sqlite_path",
     "upgrade_stores",
+    "without_password",
 ]

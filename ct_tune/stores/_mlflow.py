@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from ct_tune._errors import InputError
 from ct_tune._quiet import quiet_loggers
 from ct_tune.stores._optuna import database_reason
-from ct_tune.stores._urls import is_tracking_server, prepare_sqlite, redact, sqlite_path
+from ct_tune.stores._reach import check_reachable
+from ct_tune.stores._urls import prepare_sqlite, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -17,30 +18,13 @@ if TYPE_CHECKING:
 __all__ = ["open_mlflow_client"]
 
 
-def _check_reachable(tracking_uri: str) -> None:
-    """Connect once ourselves: MLflow retries an unreachable database for about 100 s, with warnings."""
-    if sqlite_path(tracking_uri) is not None or is_tracking_server(tracking_uri):
-        return
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(tracking_uri)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as error:
-        raise InputError(
-            f"cannot open the MLflow tracking store {redact(tracking_uri)}: {database_reason(error)}"
-        ) from None
-
-
 def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` that has answered once (which creates a SQL store's schema)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
+    prepare_sqlite(tracking_uri)
+    check_reachable(tracking_uri, what="MLflow tracking store")  # before importing MLflow: 4 s sooner on failure
     from mlflow import MlflowClient
 
-    prepare_sqlite(tracking_uri)
-    _check_reachable(tracking_uri)
     try:
         with quiet_loggers("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
             client = MlflowClient(tracking_uri=tracking_uri)

@@ -67,10 +67,18 @@ def serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened while Optuna created its tables predate the listeners
 
 
+NO_PASSWORD_HINT = (
+    "the server wants a password and none was given: put it in ~/.pgpass or PGPASSWORD, or give the URL with "
+    "it by flag or environment variable (stored URLs never hold one)"
+)
+
+
 def database_reason(error: BaseException) -> str:
-    """A short, password-free reason for a database failure."""
+    """A short, password-free reason for a database failure; a missing password says where to put one."""
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
     reason = text[0] if text else type(error).__name__
+    if "no password supplied" in reason:  # libpq's words when neither the URL, PGPASSWORD nor ~/.pgpass has one
+        return NO_PASSWORD_HINT
     return reason[:300]
 
 

@@ -1,5 +1,19 @@
 """Database URLs for the Optuna storage and the MLflow backend store: where they come from, how they are
-checked and shown.
+checked, shown and stored.
+
+Where each URL comes from, the same for every command and the Python API (``resolve_storage``,
+``resolve_tracking_uri``):
+
+- Optuna storage: ``--storage``, then ``$CT_TUNE_STORAGE``, then the spec's ``storage:`` (creating a study,
+  or any command given the spec file instead of the study's name), then ``sqlite:///studies/optuna.db``.
+- MLflow store: ``--tracking-uri``, then ``$MLFLOW_TRACKING_URI``, then the spec's ``tracking_uri:`` (the
+  same), then the URL the study recorded at creation, then ``sqlite:///mlruns/mlflow.db``.
+- Passwords: whatever a URL given by flag, environment or spec holds. Nothing ct-tune writes holds one:
+  specs, records and run parameters keep the URL ``without_password`` (what is shown goes through
+  ``redact``), so a recorded URL logs in as its user with the password of ``~/.pgpass`` or ``$PGPASSWORD``
+  (a tracking server: ``$MLFLOW_TRACKING_PASSWORD`` or ``$MLFLOW_TRACKING_TOKEN``); a server that wants one
+  and gets none is a one-line error saying where to put it. Workers get the launcher's URLs, passwords
+  included, in their settings on stdin.
 
 - Two databases: Optuna and MLflow both keep their schema version in a table named
   ``alembic_version``, so they cannot share one database (two SQLite files, or two databases on one
@@ -8,7 +22,6 @@ checked and shown.
   (readers do not block the writer). Local disks only: WAL does not work on network filesystems.
 - PostgreSQL: the psycopg 3 driver (``postgresql://`` is rewritten to ``postgresql+psycopg://``) and
   ``pool_pre_ping`` so a dropped connection is replaced instead of failing a trial.
-- Passwords never reach logs or MLflow: everything shown goes through ``redact``.
 """
 
 from __future__ import annotations
@@ -32,10 +45,10 @@ __all__ = [
     "normalize_url",
     "prepare_sqlite",
     "redact",
-    "resolve_recorded_tracking_uri",
     "resolve_storage",
     "resolve_tracking_uri",
     "sqlite_path",
+    "without_password",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
@@ -51,13 +64,16 @@ def resolve_storage(cli: str | None, spec: str | None = None) -> str:
     return normalize_url(cli or os.environ.get(STORAGE_ENV) or spec or DEFAULT_STORAGE, what="storage")
 
 
-def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
-    """The MLflow store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the default.
+def resolve_tracking_uri(cli: str | None, spec: str | None = None, *, recorded: str | None = None) -> str:
+    """The MLflow store: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then the study's record
+    (stored without its password), then the default.
 
     A database URL or an MLflow tracking server (http, https, databricks); never MLflow's plain file
     store (MLflow 3 refuses it, and Lightning's logger would silently fall back to ./mlruns).
     """
-    uri = cli or os.environ.get(TRACKING_ENV) or spec or DEFAULT_TRACKING_URI
+    # A record of an older ct-tune may hold ``user:***@``: never a password to log in with.
+    uri = cli or os.environ.get(TRACKING_ENV) or spec or (recorded and without_password(recorded))
+    uri = uri or DEFAULT_TRACKING_URI
     if is_tracking_server(uri):
         return uri
     scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
@@ -72,30 +88,6 @@ def resolve_tracking_uri(cli: str | None, spec: str | None = None) -> str:
 def is_tracking_server(uri: str) -> bool:
     """An MLflow tracking server (http, https, databricks; bare ``databricks`` is the default workspace)."""
     return urlsplit(uri).scheme.split("+", 1)[0].lower() in TRACKING_SERVERS or uri == "databricks"
-
-
-def resolve_recorded_tracking_uri(explicit: str | None, recorded: str | None, *, study: str) -> str:
-    """The MLflow store of an existing study: the argument, then ``$MLFLOW_TRACKING_URI``, then the URI the
-    study recorded at creation. A recorded URI never holds its password (it was redacted): one that had
-    one needs the password from the argument, the environment, ``~/.pgpass`` or ``PGPASSWORD``.
-    """
-    chosen = explicit or os.environ.get(TRACKING_ENV)
-    if not chosen and recorded and ":***@" in recorded:
-        if _password_elsewhere(recorded):  # libpq or MLflow's client adds it; the URL must not claim "***"
-            return resolve_tracking_uri(recorded.replace(":***@", "@", 1))
-        raise InputError(
-            f"study {study!r} logs to {recorded}, whose password is not stored: pass the tracking URI with it "
-            "(--tracking-uri), set MLFLOW_TRACKING_URI, or keep the password in ~/.pgpass / PGPASSWORD"
-        )
-    return resolve_tracking_uri(chosen, recorded)
-
-
-def _password_elsewhere(url: str) -> bool:
-    """Whether the password of ``url`` comes from the environment or a password file."""
-    if urlsplit(url).scheme.startswith("postgres"):
-        pgpass = Path(os.environ.get("PGPASSFILE", "~/.pgpass")).expanduser()
-        return bool(os.environ.get("PGPASSWORD")) or pgpass.is_file()
-    return bool(os.environ.get("MLFLOW_TRACKING_PASSWORD"))
 
 
 def normalize_url(url: str, *, what: str) -> str:
@@ -138,6 +130,22 @@ def redact(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")  # the host part keeps an IPv6 address's brackets
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query_text = urlencode(hidden, safe="*") if hidden != query else parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query_text, parts.fragment))
+
+
+def without_password(url: str) -> str:
+    """The URL as ct-tune stores it (spec, study record): the user kept, any password dropped."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in query if key.lower() != "password"]
+    if parts.password is None and kept == query:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}@{host}" if user else host
+    query_text = urlencode(kept) if kept != query else parts.query
     return urlunsplit((parts.scheme, netloc, parts.path, query_text, parts.fragment))
 
 

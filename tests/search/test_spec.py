@@ -41,6 +41,25 @@ def test_defaults_of_a_minimal_spec():
         spec.budget.n_trials = 3  # type: ignore[misc]
 
 
+def test_the_recorded_spec_holds_no_password():
+    """``to_dict`` is what a study records (its Optuna attribute and ``spec.json``): the URLs keep their user
+    and lose their password, which the flag, the environment, ~/.pgpass or PGPASSWORD give again."""
+    secret = "s3cret-Pw-1729"
+    spec = spec_from_dict(
+        {
+            "model": MODEL,
+            "storage": f"postgresql://ctune:{secret}@db.example.org/optuna",
+            "tracking_uri": f"https://ctune:{secret}@mlflow.example.org",
+            "artifact_location": f"sftp://ctune:{secret}@files.example.org/mlruns",
+        }
+    )
+    recorded = spec.to_dict()
+    assert secret not in repr(recorded)
+    assert recorded["storage"] == "postgresql://ctune@db.example.org/optuna"
+    assert recorded["tracking_uri"] == "https://ctune@mlflow.example.org"
+    assert spec.storage == f"postgresql://ctune:{secret}@db.example.org/optuna"  # the spec itself keeps it
+
+
 def test_paper_grid():
     grid = paper_grid()
     assert len(grid) == 30 and grid[0] == 0.7 and grid[-1] == 0.99 and 1.0 not in grid

@@ -1,4 +1,5 @@
-"""Store URLs: where each comes from (argument > environment > spec > default), how it is checked and shown."""
+"""Store URLs: where each comes from (argument > environment > spec > record > default), how it is checked,
+shown and stored."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from ct_tune.stores import (
     normalize_url,
     prepare_sqlite,
     redact,
-    resolve_recorded_tracking_uri,
     resolve_storage,
     resolve_tracking_uri,
     sqlite_path,
+    without_password,
 )
 
 import pytest
@@ -87,32 +88,52 @@ def test_databricks_tracking_uri_is_a_server(clean_env):
 
 
 # --------------------------------------------------------------------------------------------------
-# A recorded (redacted) tracking URI
-def test_recorded_uri_without_a_password_is_used(clean_env):
+# A recorded tracking URI: stored without its password, used after flag, environment and spec
+def test_recorded_uri_comes_after_argument_environment_and_spec(clean_env, tmp_path):
     recorded = "postgresql+psycopg://ctune@db.example.org:5432/mlflow"
-    assert resolve_recorded_tracking_uri(None, recorded, study="s") == recorded
-
-
-def test_recorded_uri_whose_password_was_redacted_is_refused(clean_env):
-    recorded = "postgresql+psycopg://ctune:***@db.example.org:5432/mlflow"
-    with pytest.raises(InputError) as error:
-        resolve_recorded_tracking_uri(None, recorded, study="digits")
-    text = one_line(error)
-    assert "study 'digits' logs to" in text and "--tracking-uri" in text and "MLFLOW_TRACKING_URI" in text
-    # the password comes from the argument or the environment, never from the record
-    explicit = f"postgresql://ctune:{SECRET}@db.example.org:5432/mlflow"
-    wanted = f"postgresql+psycopg://ctune:{SECRET}@db.example.org:5432/mlflow"
-    assert resolve_recorded_tracking_uri(explicit, recorded, study="digits") == wanted
-    clean_env.setenv(TRACKING_ENV, explicit)
-    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == wanted
-    http = "http://user:***@mlflow.example.org"
+    argument, environment, spec = (f"sqlite:///{tmp_path}/{name}.db" for name in ("arg", "env", "spec"))
+    assert resolve_tracking_uri(None, recorded=recorded) == recorded
+    assert resolve_tracking_uri(None, spec, recorded=recorded) == spec
+    clean_env.setenv(TRACKING_ENV, environment)
+    assert resolve_tracking_uri(None, spec, recorded=recorded) == environment
+    assert resolve_tracking_uri(argument, spec, recorded=recorded) == argument
     clean_env.delenv(TRACKING_ENV)
-    with pytest.raises(InputError, match="whose password is not stored"):
-        resolve_recorded_tracking_uri(None, http, study="digits")
+    assert resolve_tracking_uri(None, recorded=None) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
 
 
-def test_no_recorded_uri_falls_back_to_the_default(clean_env, tmp_path):
-    assert resolve_recorded_tracking_uri(None, None, study="s") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+def test_a_recorded_placeholder_is_never_a_password(clean_env):
+    """An older ct-tune recorded ``user:***@``: logging in with the password ``***`` is what must not happen;
+    libpq then takes the password from ~/.pgpass or PGPASSWORD, MLflow's client from its variables."""
+    for recorded, used in (
+        (
+            "postgresql+psycopg://ctune:***@db.example.org:5432/mlflow",
+            "postgresql+psycopg://ctune@db.example.org:5432/mlflow",
+        ),
+        ("https://user:***@mlflow.example.org", "https://user@mlflow.example.org"),
+    ):
+        assert resolve_tracking_uri(None, recorded=recorded) == used
+    explicit = f"postgresql://ctune:{SECRET}@db.example.org:5432/mlflow"  # the password comes from the flag
+    assert resolve_tracking_uri(explicit, recorded="postgresql+psycopg://ctune:***@db.example.org:5432/mlflow") == (
+        f"postgresql+psycopg://ctune:{SECRET}@db.example.org:5432/mlflow"
+    )
+
+
+def test_without_password_keeps_the_user_and_drops_any_password():
+    assert without_password(f"postgresql+psycopg://ctune:{SECRET}@127.0.0.1:5432/optuna") == (
+        "postgresql+psycopg://ctune@127.0.0.1:5432/optuna"
+    )
+    assert (
+        without_password(f"https://user:{SECRET}@mlflow.example.org/path?x=1")
+        == "https://user@mlflow.example.org/path?x=1"
+    )
+    assert without_password(f"postgresql://:{SECRET}@h/db") == "postgresql://h/db"
+    assert without_password("postgresql://u:p%40ss@[::1]:5432/db") == "postgresql://u@[::1]:5432/db"
+    assert (
+        without_password(f"postgresql://u@h/db?password={SECRET}&sslmode=require")
+        == "postgresql://u@h/db?sslmode=require"
+    )
+    for unchanged in ("postgresql+psycopg://ctune@h/db", "sqlite:////tmp/o.db", "http://127.0.0.1:5000", "databricks"):
+        assert without_password(unchanged) == unchanged
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,21 +236,6 @@ def test_sqlite_path_and_engine_kwargs(tmp_path):
     assert sqlite_path("postgresql+psycopg://h/db") is None
     assert engine_kwargs(f"sqlite:///{tmp_path}/o.db") == {"connect_args": {"timeout": 120}}
     assert engine_kwargs("postgresql+psycopg://ctune@127.0.0.1/optuna") == {"pool_pre_ping": True}
-
-
-def test_recorded_uri_with_the_password_elsewhere(clean_env, tmp_path):
-    recorded = "postgresql+psycopg://ctune:***@db.example.org:5432/mlflow"
-    without = "postgresql+psycopg://ctune@db.example.org:5432/mlflow"  # libpq adds the password
-    clean_env.setenv("PGPASSWORD", SECRET)
-    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == without
-    clean_env.delenv("PGPASSWORD")
-    (tmp_path / "no-pgpass").write_text(f"db.example.org:5432:mlflow:ctune:{SECRET}\n")
-    assert resolve_recorded_tracking_uri(None, recorded, study="digits") == without
-    server = "https://user:***@mlflow.example.org"
-    with pytest.raises(InputError, match="whose password is not stored"):
-        resolve_recorded_tracking_uri(None, server, study="digits")
-    clean_env.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)  # MLflow's client sends it
-    assert resolve_recorded_tracking_uri(None, server, study="digits") == "https://user@mlflow.example.org"
 
 
 def test_check_two_databases_sees_through_spellings(tmp_path):
