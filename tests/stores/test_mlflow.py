@@ -21,6 +21,8 @@ from tests.postgres import PASSWORD
 
 @pytest.mark.slow
 def test_open_creates_the_schema(stores):
+    import mlflow  # noqa: F401  (importing MLflow configures these loggers: measure after it, as a caller would)
+
     before = {name: logging.getLogger(name).level for name in ("alembic", "mlflow.store.db.utils")}
     client = open_mlflow_client(stores.tracking)
     tables = set(inspect(create_engine(stores.tracking)).get_table_names())
