@@ -38,6 +38,28 @@ class Fragile(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class Usurped(nn.Module):
+    """A network whose first forward pass fails every RUNNING trial of ``Usurped.storage``: what another
+    worker does to a trial whose heartbeat it finds too old, while this worker is still scoring it."""
+
+    storage = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8 * 64, 10)
+        self.usurped = False
+
+    def forward(self, x):
+        if not self.usurped and Usurped.storage is not None:  # (forward passes before trials start: tracing)
+            for summary in Usurped.storage.get_all_studies():
+                for trial in Usurped.storage.get_all_trials(summary._study_id, states=(TrialState.RUNNING,)):
+                    Usurped.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                    self.usurped = True
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
 def run_loop(study, **settings):
     lines: list[dict] = []
     settings.setdefault("refresh_plots", False)
@@ -177,3 +199,23 @@ def test_a_dead_progress_pipe_does_not_fail_a_scored_trial(tmp_path, digits_chec
     run = child_runs(study)[0]
     assert run.data.tags[TAG_STATE] == "COMPLETE"  # MLflow says it was scored ...
     assert trial.state == TrialState.COMPLETE  # ... and Optuna, the truth, must agree
+
+
+def test_a_trial_failed_by_another_worker_meanwhile_is_recorded_fail_and_the_loop_goes_on(tmp_path):
+    study = tiny_study(tmp_path, None, model={"class_path": f"{__name__}.Usurped"})
+    Usurped.storage = study.storage
+    try:
+        summary, lines = run_loop(study, target_total=2)
+    finally:
+        Usurped.storage = None
+    trials = study.optuna_study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert (summary.finished, summary.failed) == (2, 1) and [line["state"] for line in lines] == [
+        "FAIL",
+        "COMPLETE",
+        "COMPLETE",
+    ]
+    run = child_runs(study)[0]  # MLflow follows Optuna: the scored result is not reported as COMPLETE
+    assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "FAIL"
+    assert "another worker had already ended it FAIL" in run.data.tags[TAG_FAILURE]
+    assert "accuracy" not in run.data.metrics
