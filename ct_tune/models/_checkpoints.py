@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune._files import write_atomically
 from ct_tune._version import __version__
 from ct_tune.models._loaded import LoadedModel
 
@@ -30,8 +30,6 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 def save_checkpoint(model: LoadedModel, path: str | os.PathLike[str], **metadata: Any) -> Path:
     """Write ``model`` in ct-tune's checkpoint format (atomically); ``metadata`` must be plain data."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -41,15 +39,9 @@ def save_checkpoint(model: LoadedModel, path: str | os.PathLike[str], **metadata
         "metadata": {**model.metadata, **metadata},
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.net.state_dict().items()},
     }
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return target
+    return write_atomically(
+        path, lambda temporary: torch.save(payload, temporary), what="checkpoint", example="model.pt"
+    )
 
 
 def read_weights(path: str) -> Any:

@@ -366,7 +366,10 @@ class Study:
         trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes.
         """
         from ct_tune.search._run import RunOptions, run_study
+        from ct_tune.workers import check_log_dir
 
+        if log_dir is not None:  # before anything runs or prints; ideally part of RunOptions.check
+            check_log_dir(Path(log_dir))
         options = RunOptions(
             workers=workers,
             devices=devices,
