@@ -219,6 +219,10 @@ BAD_SPECS = {
     "trials per batch": ({"run": {"trials_per_batch": 0}}, "run.trials_per_batch: got 0"),
     "batch and pruner": ({"run": {"trials_per_batch": 4}, "pruner": "median"}, "so none can be pruned midway"),
     "storage": ({"storage": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot open the Optuna storage"),
+    "storage port": ({"storage": "postgresql://nobody@127.0.0.1:abc/none"}, "has a port that is not a number"),
+    "tracking port": ({"tracking_uri": "http://127.0.0.1:abc"}, "has a port that is not a number in 1-65535"),
+    "device": ({"run": {"device": "tpu"}}, "run.device: got 'tpu'; use auto, cpu, cuda"),
+    "key twice": ("model: {checkpoint: a.pt}\nmodel: {checkpoint: b.pt}\n", "key 'model' given twice"),
 }
 
 
