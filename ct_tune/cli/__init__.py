@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose - args.quiet)
     try:
         result: CommandResult = args.handler(args)
-    except KeyboardInterrupt:
-        print("ct-tune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:  # the library says what was interrupted, and how to resume
+        print(f"ct-tune: {error or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as error:  # user errors become one line; bugs keep their traceback
         code = fail(error)

@@ -22,7 +22,7 @@ from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._bench import Bench
 from ct_tune.search._budget import Budget, DatabaseGone
 from ct_tune.search._record import TrialRecorder, refresh_study_plots, stale_trial_callback
-from ct_tune.search._samplers import build_pruner, build_sampler
+from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
 from ct_tune.stores import database_cause, database_reason, is_database_error
@@ -67,12 +67,29 @@ class WorkerSummary:
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
 
 
-class _Discarded(Exception):
-    """The budget was reached by other workers between our count and this trial's creation."""
-
-
 class _Pruned(Exception):
     """Raised inside the evaluation when the pruner stops the trial (turned into optuna.TrialPruned)."""
+
+
+@dataclass
+class _Begun:
+    """A trial whose betas are drawn and whose MLflow run is open."""
+
+    trial: optuna.Trial
+    betas: dict[str, float]
+    c: float
+    run_id: str
+    history: list[tuple[str, float, int]] = field(default_factory=list)  # running values, for MLflow
+
+
+@dataclass
+class _Outcome:
+    """How a trial's scoring ended, before Optuna is told."""
+
+    state: str  # COMPLETE, PRUNED or FAIL
+    results: Mapping[str, ObjectiveResult] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+    failure: str = ""
 
 
 def _failure_text(error: BaseException) -> str:
@@ -94,14 +111,14 @@ class TrialLoop:
         self.study = study.reopened(
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            stale_trial_callback=stale_trial_callback(lambda: tracker),
+            stale_trial_callback=stale_trial_callback(lambda: tracker, study.experiment_id),
         )
         spec = self.study.spec
+        self._param_names = param_names(spec, self.study.units)
+        # Replaced before each trial draws its betas (``_begin``); this one only serves the first ask.
+        first_sampler = build_sampler(spec, self._param_names, seed=trial_seed(spec.sampler.seed, -1 - settings.worker))
         self.optuna_study = optuna.load_study(
-            study_name=self.study.name,
-            storage=self.study.storage,
-            sampler=build_sampler(spec, param_names(spec, self.study.units), worker=settings.worker),
-            pruner=build_pruner(spec),
+            study_name=self.study.name, storage=self.study.storage, sampler=first_sampler, pruner=build_pruner(spec)
         )
         self.budget = Budget(
             self.optuna_study,
@@ -143,8 +160,6 @@ class TrialLoop:
     # ----------------------------------------------------------------------------------------------
     # The loop
     def run(self) -> WorkerSummary:
-        import optuna
-
         parent = self.study.parent_run_id
         self.tracker.set_status(parent, "RUNNING")
         status = "FINISHED"
@@ -156,14 +171,8 @@ class TrialLoop:
                         continue
                     started = time.perf_counter()
                     self._round_evaluate = self._round_tracking = 0.0
-                    with warnings.catch_warnings(), self._interrupts.deferred():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        if self.batch == 1:
-                            self.optuna_study.optimize(
-                                self._objective, n_trials=1, catch=(_Discarded,), gc_after_trial=False
-                            )
-                        else:
-                            self._run_batch()
+                    with self._interrupts.deferred():
+                        self._run_round()
                     spent = self.summary.seconds
                     spent["optuna"] += time.perf_counter() - started - self._round_evaluate - self._round_tracking
             self.summary.reason = reason
@@ -188,51 +197,115 @@ class TrialLoop:
             self.tracker.flush()
         return self.summary
 
-    # ----------------------------------------------------------------------------------------------
-    # One trial
-    def _objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        self._trial_evaluate = self._trial_tracking = 0.0
-        if self.budget.is_surplus(trial.number):
-            self.budget.discard(trial)
-            self.summary.discarded += 1
-            raise _Discarded
-        started = time.perf_counter()
-        betas, c, run_id = self._begin(trial)
-        history: list[tuple[str, float, int]] = []
-        results: Mapping[str, ObjectiveResult] = {}
-        state, failure = "FAIL", ""
+    def _run_round(self) -> None:
+        """Ask up to K trials (``run.trials_per_batch``, 1 by default), score them, and end each one.
+
+        Ask-and-tell rather than ``study.optimize``: the end of a trial is ours to order (Optuna first,
+        then MLflow, then the progress line), and one or K trials take the same path. Every trial is
+        checked for surplus (the budget stays exact) and keeps a heartbeat while it is scored.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        k = self.batch
+        room = self.budget.room()
+        if room is not None:
+            k = max(1, min(k, room))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat_interval(self.study.storage) is not None:
+                optuna.storages.fail_stale_trials(self.optuna_study)  # what study.optimize does before each ask
+        trials: list[optuna.Trial] = []
         try:
+            for _ in range(k):
+                with warnings.catch_warnings():  # our Heartbeats serve asked trials, which Optuna does not know
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                    trials.append(self.optuna_study.ask())
+        except BaseException:
+            for trial in trials:
+                self._tell(trial, TrialState.FAIL)
+            raise
+        live = []
+        for trial in trials:
+            if self.budget.is_surplus(trial.number):
+                self.budget.discard(trial)
+                self._tell(trial, TrialState.FAIL)
+                self.summary.discarded += 1
+            else:
+                live.append(trial)
+        if live:
+            with Heartbeats(self.study.storage, [trial._trial_id for trial in live]):
+                self._score(live)
+
+    def _score(self, trials: list[optuna.Trial]) -> None:
+        """Score the trials (one: with pruning checks; several: in one pass), then end each of them.
+        A failure that is not the trial's own (Ctrl-C, a lost database) is raised after the trials ended."""
+        started = time.perf_counter()
+        begun: list[_Begun] = []
+        outcomes: list[_Outcome] = []
+        raised: BaseException | None = None
+        evaluate_seconds = 0.0
+        try:
+            for trial in trials:
+                self._trial_tracking = 0.0
+                begun.append(self._begin(trial))
+                self._round_tracking += self._trial_tracking
             with self._interrupts.interruptible():
                 evaluate_started = time.perf_counter()
                 try:
-                    self.bench.handle.update(betas, c=c)  # type: ignore[union-attr]
-                    results = self.evaluator.evaluate(self._reporter(trial, history))
+                    if len(begun) == 1:
+                        only = begun[0]
+                        self.bench.handle.update(only.betas, c=only.c)  # type: ignore[union-attr]
+                        results = [dict(self.evaluator.evaluate(self._reporter(only.trial, only.history)))]
+                    else:
+                        results = self.evaluator.evaluate_profiles(
+                            self.bench.handle,  # type: ignore[arg-type]
+                            [(b.betas, b.c) for b in begun],
+                        )
                 finally:
-                    self._trial_evaluate = time.perf_counter() - evaluate_started
-            values = self._values(results)
-            state = "COMPLETE"
-            return values[0] if len(values) == 1 else values
+                    evaluate_seconds = time.perf_counter() - evaluate_started
+            for trial_results in results:
+                outcomes.append(self._outcome(trial_results))
         except _Pruned:
-            state = "PRUNED"
-            import optuna
+            outcomes = [_Outcome("PRUNED")]
+        except BaseException as error:  # Ctrl-C, a lost database, an evaluation that raises
+            outcomes = [_Outcome("FAIL", failure=_failure_text(error)) for _ in begun]
+            raised = error
+        from optuna.trial import TrialState
 
-            raise optuna.TrialPruned() from None
-        except BaseException as error:
-            failure = _failure_text(error)
-            raise
-        finally:
-            self._finish(trial, run_id, state, betas, c, results, history, time.perf_counter() - started, failure)
+        for trial in trials[len(begun) :]:  # asked but never begun (their MLflow run could not open)
+            self._tell(trial, TrialState.FAIL)
+        share = (time.perf_counter() - started) / len(trials)
+        lines = []
+        for begun_trial, outcome in zip(begun, outcomes, strict=True):
+            self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
+            lines.append(self._end(begun_trial, outcome, share))
+        for line in lines:  # once every trial is ended: a dead launcher's pipe cannot leave one RUNNING
+            if self.settings.on_trial is not None:
+                self.settings.on_trial(line)
+        if self.settings.refresh_plots and any(line["state"] == "COMPLETE" for line in lines):
+            self.refresh_plots()
+        if raised is not None:
+            raise raised
 
-    def _begin(self, trial: optuna.Trial) -> tuple[dict[str, float], float, str]:
-        """Sample the trial's betas and open its MLflow child run: (betas, c, run id)."""
+    def _outcome(self, results: Mapping[str, ObjectiveResult]) -> _Outcome:
+        try:
+            return _Outcome("COMPLETE", results=results, values=self._values(results))
+        except RuntimeError as error:  # values that are not finite
+            return _Outcome("FAIL", results=results, failure=_failure_text(error))
+
+    def _begin(self, trial: optuna.Trial) -> _Begun:
+        """Sample the trial's betas (with its own sampler seed) and open its MLflow child run."""
+        seed = trial_seed(self.study.spec.sampler.seed, trial.number)
+        self.optuna_study.sampler = build_sampler(self.study.spec, self._param_names, seed=seed)
         betas, c = suggest(trial, self.study.spec, self.study.units)
         kind, stored_kind = self._kind(trial)
         if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
             trial.set_user_attr(ATTR_KIND, kind)
         tracking_started = time.perf_counter()
-        run_id = self.recorder.open(trial, betas, c, kind)
+        run_id = self.recorder.open(trial, betas, c, kind, sampler_seed=seed)
         self._trial_tracking += time.perf_counter() - tracking_started
-        return betas, c, run_id
+        return _Begun(trial, betas, c, run_id)
 
     def _kind(self, trial: optuna.Trial) -> tuple[str, str]:
         """(kind, kind stored on the trial): baseline / paper-grid / warm-start (enqueued), retry (of a trial
@@ -271,27 +344,50 @@ class TrialLoop:
             raise RuntimeError(f"objective values are not finite: {values}")
         return values
 
-    def _finish(
-        self,
-        trial: optuna.Trial,
-        run_id: str,
-        state: str,
-        betas: dict[str, float],
-        c: float,
-        results: Mapping[str, ObjectiveResult],
-        history: list[tuple[str, float, int]],
-        seconds: float,
-        failure: str,
-    ) -> None:
+    def _tell(
+        self, trial: optuna.Trial, state: optuna.trial.TrialState, values: tuple[float, ...] | None = None
+    ) -> optuna.trial.TrialState:
+        """Tell Optuna, the truth of the study; returns the state the trial holds afterwards. It differs
+        from ``state`` when another worker ended the trial first (its heartbeat was late: that worker
+        failed it and enqueued a retry)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        told = None if values is None else (values[0] if len(values) == 1 else list(values))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                frozen = self.optuna_study.tell(
+                    trial, told if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
+                )
+            return frozen.state
+        except optuna.exceptions.UpdateFinishedTrialError:  # ended elsewhere between Optuna's check and write
+            return self.study.storage.get_trial(trial._trial_id).state
+
+    def _end(self, begun: _Begun, outcome: _Outcome, seconds: float) -> dict[str, Any]:
+        """End one trial: Optuna first, then its MLflow run with the state Optuna holds; returns its progress
+        line. A crash between the two leaves a RUNNING run that the next launch closes (``close_orphan_runs``)."""
+        from optuna.trial import TrialState
+
+        trial = begun.trial
+        held = self._tell(trial, TrialState[outcome.state], outcome.values).name
+        results, failure = outcome.results, outcome.failure
+        if held != outcome.state:
+            failure = (
+                f"scored {outcome.state}, but another worker had already ended it {held}: this worker's "
+                "heartbeat was late, so the trial was failed and enqueued again"
+            )
+            logger.warning("worker %d: trial %d: %s", self.settings.worker, trial.number, failure)
+            results = {}
         tracking_started = time.perf_counter()
         metrics = self.recorder.close(
             trial.number,
-            run_id,
-            state=state,
-            betas=betas,
-            c=c,
+            begun.run_id,
+            state=held,
+            betas=begun.betas,
+            c=begun.c,
             results=results,
-            history=history,
+            history=begun.history,
             seconds=seconds,
             failure=failure,
         )
@@ -302,102 +398,20 @@ class TrialLoop:
         self._round_tracking += self._trial_tracking
         line = {
             "number": trial.number,
-            "state": state,
+            "state": held,
             "seconds": seconds,
             "values": {n: r.value for n, r in results.items()},
-            "betas": betas,
-            "c": c,
+            "betas": begun.betas,
+            "c": begun.c,
             "rss_mb": metrics.get("worker_rss_mb"),
             "ended": time.time(),
         }
-        if state in ("COMPLETE", "PRUNED"):
+        if held in ("COMPLETE", "PRUNED"):
             self.summary.finished += 1
         else:
             self.summary.failed += 1
         self.summary.trials.append(line)
-        if self.settings.on_trial is not None:
-            self.settings.on_trial(line)
-        if self.settings.refresh_plots and state == "COMPLETE":
-            self.refresh_plots()
-
-    # ----------------------------------------------------------------------------------------------
-    # K trials at once
-    def _run_batch(self) -> None:
-        """Ask up to K trials, score them in one pass, tell each: the budget stays exact (each trial is
-        checked for surplus like a single one), every trial keeps a heartbeat, and none is pruned."""
-        import optuna
-        from optuna.trial import TrialState
-
-        k = self.batch
-        room = self.budget.room()
-        if room is not None:
-            k = max(1, min(k, room))
-        if heartbeat_interval(self.study.storage) is not None:
-            optuna.storages.fail_stale_trials(self.optuna_study)  # what study.optimize does before each ask
-        trials: list[optuna.Trial] = []
-        try:
-            for _ in range(k):
-                trials.append(self.optuna_study.ask())
-        except BaseException:
-            for trial in trials:
-                self.optuna_study.tell(trial, state=TrialState.FAIL)
-            raise
-        live = []
-        for trial in trials:
-            if self.budget.is_surplus(trial.number):
-                self.budget.discard(trial)
-                self.optuna_study.tell(trial, state=TrialState.FAIL)
-                self.summary.discarded += 1
-            else:
-                live.append(trial)
-        if not live:
-            return
-        with Heartbeats(self.study.storage, [trial._trial_id for trial in live]):
-            self._score_batch(live)
-
-    def _score_batch(self, trials: list[optuna.Trial]) -> None:
-        from optuna.trial import TrialState
-
-        started = time.perf_counter()
-        begun: list[tuple[optuna.Trial, dict[str, float], float, str]] = []
-        results: list[dict[str, ObjectiveResult]] = []
-        evaluate_seconds = 0.0
-        try:
-            for trial in trials:
-                self._trial_tracking = 0.0
-                begun.append((trial, *self._begin(trial)))
-                self._round_tracking += self._trial_tracking
-            with self._interrupts.interruptible():
-                evaluate_started = time.perf_counter()
-                try:
-                    results = self.evaluator.evaluate_profiles(
-                        self.bench.handle,  # type: ignore[arg-type]
-                        [(betas, c) for _, betas, c, _ in begun],
-                    )
-                finally:
-                    evaluate_seconds = time.perf_counter() - evaluate_started
-        except BaseException as error:
-            failure = _failure_text(error)
-            share = (time.perf_counter() - started) / max(len(trials), 1)
-            for trial, betas, c, run_id in begun:
-                self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
-                self._finish(trial, run_id, "FAIL", betas, c, {}, [], share, failure)
-            for trial in trials:
-                self.optuna_study.tell(trial, state=TrialState.FAIL)
-            raise
-        share = (time.perf_counter() - started) / len(trials)
-        for (trial, betas, c, run_id), trial_results in zip(begun, results, strict=True):
-            try:
-                values = self._values(trial_results)
-                state, failure = "COMPLETE", ""
-            except RuntimeError as error:
-                state, failure = "FAIL", _failure_text(error)
-            self._trial_evaluate, self._trial_tracking = evaluate_seconds / len(trials), 0.0
-            self._finish(trial, run_id, state, betas, c, trial_results, [], share, failure)
-            if state == "COMPLETE":
-                self.optuna_study.tell(trial, values[0] if len(values) == 1 else list(values))
-            else:
-                self.optuna_study.tell(trial, state=TrialState.FAIL)
+        return line
 
     # ----------------------------------------------------------------------------------------------
     # Parent run

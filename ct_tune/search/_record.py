@@ -24,6 +24,8 @@ from ct_tune.tracking._keys import (
     TAG_DEVICE,
     TAG_FAILURE,
     TAG_KIND,
+    TAG_STATE,
+    TAG_TRIAL,
     TAG_TRIALS_PER_BATCH,
     TAG_WORKER,
 )
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
 
-__all__ = ["TrialRecorder", "memory_metrics", "refresh_study_plots", "stale_trial_callback"]
+__all__ = ["TrialRecorder", "memory_metrics", "open_runs_of", "refresh_study_plots", "stale_trial_callback"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +56,10 @@ class TrialRecorder:
     trials_per_batch: int = 1
     lowest_beta: float = 0.7  # the plots' axis floor
 
-    def open(self, trial: optuna.Trial, betas: Mapping[str, float], c: float, kind: str) -> str:
+    def open(self, trial: optuna.Trial, betas: Mapping[str, float], c: float, kind: str, *, sampler_seed: int) -> str:
         """Open the trial's child run and store its id on the trial; returns the run id."""
         params: dict[str, Any] = {beta_param(unit): value for unit, value in betas.items()}
-        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.sampler})
+        params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.sampler, "sampler_seed": sampler_seed})
         tags = {TAG_WORKER: str(self.worker), TAG_DEVICE: self.device_label, TAG_KIND: kind}
         if self.trials_per_batch > 1:
             tags[TAG_TRIALS_PER_BATCH] = str(self.trials_per_batch)
@@ -118,21 +120,38 @@ class TrialRecorder:
 
 
 def stale_trial_callback(
-    tracker_factory: Callable[[], Tracker],
+    tracker_factory: Callable[[], Tracker], experiment_id: str
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Close a dead worker's MLflow run as FAILED, then enqueue its retry (same betas)."""
+    """Close a dead worker's MLflow run as FAILED, then enqueue its retry (same betas).
+
+    The run is found by its trial-number tag as well as by the id stored on the trial: a worker killed
+    between opening the run and storing its id leaves a run the trial does not name."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(ATTR_RUN_ID)
-        if run_id:
-            tracker_factory().close_run(run_id, state="FAIL", reason="worker stopped sending heartbeats")
+        tracker = tracker_factory()
+        for run_id in open_runs_of(tracker, experiment_id, trial):
+            tracker.close_run(run_id, state="FAIL", reason="worker stopped sending heartbeats")
         logger.warning("trial %d: its worker stopped responding; marked FAIL and enqueued again", trial.number)
         retry(study, trial)
 
     return callback
+
+
+def open_runs_of(tracker: Tracker, experiment_id: str, trial: optuna.trial.FrozenTrial) -> list[str]:
+    """Ids of the trial's MLflow runs still RUNNING: the one it names, and any with its number's tag."""
+    ids = {trial.user_attrs[ATTR_RUN_ID]} if trial.user_attrs.get(ATTR_RUN_ID) else set()
+    try:
+        runs = tracker.runs(
+            experiment_id,
+            filter_string=f"tags.`{TAG_TRIAL}` = '{trial.number}' and tags.`{TAG_STATE}` = 'RUNNING'",
+        )
+        ids |= {run.info.run_id for run in runs}
+    except Exception as error:  # MLflow unreachable: the named run is still closed if it can be
+        logger.warning("trial %d: could not search its MLflow runs: %s", trial.number, database_reason(error))
+    return sorted(ids)
 
 
 def refresh_study_plots(study: Study, tracker: Tracker, *, wait: bool = True) -> None:

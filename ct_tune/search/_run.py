@@ -9,6 +9,7 @@ trials to one progress view. Optuna and MLflow are told in the same order either
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -36,6 +37,8 @@ __all__ = [
     "requeue_initial_trials",
     "run_study",
 ]
+
+logger = logging.getLogger(__name__)
 
 WORKER_MODULE = "ct_tune.search.worker"
 INTERRUPTED = "interrupted (a trial that was running is marked FAIL). Resume with: ct-tune study run {name}"
@@ -146,12 +149,22 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         else:
             summary = _launch(study, plans, options, target, deadline, progress)
     except KeyboardInterrupt:
-        progress.close()
-        print(f"ct-tune: {INTERRUPTED.format(name=study.name)}", file=sys.stderr)
-        raise
+        raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
     finally:
         progress.close()
+        _close_orphans_at_the_end(study)
     return summary
+
+
+def _close_orphans_at_the_end(study: Study) -> None:
+    """The end of every launch closes what its workers left RUNNING; it never hides why the launch ended."""
+    try:
+        closed = close_orphan_runs(study)
+    except Exception as error:  # the database or MLflow is gone: the next launch closes them
+        logger.debug("could not close orphan MLflow runs: %s", error)
+        return
+    if closed:
+        logger.warning("closed %d MLflow run(s) left RUNNING by a worker that stopped", closed)
 
 
 def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, target, deadline, progress) -> RunSummary:
@@ -295,8 +308,11 @@ def requeue_initial_trials(study: Study) -> int:
 
 
 def close_orphan_runs(study: Study) -> int:
-    """Close MLflow runs left RUNNING although their trial is not running any more (a worker died while
-    its database was unreachable, so nobody could close the run). Returns how many were closed."""
+    """Close the MLflow runs left RUNNING by workers that stopped between Optuna's tell and MLflow (killed,
+    or the MLflow store was unreachable), so that MLflow follows Optuna: a run whose trial has ended takes
+    the trial's state (and its values, when it completed). A run whose trial is still RUNNING is left alone
+    unless the trial names another run: its worker may be alive, on another launch. Returns how many were
+    closed."""
     from optuna.trial import TrialState
 
     tracker = study.tracker
@@ -310,10 +326,16 @@ def close_orphan_runs(study: Study) -> int:
     closed = 0
     for run in runs:
         trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
-        alive = trial is not None and trial.state == TrialState.RUNNING
-        if not (alive and trial.user_attrs.get(ATTR_RUN_ID) == run.info.run_id):
+        named = None if trial is None else trial.user_attrs.get(ATTR_RUN_ID)
+        running = trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        if running and named in (None, run.info.run_id):
+            continue
+        if trial is not None and named == run.info.run_id and trial.state != TrialState.FAIL:
+            values = dict(zip(study.objective_names, trial.values or (), strict=False))
+            tracker.close_run(run.info.run_id, state=trial.state.name, metrics=values)
+        else:
             tracker.close_run(run.info.run_id, state="FAIL", reason="its worker stopped before closing it")
-            closed += 1
+        closed += 1
     return closed
 
 

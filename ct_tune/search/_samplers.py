@@ -2,12 +2,16 @@
 
 Optuna 5 changed defaults (TPE is multivariate with ``constant_liar=True``; multi-objective studies
 default to TPE), so nothing here relies on a default: the spec holds each value and the sampler gets
-it. Workers share a study but not a random stream: worker ``k`` seeds its sampler with ``seed + k``,
-otherwise parallel workers would propose the same points.
+it. No two trials share a random stream: each trial is sampled by a sampler seeded with
+``trial_seed(seed, trial number)``. Trial numbers are unique in a study (the database hands them out),
+so parallel workers, resumed launches and launchers on other machines never replay each other's draws,
+and a study run again from its seed draws the same betas for the same trial numbers. Optuna's samplers
+keep their state in the storage, not in the sampler object, so a fresh one per trial loses nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
@@ -19,11 +23,18 @@ if TYPE_CHECKING:
 MAX_GRID_POINTS = 100_000
 
 
-def build_sampler(spec: StudySpec, param_names: list[str], *, worker: int = 0) -> optuna.samplers.BaseSampler:
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The sampler seed of one trial: a hash of the study's seed and the trial's number (32 bits, numpy's range)."""
+    digest = hashlib.sha256(f"ct-tune:{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def build_sampler(spec: StudySpec, param_names: list[str], *, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``seed`` (default: the spec's own seed)."""
     import optuna
 
     options = spec.sampler
-    seed = options.seed + worker
+    seed = options.seed if seed is None else seed
     name = options.name
     if name == "tpe":
         return optuna.samplers.TPESampler(

@@ -6,7 +6,8 @@ what the study was created with, then pulls trials until the study's target is r
 together. It reports each finished trial as an event line on stdout; its logs go to stderr. Storage URLs
 (with any password) travel in the settings, never on the command line.
 
-Exit codes: 0 done, 2 bad input (one line on stderr), 3 the database went away, 130 interrupted.
+Exit codes: 0 done, 1 the launcher went away (it stops after ending its trial), 2 bad input (one line on
+stderr), 3 the database went away, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def main() -> int:
     except KeyboardInterrupt:
         print("ct-tune worker: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the launcher is gone; the trial that was ending is told and recorded already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        print("ct-tune worker: the launcher is gone; stopped after ending its trial", file=sys.stderr)
+        return 1
     except CTTuneError as error:
         print(f"ct-tune: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code

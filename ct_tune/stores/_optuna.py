@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
 from ct_tune.stores._urls import engine_kwargs, prepare_sqlite, redact
 
 if TYPE_CHECKING:
     import optuna
+    import sqlalchemy
 
 __all__ = ["count_states", "database_cause", "database_reason", "is_database_error", "open_optuna_storage"]
 
@@ -30,7 +31,7 @@ def open_optuna_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval,
@@ -39,6 +40,31 @@ def open_optuna_storage(
             )
     except Exception as error:  # sqlalchemy/psycopg raise many types for "cannot connect"
         raise InputError(f"cannot open the Optuna storage {redact(url)}: {database_reason(error)}") from None
+    if url.startswith("sqlite"):
+        serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Start every transaction on this SQLite engine with ``BEGIN IMMEDIATE``.
+
+    Optuna reads a row, checks it and writes it back in one session (a WAITING trial is popped that way,
+    a finished trial is refused that way); on PostgreSQL ``SELECT ... FOR UPDATE`` makes that atomic.
+    Python's sqlite3 driver runs the read outside any transaction and opens one only at the write, so two
+    workers could both pop the same enqueued trial (measured: 39 of 160 pops duplicated by 4 processes).
+    ``BEGIN IMMEDIATE`` takes the write lock first: the second worker waits, then reads the new state.
+    """
+    from sqlalchemy import event
+
+    def autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver opens no transaction of its own
+
+    def begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", autocommit_driver)
+    event.listen(engine, "begin", begin_immediate)
+    engine.dispose()  # connections opened while Optuna created its tables predate the listeners
 
 
 def database_reason(error: BaseException) -> str:

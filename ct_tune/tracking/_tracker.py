@@ -163,13 +163,15 @@ class Tracker:
         if figure is not None:
             self.log_figures_later(run_id, lambda: {"beta_profile.png": figure()})
 
-    def close_run(self, run_id: str, *, state: str = "FAIL", reason: str = "") -> None:
-        """Close a run left RUNNING (its worker died or was interrupted)."""
+    def close_run(
+        self, run_id: str, *, state: str = "FAIL", reason: str = "", metrics: Mapping[str, float] | None = None
+    ) -> None:
+        """Close a run left RUNNING (its worker died or was interrupted) with the state Optuna holds."""
         try:
             tags = {TAG_STATE: state}
             if reason:
                 tags[TAG_FAILURE] = reason[:500]
-            self.log(run_id, tags=tags)
+            self.log(run_id, tags=tags, metrics=metrics)
             self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
         except Exception as error:
             logger.warning("could not close MLflow run %s: %s", run_id, database_reason(error))

@@ -2,8 +2,9 @@
 
 Optuna's own heartbeat thread serves the one trial of ``study.optimize``; trials asked together (batched
 trials) need their own: one thread records a heartbeat for each of them every interval, so a worker that
-dies is noticed by the others whichever way its trials were started. A failing write is logged once and
-ends the thread: the worker's main loop meets the lost database itself.
+dies is noticed by the others whichever way its trials were started. A failing write is tried again at the
+next beat (a database that blinks must not cost a trial) and logged once at debug level: a database that
+stays away is the main loop's to report, in one line.
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ class Heartbeats:
 
     def _beat(self) -> None:
         assert self.interval is not None
+        failing = False
         while True:
             try:
                 for trial_id in self.trial_ids:
                     self.storage.record_heartbeat(trial_id)
+                failing = False
             except Exception as error:
-                logger.warning("could not record heartbeats: %s", database_reason(error))
-                return
+                if not failing:
+                    logger.debug("could not record heartbeats (trying again): %s", database_reason(error))
+                failing = True
             if self._stop.wait(timeout=self.interval):
                 return
 

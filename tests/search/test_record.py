@@ -55,7 +55,7 @@ def test_open_and_close_a_trials_run(stores):
     recorder = recorder_on(tracker)
     study = optuna.create_study(storage=open_optuna_storage(stores.storage), study_name="rec")
     trial = study.ask()
-    run_id = recorder.open(trial, BETAS, 0.5, "warm-start")
+    run_id = recorder.open(trial, BETAS, 0.5, "warm-start", sampler_seed=7)
     assert study.trials[0].user_attrs[ATTR_RUN_ID] == run_id
     run = tracker.client.get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags[TAG_STATE] == "RUNNING"
@@ -66,6 +66,7 @@ def test_open_and_close_a_trials_run(stores):
         "c": "0.5",
         "trial_number": "0",
         "sampler": "tpe",
+        "sampler_seed": "7",
     }
     tags = run.data.tags
     assert (tags[TAG_WORKER], tags[TAG_DEVICE], tags[TAG_KIND]) == ("2", "cpu (2 threads)", "warm-start")
@@ -108,13 +109,13 @@ def test_pruned_and_failed_trials(tmp_path):
     recorder = recorder_on(tracker, trials_per_batch=1)
     study = optuna.create_study()
     pruned, failed = study.ask(), study.ask()
-    pruned_run = recorder.open(pruned, BETAS, 0.5, "sampled")
+    pruned_run = recorder.open(pruned, BETAS, 0.5, "sampled", sampler_seed=8)
     assert "ct_tune.trials_per_batch" not in tracker.client.get_run(pruned_run).data.tags
     history = [("accuracy.running", 0.3, 100), ("accuracy.running", 0.31, 200)]
     recorder.close(
         0, pruned_run, state="PRUNED", betas=BETAS, c=0.5, results={}, history=history, seconds=1, failure=""
     )
-    failed_run = recorder.open(failed, BETAS, 0.5, "sampled")
+    failed_run = recorder.open(failed, BETAS, 0.5, "sampled", sampler_seed=9)
     metrics = recorder.close(
         1, failed_run, state="FAIL", betas=BETAS, c=0.5, results={}, history=[], seconds=1, failure="OOM"
     )
@@ -147,14 +148,18 @@ def test_a_dead_workers_trial_is_closed_and_retried(tmp_path, caplog):
         fresh_sqlite("optuna", tmp_path / "studies"),
         heartbeat_interval=1,
         grace_period=1,
-        stale_trial_callback=stale_trial_callback(lambda: tracker),
+        stale_trial_callback=stale_trial_callback(lambda: tracker, recorder.experiment_id),
     )
     study = optuna.create_study(storage=storage, study_name="rec")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = study.ask()
     betas = {"stem": trial.suggest_float("beta.stem", 0.7, 1.0)}
-    run_id = recorder.open(trial, betas, 0.5, "sampled")
+    run_id = recorder.open(trial, betas, 0.5, "sampled", sampler_seed=7)
+    # and a run the trial never named: a worker killed between opening a run and storing its id on the trial
+    unnamed = tracker.start_trial_run(
+        recorder.experiment_id, recorder.parent_run_id, study_name="rec", trial_number=trial.number, params={}, tags={}
+    )
     storage.record_heartbeat(trial._trial_id)  # then the worker dies
     time.sleep(2.5)
     with caplog.at_level(logging.WARNING, logger="ct_tune.search._record"), warnings.catch_warnings():
@@ -164,9 +169,10 @@ def test_a_dead_workers_trial_is_closed_and_retried(tmp_path, caplog):
     assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == dead.number
     assert retry.params == dead.params and retry.user_attrs[ATTR_RUN_ID] == run_id  # inherited, replaced at open
-    run = tracker.client.get_run(run_id)
-    assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "FAIL"
-    assert run.data.tags[TAG_FAILURE] == "worker stopped sending heartbeats"
+    for closed in (run_id, unnamed):
+        run = tracker.client.get_run(closed)
+        assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "FAIL"
+        assert run.data.tags[TAG_FAILURE] == "worker stopped sending heartbeats"
     assert any(
         "its worker stopped responding; marked FAIL and enqueued again" in r.getMessage() for r in caplog.records
     )

@@ -109,12 +109,22 @@ def test_runs_left_running_are_closed(tmp_path, digits_checkpoint):
     gone_run = run_of(99)  # a trial that does not exist (any more)
     finished_run = run_of(98)
     tracker.close_run(finished_run, state="COMPLETE")
+    told = optuna_study.ask()  # its worker was killed between Optuna's tell and closing the run
+    told_run = run_of(told.number)
+    told.set_user_attr(ATTR_RUN_ID, told_run)
+    optuna_study.tell(told, 0.875)
+    unnamed = optuna_study.ask()  # its worker opened the run and is about to store its id: left alone
+    unnamed_run = run_of(unnamed.number)
 
-    assert close_orphan_runs(study) == 3
+    assert close_orphan_runs(study) == 4
     for run_id in (failed_run, stray_run, gone_run):
         run = tracker.client.get_run(run_id)
         assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "FAIL"
         assert run.data.tags[TAG_FAILURE] == "its worker stopped before closing it"
+    run = tracker.client.get_run(told_run)  # MLflow follows Optuna: completed, with its value
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_STATE] == "COMPLETE"
+    assert run.data.metrics == {"accuracy": 0.875} and TAG_FAILURE not in run.data.tags
+    assert tracker.client.get_run(unnamed_run).info.status == "RUNNING"
     assert tracker.client.get_run(alive_run).info.status == "RUNNING"
     assert tracker.client.get_run(finished_run).info.status == "FINISHED"
     assert close_orphan_runs(study) == 0

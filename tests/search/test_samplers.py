@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ct_tune import InputError
 from ct_tune.search import spec_from_dict
-from ct_tune.search._samplers import MAX_GRID_POINTS, build_pruner, build_sampler
+from ct_tune.search._samplers import MAX_GRID_POINTS, build_pruner, build_sampler, trial_seed
 
 import optuna
 import pytest
@@ -78,12 +78,17 @@ def test_gp_cmaes_random_nsga2_get_every_argument():
     assert (children._crossover_prob, children._swapping_prob, children._mutation_prob) == (0.7, 0.3, 0.1)
 
 
-def test_seeds_are_reproducible_and_differ_between_workers():
+def test_the_seed_is_the_specs_unless_given():
     options = spec({"name": "random", "seed": 5})
-    first = draws(build_sampler(options, ["beta.stem"], worker=0))
-    assert draws(build_sampler(options, ["beta.stem"], worker=0)) == first
-    assert draws(build_sampler(options, ["beta.stem"], worker=1)) != first
-    assert draws(optuna.samplers.RandomSampler(seed=6)) == draws(build_sampler(options, ["beta.stem"], worker=1))
+    first = draws(build_sampler(options, ["beta.stem"]))
+    assert draws(build_sampler(options, ["beta.stem"])) == first == draws(optuna.samplers.RandomSampler(seed=5))
+    assert draws(build_sampler(options, ["beta.stem"], seed=6)) == draws(optuna.samplers.RandomSampler(seed=6))
+
+
+def test_trial_seeds_are_fixed_by_the_study_seed_and_differ_between_trials():
+    seeds = [trial_seed(5, number) for number in range(10_000)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= seed < 2**32 for seed in seeds)
+    assert trial_seed(5, 3) == trial_seed(5, 3) != trial_seed(6, 3)
 
 
 def test_grid_covers_the_beta_grid():

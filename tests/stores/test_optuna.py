@@ -183,3 +183,29 @@ def test_is_database_error_follows_the_exception_chain():
     assert not is_database_error(looped)
     assert database_reason(ValueError("")) == "ValueError"
     assert len(database_reason(ValueError("x" * 1000))) == 300
+
+
+def _pop_enqueued(storage_url: str, pops: int, results) -> None:
+    """One worker process: ask ``pops`` trials (each pops an enqueued one) and report their numbers."""
+    study = optuna.load_study(study_name="race", storage=open_optuna_storage(storage_url))
+    results.put([study.ask().number for _ in range(pops)])
+
+
+def test_enqueued_trials_are_popped_once_by_concurrent_processes(stores):
+    """Four processes popping 80 enqueued trials at once: each trial goes to exactly one of them (on SQLite,
+    Optuna's read-check-write of a WAITING trial ran outside a transaction and 20-40 were popped twice)."""
+    import multiprocessing
+
+    study = optuna.create_study(study_name="race", storage=open_optuna_storage(stores.storage))
+    for value in range(80):
+        study.enqueue_trial({"x": float(value)})
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_pop_enqueued, args=(stores.storage, 20, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    popped = [number for _ in processes for number in results.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(popped) == list(range(80))
+    assert count_states(study._storage, study._study_id)["RUNNING"] == 80
