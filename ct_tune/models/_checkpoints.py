@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,11 @@ def read_weights(path: str) -> Any:
     if not os.path.isfile(path):
         raise InputError(f"checkpoint file {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle makes torch warn first: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):
+        if "unsupported global" in str(error).lower():  # an allowed module's object, or a blocked one (os.system)
             raise InputError(
                 f"{path} holds Python objects besides tensors; ct-tune does not execute pickled code (it loads "
                 "weights_only=True): save the state dict (torch.save(model.state_dict(), path))"
