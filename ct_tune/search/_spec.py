@@ -443,6 +443,15 @@ class RunSpec(_Strict):
             return text
         raise ValueError(f"got {value!r}; use auto, cpu, cuda, cuda:N or a list like cuda:0,cuda:1")
 
+    @model_validator(mode="after")
+    def _precision_on_the_device(self) -> RunSpec:
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ValueError(
+                f"precision {self.precision} applies on CUDA only, and device is cpu: "
+                "set run.precision: fp32, or run.device: cuda or auto"
+            )
+        return self
+
 
 class StudySpec(_Strict):
     """A whole search: what model, what data, what space, what score, which sampler, how long."""

@@ -132,6 +132,10 @@ def test_shorthands_for_objectives_samplers_and_pruners():
         ({"run": {"device": "tpu"}}, "run.device: got 'tpu'; use auto, cpu, cuda, cuda:N or a list like cuda:0,cuda:1"),
         ({"run": {"device": "cuda:x"}}, "run.device: got 'cuda:x'"),
         ({"run": {"device": "cpu,cuda:0"}}, "run.device: got 'cpu,cuda:0'"),
+        (
+            {"run": {"device": "cpu", "precision": "fp16"}},
+            "run: precision fp16 applies on CUDA only, and device is cpu: set run.precision: fp32, or run.device",
+        ),
         ({"name": ""}, "name: got ''; string should have at least 1 character"),
     ],
 )
