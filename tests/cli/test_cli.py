@@ -50,14 +50,23 @@ def test_a_storage_url_with_a_port_that_is_not_a_number(cli_fast, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_checkpoint_that_would_run_code_is_one_line_without_torch_warnings(cli_fast, tmp_path):
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_one_line_without_torch_warnings(cli, tmp_path):
+    """A real process (pytest would catch the warnings that a user sees on stderr)."""
     import pickle
 
     import torch
 
-    torch.save({"state_dict": {}, "hook": print}, tmp_path / "code.pt")  # a pickled function: os.system alike
+    torch.save({"state_dict": {}, "hook": _Shell()}, tmp_path / "code.pt")
     (tmp_path / "plain.pt").write_bytes(pickle.dumps({"w": [1.0]}, protocol=4))
-    line = one_line_error(cli_fast("evaluate", "--checkpoint", "code.pt", "--beta", "0.9"))
+    line = one_line_error(cli("evaluate", "--checkpoint", "code.pt", "--beta", "0.9"))
     assert "code.pt holds Python objects besides tensors; ct-tune does not execute pickled code" in line
-    line = one_line_error(cli_fast("evaluate", "--checkpoint", "plain.pt", "--beta", "0.9"))
+    line = one_line_error(cli("evaluate", "--checkpoint", "plain.pt", "--beta", "0.9"))
     assert line.startswith("ct-tune: error: cannot read checkpoint plain.pt: not a PyTorch file")
+    assert not (tmp_path / "pwned").exists()
