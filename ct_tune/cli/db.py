@@ -1,7 +1,7 @@
 """``ct-tune db``: create or upgrade the Optuna storage and the MLflow store before workers start.
 
-Several processes creating a schema at the same time race (seen on SQLite and PostgreSQL): on a
-cluster, run ``ct-tune db init`` once, then start the workers.
+Any command creates a missing schema itself (one process at a time, under a lock); ``db init`` does it
+up front, and ``db upgrade`` migrates both to the installed Optuna and MLflow.
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune._files import write_atomically
 from ct_tune._version import __version__
 from ct_tune.models._loaded import LoadedModel
 
@@ -30,8 +31,6 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 def save_checkpoint(model: LoadedModel, path: str | os.PathLike[str], **metadata: Any) -> Path:
     """Write ``model`` in ct-tune's checkpoint format (atomically); ``metadata`` must be plain data."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -41,24 +40,20 @@ def save_checkpoint(model: LoadedModel, path: str | os.PathLike[str], **metadata
         "metadata": {**model.metadata, **metadata},
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.net.state_dict().items()},
     }
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return target
+    return write_atomically(
+        path, lambda temporary: torch.save(payload, temporary), what="checkpoint", example="model.pt"
+    )
 
 
 def read_weights(path: str) -> Any:
     if not os.path.isfile(path):
         raise InputError(f"checkpoint file {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle makes torch warn first: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):
+        if "unsupported global" in str(error).lower():  # an allowed module's object, or a blocked one (os.system)
             raise InputError(
                 f"{path} holds Python objects besides tensors; ct-tune does not execute pickled code (it loads "
                 "weights_only=True): save the state dict (torch.save(model.state_dict(), path))"

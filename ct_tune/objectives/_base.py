@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Called after each chunk of the evaluation set with (running value, samples seen so far). A study
 # passes one that reports to Optuna and raises optuna.TrialPruned when the pruner says so.
@@ -68,11 +72,18 @@ def chunks(n: int, chunk_size: int) -> Iterator[slice]:
 
 
 def autocast(device: torch.device, precision: str):
-    """Autocast context for reduced precision on CUDA; a no-op for fp32 and on CPU."""
+    """Autocast context for reduced precision on CUDA; a no-op for fp32 and on CPU (said once, not silent)."""
     if precision == "fp32" or device.type != "cuda":
+        if precision != "fp32":
+            _say_full_precision(device.type, precision)
         return torch.autocast(device.type, enabled=False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast("cuda", dtype=dtype)
+
+
+@functools.cache
+def _say_full_precision(device_type: str, precision: str) -> None:
+    logger.warning(f"run.precision {precision} applies on CUDA only: scoring on {device_type} in fp32")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")

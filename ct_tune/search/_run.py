@@ -23,7 +23,7 @@ from ct_tune.search._progress import Progress
 from ct_tune.search._space import initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
 from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_STATE, TAG_TRIAL
-from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, check_cores, launch, plan_workers
+from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, check_cores, check_log_dir, launch, plan_workers
 
 if TYPE_CHECKING:
     from ct_tune.search._study import Study
@@ -74,6 +74,8 @@ class RunOptions:
             raise InputError(f"--heartbeat must be at least 1 second, not {self.heartbeat}")
         if self.grace is not None and self.grace <= self.heartbeat:
             raise InputError(f"--grace ({self.grace} s) must be longer than --heartbeat ({self.heartbeat} s)")
+        if self.log_dir is not None:  # before anything runs or prints
+            check_log_dir(Path(self.log_dir))
 
 
 @dataclass

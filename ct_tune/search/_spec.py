@@ -434,6 +434,25 @@ class RunSpec(_Strict):
     # (a val set smaller than batch_size, a GPU); on a CPU it was measured no faster than 1.
     trials_per_batch: int = Field(default=1, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        """Spelling only, at create: whether the GPUs exist is for the machine that runs the study."""
+        text = value.strip().lower()
+        items = text.split(",")
+        if text in ("auto", "cpu") or all(re.fullmatch(r"cuda(:\d+)?", item.strip()) for item in items):
+            return text
+        raise ValueError(f"got {value!r}; use auto, cpu, cuda, cuda:N or a list like cuda:0,cuda:1")
+
+    @model_validator(mode="after")
+    def _precision_on_the_device(self) -> RunSpec:
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ValueError(
+                f"precision {self.precision} applies on CUDA only, and device is cpu: "
+                "set run.precision: fp32, or run.device: cuda or auto"
+            )
+        return self
+
 
 class StudySpec(_Strict):
     """A whole search: what model, what data, what space, what score, which sampler, how long."""
@@ -543,10 +562,35 @@ def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:
         raise InputError(f"{source}: {describe_validation_error(error)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently,
+    so a second ``name:`` pasted below the first would win unnoticed). Keys merged with ``<<`` may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} given twice (first at line {first.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(path: Path) -> Any:
     """A YAML file's content; unreadable or invalid YAML is one line naming the file, line and problem."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

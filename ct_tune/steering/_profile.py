@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune._files import write_atomically
 from ct_tune._version import __version__
 from ct_tune.steering._activation import check_beta, check_c
 from ct_tune.steering._grouping import check_granularity, normalize_groups
@@ -50,6 +51,8 @@ class BetaProfile:
             raise InputError("a beta profile needs at least one unit")
         for unit, beta in self.betas.items():
             check_beta(beta, name=f"beta[{unit!r}]")
+        self.c = float(self.c)
+        self.betas = {unit: float(beta) for unit, beta in self.betas.items()}
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "ct_tune_version": __version__, **asdict(self)}
@@ -59,34 +62,50 @@ class BetaProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "profile") -> BetaProfile:
+        """A profile from its JSON form; any field of the wrong type is one ``InputError`` naming it."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InputError(f'{source} is not a ct-tune beta profile (no "format": "{FORMAT}" field)')
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise InputError(
-                f"{source} was written by a newer ct-tune (format {data['format_version']}); upgrade ct-tune"
-            )
+        version = data.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InputError(f"{source}: format_version must be an integer, not {version!r}; export the profile again")
+        if version > FORMAT_VERSION:
+            raise InputError(f"{source} was written by a newer ct-tune (format {version}); upgrade ct-tune")
+        for name in ("granularity", "betas"):
+            if name not in data:
+                raise InputError(f"{source} is missing the field {name!r}; export the profile again")
+        betas, shape = data["betas"], data.get("input_shape")
+        if not isinstance(betas, dict):
+            raise InputError(f"{source}: betas must map unit names to numbers, not {betas!r}")
+        if shape is not None and not (
+            isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        ):
+            raise InputError(f"{source}: input_shape must be a list of positive integers or null, not {shape!r}")
+        for name, kind, text in (
+            ("fingerprint", str, "a string"),
+            ("model", str, "a string"),
+            ("metadata", dict, "an object"),
+        ):
+            value = data.get(name)
+            if value is not None and not isinstance(value, kind):
+                raise InputError(f"{source}: {name} must be {text} or null, not {value!r}")
         try:
             return cls(
                 granularity=data["granularity"],
-                betas={str(k): float(v) for k, v in data["betas"].items()},
-                c=float(data.get("c", 0.5)),
+                betas=dict(betas),
+                c=data.get("c", 0.5),
                 fingerprint=data.get("fingerprint"),
-                input_shape=data.get("input_shape"),
+                input_shape=shape,
                 model=data.get("model"),
                 metadata=data.get("metadata") or {},
                 groups=data.get("groups"),
             )
-        except (KeyError, TypeError, AttributeError) as error:
-            raise InputError(f"{source} is missing or has a malformed field: {error}") from error
+        except InputError as error:
+            raise InputError(f"{source}: {error}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the profile as JSON (atomically: a crash never leaves half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        return write_atomically(path, lambda temporary: temporary.write_text(text), what="profile", example="best.json")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BetaProfile:
@@ -95,6 +114,10 @@ class BetaProfile:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError(f"profile file {path} does not exist") from None
+        except IsADirectoryError:
+            raise InputError(f"profile {path} is a directory; give the path of a profile JSON file") from None
+        except OSError as error:
+            raise InputError(f"cannot read profile file {path} ({error.strerror}); check its permissions") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"profile file {path} is not valid JSON ({error}); export it again") from None
         return cls.from_dict(data, source=f"profile file {path}")

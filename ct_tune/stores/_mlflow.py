@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
 from ct_tune._quiet import quiet_loggers
+from ct_tune.stores._lock import schema_lock
 from ct_tune.stores._optuna import database_reason
 from ct_tune.stores._reach import check_reachable
 from ct_tune.stores._urls import prepare_sqlite, redact
@@ -26,7 +27,8 @@ def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     try:
-        with quiet_loggers("mlflow.store.db.utils", "alembic"):  # schema creation logs at INFO: not the user's news
+        # Schema creation logs at INFO (not the user's news), and is done by one process at a time.
+        with quiet_loggers("mlflow.store.db.utils", "alembic"), schema_lock(tracking_uri):
             client = MlflowClient(tracking_uri=tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:

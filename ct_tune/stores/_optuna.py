@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
+from ct_tune.stores._lock import schema_lock
 from ct_tune.stores._urls import engine_kwargs, prepare_sqlite, redact
 
 if TYPE_CHECKING:
@@ -31,13 +32,14 @@ def open_optuna_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs(url),
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-            )
+            with schema_lock(url):
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=stale_trial_callback,
+                )
     except Exception as error:  # sqlalchemy/psycopg raise many types for "cannot connect"
         raise InputError(f"cannot open the Optuna storage {redact(url)}: {database_reason(error)}") from None
     if url.startswith("sqlite"):

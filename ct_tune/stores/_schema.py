@@ -1,7 +1,8 @@
 """Creating and upgrading both schemas once, before any worker starts.
 
-Several processes creating a schema at the same time race (seen on SQLite and PostgreSQL): on a
-cluster, run ``ct-tune db init`` (``init_stores``) once, then start the workers.
+Every store is opened under a schema lock (``ct_tune.stores._lock``), so processes that first use an
+empty database at the same time no longer race; ``init_stores`` (``ct-tune db init``) creates both schemas
+up front, which keeps the first ``study create`` or worker from paying for it.
 """
 
 from __future__ import annotations

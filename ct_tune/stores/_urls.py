@@ -75,6 +75,14 @@ def resolve_tracking_uri(cli: str | None, spec: str | None = None, *, recorded: 
     uri = cli or os.environ.get(TRACKING_ENV) or spec or (recorded and without_password(recorded))
     uri = uri or DEFAULT_TRACKING_URI
     if is_tracking_server(uri):
+        try:
+            port = urlsplit(uri).port
+        except ValueError:  # not a number, or not in 0-65535
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise InputError(
+                f"tracking URI {redact(uri)!r} has a port that is not a number in 1-65535; write e.g. http://host:5000"
+            )
         return uri
     scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
     if scheme in ("", "file"):
@@ -102,6 +110,12 @@ def normalize_url(url: str, *, what: str) -> str:
             f"{what} {redact(url)!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
             "postgresql://user@host:5432/dbname"
         ) from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise InputError(
+            f"{what} {redact(url)!r} has a port that is not a number; write e.g. host:5432, or leave the port out"
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InputError(f"{what} {redact(url)!r}: port {parsed.port} is not in 1-65535; write e.g. host:5432")
     backend = parsed.get_backend_name()
     if backend == "postgres":  # the Heroku-style alias
         backend = "postgresql"
@@ -158,6 +172,8 @@ def check_two_databases(storage: str, tracking_uri: str) -> None:
         path = sqlite_path(url)
         if path is not None:
             return ("sqlite", os.path.realpath(path))
+        if is_tracking_server(url):
+            return None
         try:
             parsed = make_url(url)
         except ArgumentError:

@@ -5,7 +5,7 @@ them cleanly. Nothing here knows what a study is: ``ct_tune.search.worker`` is t
 from ct_tune.workers._events import EVENT_PREFIX, emit_event, parse_event, read_settings
 from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
 from ct_tune.workers._interrupts import InterruptGuard, interrupt_on
-from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, launch
+from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, check_log_dir, launch
 from ct_tune.workers._plan import WorkerPlan, available_cores, check_cores, plan_workers
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "WorkerPlan",
     "available_cores",
     "check_cores",
+    "check_log_dir",
     "emit_event",
     "heartbeat_interval",
     "interrupt_on",

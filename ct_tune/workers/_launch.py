@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ct_tune._errors import InputError
 from ct_tune.workers._events import parse_event
 from ct_tune.workers._interrupts import interrupt_on
 from ct_tune.workers._plan import WorkerPlan
 
-__all__ = ["EXIT_DATABASE_LOST", "LaunchResult", "launch"]
+__all__ = ["EXIT_DATABASE_LOST", "LaunchResult", "check_log_dir", "launch"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def launch(
     env: Mapping[str, str] | None = None,
 ) -> LaunchResult:
     """Run one ``python -m module`` per plan (``settings(plan)`` on its stdin) and relay their events."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    check_log_dir(log_dir, plans)
     result = LaunchResult()
     events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
     processes: dict[int, subprocess.Popen] = {}
@@ -90,6 +91,20 @@ def launch(
                 process.kill()
                 result.exit_codes[index] = process.wait()
     return result
+
+
+def check_log_dir(log_dir: Path, plans: Sequence[WorkerPlan] = ()) -> None:
+    """The log directory exists (made if needed) and each plan's log file can be appended to: checked
+    before any worker starts, so a bad ``--log-dir`` is one line, not a launch stopped halfway."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for plan in plans:
+            (log_dir / f"worker-{plan.index}.log").open("a").close()
+    except OSError as error:
+        raise InputError(
+            f"cannot write the worker logs in {log_dir} ({error.strerror or error}); "
+            "give a directory you can write to with --log-dir"
+        ) from None
 
 
 def _start(

@@ -72,6 +72,26 @@ def test_evaluate_missing_profile_and_checkpoint(cli_fast, digits_checkpoint):
     assert no_model.returncode == 2 and "nowhere.pt not found" in no_model.stderr
 
 
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ("dir", "profile dir is a directory; give the path of a profile JSON file"),
+        ('{"format": "ct-tune/beta-profile", "granularity": "global", "betas": {"global": 0.9}, "c": "abc"}', "c must"),
+    ],
+)
+def test_evaluate_a_profile_that_is_a_directory_or_has_a_bad_field(
+    cli_fast, digits_checkpoint, tmp_path, profile, message
+):
+    if profile == "dir":
+        (tmp_path / "dir").mkdir()
+    else:
+        (tmp_path / "p.json").write_text(profile)
+        profile = "p.json"
+    result = cli_fast("evaluate", "--checkpoint", "unused.pt", "--profile", profile)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_plain_state_dict_with_its_architecture_named(cli_fast, digits_checkpoint, tmp_path):
     """--model NAME --checkpoint STATE_DICT: the advice the error gives works (the two were exclusive once)."""
     from ct_tune.models import load_checkpoint

@@ -284,6 +284,33 @@ def test_checkpoint_with_python_objects_is_refused(tmp_path):
         load_checkpoint(tmp_path / "objects.pt", model="cifar_resnet_small")
 
 
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "legacy torch.save", "plain pickle"])
+def test_a_pickle_that_calls_a_function_is_refused_quietly_and_never_run(tmp_path, monkeypatch, kind):
+    import pickle
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    if kind == "plain pickle":
+        path.write_bytes(pickle.dumps({"state_dict": _Shell()}, protocol=4))
+    else:
+        torch.save({"state_dict": _Shell()}, path, _use_new_zipfile_serialization=kind == "torch.save")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(InputError) as error:
+        warnings.simplefilter("always")
+        load_checkpoint(path, model="cifar_resnet_small")
+    assert caught == []  # torch's "Detected pickle protocol 4" warning came before the error line
+    expected = "cannot read checkpoint" if kind == "plain pickle" else "ct-tune does not execute pickled code"
+    assert expected in str(error.value)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(InputError, match=r"checkpoint file .*missing\.pt not found"):
         create_model(str(tmp_path / "missing.pt"), num_classes=10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import ct_tune
 from ct_tune.objectives import (
     AccuracyObjective,
@@ -59,6 +61,25 @@ def test_no_top5_with_five_classes_or_fewer():
         EvalTarget(net, lambda t: t, 3), EvalData(torch.rand(4, 3), torch.zeros(4, dtype=torch.long))
     )
     assert not any(key.startswith("top5") for key in result.details)
+
+
+def test_reduced_precision_on_a_cpu_is_said_once_not_silent():
+    from ct_tune.objectives import _base
+
+    _base._say_full_precision.cache_clear()  # said once per process: start this test's process afresh
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(_base.__name__).addHandler(handler)
+    try:
+        net, x = nn.Linear(3, 3), torch.rand(4, 3)
+        target = EvalTarget(net, lambda t: t, 3, precision="fp16")
+        for _ in range(3):
+            assert target.logits(x).dtype == torch.float32
+        assert torch.equal(target.logits(x), EvalTarget(net, lambda t: t, 3).logits(x))  # fp32 indeed
+    finally:
+        logging.getLogger(_base.__name__).removeHandler(handler)
+    assert said == ["run.precision fp16 applies on CUDA only: scoring on cpu in fp32"]
 
 
 def test_chunked_reports_running_values_and_ends_at_the_final_value():

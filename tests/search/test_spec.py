@@ -148,6 +148,13 @@ def test_shorthands_for_objectives_samplers_and_pruners():
         ({"budget": {"timeout": "0s"}}, "budget.timeout: got 0.0; input should be greater than 0"),
         ({"run": {"precision": "int8"}}, "run.precision: got 'int8'; input should be 'fp32', 'bf16' or 'fp16'"),
         ({"run": {"trials_per_batch": 0}}, "run.trials_per_batch: got 0"),
+        ({"run": {"device": "tpu"}}, "run.device: got 'tpu'; use auto, cpu, cuda, cuda:N or a list like cuda:0,cuda:1"),
+        ({"run": {"device": "cuda:x"}}, "run.device: got 'cuda:x'"),
+        ({"run": {"device": "cpu,cuda:0"}}, "run.device: got 'cpu,cuda:0'"),
+        (
+            {"run": {"device": "cpu", "precision": "fp16"}},
+            "run: precision fp16 applies on CUDA only, and device is cpu: set run.precision: fp32, or run.device",
+        ),
         ({"name": ""}, "name: got ''; string should have at least 1 character"),
     ],
 )
@@ -273,6 +280,46 @@ def test_an_empty_data_class_path_is_refused():
 
 # --------------------------------------------------------------------------------------------------
 # Files
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "CUDA:0", "cuda:0,cuda:1"])
+def test_device_spellings_that_pass_without_a_gpu(device):
+    """Only the spelling is checked at create: the machine that runs the study may have the GPUs."""
+    assert spec_from_dict({"model": MODEL, "run": {"device": device}}).run.device == device.lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            "name: a\nmodel: {checkpoint: c.pt}\nname: b\n",
+            "at line 3, column 1: key 'name' given twice (first at line 1)",
+        ),
+        (
+            "model: {checkpoint: c.pt}\nbudget:\n  n_trials: 3\n  n_trials: 4\n",
+            "at line 4, column 3: key 'n_trials' given twice (first at line 3)",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path, text, line):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        load_spec(path)
+    assert str(error.value) == f"{path} is not valid YAML {line}; keep one"
+
+
+def test_keys_merged_with_an_anchor_may_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "x-run: &run {batch_size: 64, device: cpu}\nmodel: {checkpoint: c.pt}\nrun: {<<: *run, batch_size: 32}\n"
+    )
+    with pytest.raises(InputError, match="unknown field 'x-run'"):  # the merge itself is accepted
+        load_spec(path)
+    path.write_text(
+        "model: &m {checkpoint: c.pt}\nrun: {batch_size: 32}\nsearch: {<<: {granularity: block}, granularity: stage}\n"
+    )
+    assert load_spec(path).search.granularity == "stage"
+
+
 def test_load_spec_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match=r"spec file .*missing\.yaml does not exist"):
         load_spec(tmp_path / "missing.yaml")

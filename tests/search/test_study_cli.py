@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests._fresh import tiny_study
 from tests.conftest import SOURCE_ROOT, write_spec
 from tests.helpers import mlflow_runs, optuna_trials
 
@@ -150,6 +152,7 @@ def test_resume_after_interrupt_continues_without_duplicates(cli, cli_fast, tmp_
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Resume with: ct-tune study run resume" in stderr
+    assert stderr.count("ct-tune: interrupted") == 1, stderr  # the library's line, not a second from the CLI
 
     status = cli_fast("study", "status", "resume", "--json").json()["trials"]
     assert status["RUNNING"] == 0
@@ -167,6 +170,34 @@ def test_resume_after_interrupt_continues_without_duplicates(cli, cli_fast, tmp_
     assert len(children) == 5 + status["FAIL"]
     states = {int(r.data.tags["optuna.trial_number"]): r.data.tags["ct_tune.state"] for r in children}
     assert sorted(states.values()).count("FAIL") == status["FAIL"]
+
+
+def test_interrupting_two_workers_says_so_once(tmp_path, digits_checkpoint):
+    """Ctrl-C in a terminal reaches the launcher and its workers (one process group): one line, exit 130."""
+    slow = [{"name": "adversarial", "eps": 0.05, "steps": 100, "n": 359}]
+    tiny_study(tmp_path, digits_checkpoint, objectives=slow, budget={"n_trials": 20})
+    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ct_tune.cli", "study", "run", "tiny", "--workers", "2", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    for line in proc.stderr:  # both workers ready and scoring, then Ctrl-C to the whole group
+        lines.append(line)
+        if sum("ready on" in seen for seen in lines) == 2:
+            break
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=180)
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.count("ct-tune: interrupted") == 1 and "Resume with: ct-tune study run tiny" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 def test_existing_name_is_an_error_unless_resume_if_exists(cli_fast, tmp_path, digits_checkpoint):
@@ -219,6 +250,10 @@ BAD_SPECS = {
     "trials per batch": ({"run": {"trials_per_batch": 0}}, "run.trials_per_batch: got 0"),
     "batch and pruner": ({"run": {"trials_per_batch": 4}, "pruner": "median"}, "so none can be pruned midway"),
     "storage": ({"storage": "postgresql+psycopg://nobody@127.0.0.1:9/none"}, "cannot open the Optuna storage"),
+    "storage port": ({"storage": "postgresql://nobody@127.0.0.1:abc/none"}, "has a port that is not a number"),
+    "tracking port": ({"tracking_uri": "http://127.0.0.1:abc"}, "has a port that is not a number in 1-65535"),
+    "device": ({"run": {"device": "tpu"}}, "run.device: got 'tpu'; use auto, cpu, cuda"),
+    "key twice": ("model: {checkpoint: a.pt}\nmodel: {checkpoint: b.pt}\n", "key 'model' given twice"),
 }
 
 
@@ -243,6 +278,28 @@ def test_bad_specs_are_one_line_exit_2_and_leave_no_study(cli_fast, tmp_path, di
     if tracking.exists():
         client = MlflowClient(f"sqlite:///{tracking}")
         assert [e.name for e in client.search_experiments() if e.name.startswith("ct-tune/")] == []
+
+
+def test_bad_output_paths_and_run_options_are_one_line_and_change_nothing(cli_fast, tmp_path, digits_checkpoint):
+    study = tiny_study(tmp_path, digits_checkpoint, search={"granularity": "global", "enqueue_baseline": True})
+    study.run(n_trials=1, progress=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain").write_text("a file")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "mlruns" not in p.parts)
+    cases = {
+        ("study", "export", "tiny", "--out", "out"): "profile path out is a directory; give a file path, e.g. out/",
+        ("study", "export", "tiny", "--out", "plain/p.json"): "cannot write profile plain/p.json (",
+        ("study", "run", "tiny", "--heartbeat", "0"): "--heartbeat must be at least 1 second, not 0",
+        ("study", "run", "tiny", "--workers", "2", "--log-dir", "plain/logs"): "cannot write the worker logs in plain",
+    }
+    for args, message in cases.items():
+        result = cli_fast(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (args, result.stderr)
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "mlruns" not in p.parts)
+    assert [p for p in after if p not in before and not p.startswith("studies/")] == []  # no .out.tmp, no logs
+    assert cli_fast("study", "status", "tiny", "--json").json()["trials"]["COMPLETE"] == 1
 
 
 def test_run_and_status_of_unknown_study_are_one_line(cli_fast, tmp_path):

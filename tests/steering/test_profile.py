@@ -71,7 +71,7 @@ def test_profile_for_another_architecture_is_refused(tmp_path, x):
     [
         ("{not json", "not valid JSON"),
         ('{"granularity": "block"}', "not a ct-tune beta profile"),
-        ('{"format": "ct-tune/beta-profile", "granularity": "block"}', "missing or has a malformed field"),
+        ('{"format": "ct-tune/beta-profile", "granularity": "block"}', "missing the field 'betas'"),
         ('{"format": "ct-tune/beta-profile", "granularity": "blocks", "betas": {"a": 0.9}}', "unknown granularity"),
         ('{"format": "ct-tune/beta-profile", "granularity": "block", "betas": {"a": 1.9}}', r"\(0, 1\]"),
     ],
@@ -82,6 +82,60 @@ def test_bad_profile_files_are_one_line_value_errors(tmp_path, content, message)
     with pytest.raises(ValueError, match=message) as info:
         ct_tune.BetaProfile.load(path)
     assert "\n" not in str(info.value)
+
+
+GOOD = {"format": "ct-tune/beta-profile", "granularity": "block", "betas": {"layer1.0": 0.9}}
+WRONG_TYPES = {  # field: (value, what the one line says)
+    "betas": ({"layer1.0": "x"}, "beta['layer1.0'] must be a number in (0, 1]"),
+    "c": ("abc", "c must be a number in [0, 1]"),
+    "format_version": ("x", "format_version must be an integer, not 'x'; export the profile again"),
+    "input_shape": ("x", "input_shape must be a list of positive integers or null"),
+    "metadata": ([1], "metadata must be an object or null"),
+    "fingerprint": (5, "fingerprint must be a string or null"),
+    "model": (["VGG"], "model must be a string or null"),
+    "granularity": (3, "unknown granularity 3"),
+}
+
+
+@pytest.mark.parametrize("field", list(WRONG_TYPES))
+def test_profile_fields_of_the_wrong_type_are_one_input_error(tmp_path, field):
+    value, message = WRONG_TYPES[field]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**GOOD, field: value}))
+    with pytest.raises(ct_tune.InputError) as info:
+        ct_tune.BetaProfile.load(path)
+    assert str(info.value).startswith(f"profile file {path}: {message}")
+    assert "\n" not in str(info.value)
+
+
+def test_a_true_beta_is_not_read_as_one(tmp_path):
+    path = tmp_path / "bool.json"
+    path.write_text(json.dumps({**GOOD, "betas": {"layer1.0": True}}))
+    with pytest.raises(ct_tune.InputError, match="got True"):
+        ct_tune.BetaProfile.load(path)
+
+
+def test_a_profile_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ct_tune.InputError) as info:
+        ct_tune.apply_profile(fresh_resnet(), tmp_path)
+    assert str(info.value) == f"profile {tmp_path} is a directory; give the path of a profile JSON file"
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+def test_saving_where_no_file_can_be_written_is_one_line_and_leaves_nothing(tmp_path, where):
+    profile = ct_tune.BetaProfile.from_dict(GOOD)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain").write_text("a file")
+    target, message = {
+        "directory": (tmp_path / "out", f"profile path {tmp_path / 'out'} is a directory; give a file path, e.g."),
+        "under a file": (tmp_path / "plain" / "p.json", f"cannot write profile {tmp_path / 'plain' / 'p.json'} ("),
+    }[where]
+    with pytest.raises(ct_tune.InputError) as info:
+        profile.save(target)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "plain"]  # no temporary left anywhere
+    assert profile.save(tmp_path / "new" / "p.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["p.json"]
 
 
 def test_missing_profile_file(tmp_path):

@@ -1,6 +1,10 @@
-"""Creating and upgrading both schemas once, before workers start: idempotent, two databases or none."""
+"""Creating and upgrading both schemas: idempotent, two databases or none, safe when processes race."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 from ct_tune import InputError
 from ct_tune.stores import STORAGE_ENV, TRACKING_ENV, init_stores, open_optuna_storage, upgrade_stores
@@ -9,6 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import SOURCE_ROOT, write_spec
 from tests.postgres import PASSWORD
 
 
@@ -89,3 +94,33 @@ def test_upgrade_stores_errors_are_one_line(tmp_path):
     assert "\n" not in str(error.value) and "file is not a database" in str(error.value)
     server = upgrade_stores(storage=f"sqlite:///{tmp_path}/ok.db", tracking_uri="http://127.0.0.1:9")
     assert server["mlflow"] == "a tracking server (upgrade it there)"
+
+
+@pytest.mark.slow
+def test_concurrent_study_create_on_empty_stores(stores, tmp_path, digits_checkpoint):
+    """Three ``study create`` started at once on two empty databases: the first creates both schemas, the
+    others wait for it (before the schema lock, all three failed on SQLite with migration errors)."""
+    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    names = ["race0", "race1", "race2"]
+    for name in names:
+        write_spec(tmp_path / f"{name}.yaml", digits_checkpoint, name=name)
+    stores_args = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ct_tune.cli", "study", "create", f"{name}.yaml", *stores_args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    for process, stderr in zip(processes, errors, strict=True):
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr and "error" not in stderr, stderr
+    created = optuna.get_all_study_summaries(stores.storage, include_best_trial=False)
+    assert sorted(s.study_name for s in created) == names
+    experiments = MlflowClient(stores.tracking).search_experiments()
+    assert sorted(e.name for e in experiments if e.name.startswith("ct-tune/")) == [f"ct-tune/{n}" for n in names]

@@ -83,6 +83,13 @@ def test_tracking_servers_pass_unchanged_and_the_file_store_is_refused(clean_env
     assert SECRET not in one_line(error)
 
 
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:abc", "https://h:70000", "http://h:0"])
+def test_a_tracking_server_with_a_bad_port_is_one_line(clean_env, uri):
+    with pytest.raises(InputError) as error:
+        resolve_tracking_uri(uri)
+    assert "has a port that is not a number in 1-65535; write e.g. http://host:5000" in one_line(error)
+
+
 def test_databricks_tracking_uri_is_a_server(clean_env):
     assert resolve_tracking_uri("databricks") == "databricks"
 
@@ -169,6 +176,8 @@ def test_sqlite_paths_become_absolute(clean_env, tmp_path):
         ("sqlite://", "names no database file"),
         ("sqlite:///:memory:", "names no database file"),
         (f"mongodb://u:{SECRET}@h/db", "unsupported database 'mongodb'"),
+        (f"postgresql://u:{SECRET}@localhost:abc/db", "has a port that is not a number; write e.g. host:5432"),
+        ("postgresql://u@localhost:99999/db", "port 99999 is not in 1-65535"),
     ],
 )
 def test_bad_urls_are_one_line(url, message):
