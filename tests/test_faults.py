@@ -106,7 +106,9 @@ def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
             continue  # failed before its run opened
         assert len(mine) == 1, described  # one run per trial
         run = mine[0]
-        assert run.info.run_id == trial.user_attrs["mlflow_run_id"], described
+        # (a worker killed between opening the run and storing its id: the run is found by its number)
+        named = trial.user_attrs.get("mlflow_run_id", run.info.run_id if trial.state == TrialState.FAIL else None)
+        assert run.info.run_id == named, described
         assert run.data.tags["ct_tune.state"] == trial.state.name, described
         assert run.info.status == RUN_STATUS[trial.state.name], described
         if trial.state == TrialState.COMPLETE:

@@ -96,8 +96,10 @@ def configure_logging(level: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(threshold)
     root.propagate = False
-    # MLflow logs its schema migrations at INFO; $MLFLOW_LOGGING_LEVEL only counts before mlflow is imported.
-    logging.getLogger("mlflow").setLevel(max(threshold, logging.WARNING))
+    # MLflow logs its schema migrations at INFO and every failed query at ERROR with its traceback; the
+    # failure reaches the user anyway, as ct-tune's one line. -v shows MLflow's own warnings and errors.
+    # ($MLFLOW_LOGGING_LEVEL only counts before mlflow is imported.)
+    logging.getLogger("mlflow").setLevel(logging.WARNING if level > 0 else logging.CRITICAL)
 
 
 def emit(result: CommandResult, *, as_json: bool) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._space import C_PARAM, beta_param
-from ct_tune.stores import count_states, database_reason
+from ct_tune.stores import count_states, database_reason, is_database_error
 from ct_tune.tracking import Tracker, beta_profile_figure, study_figures
 from ct_tune.tracking._keys import (
     ATTR_RUN_ID,
@@ -164,8 +164,9 @@ def refresh_study_plots(study: Study, tracker: Tracker, *, wait: bool = True) ->
             states = count_states(study.storage, study.study_id)
             step = states["COMPLETE"] + states["PRUNED"]
             tracker.log(parent, metrics={f"best.{names[0]}": best[0].values[names[0]]}, step=step)
-    except Exception as error:  # plots must never stop a study
-        logger.warning("could not log the best value: %s", error)
+    except Exception as error:  # plots must never stop a study; a lost database is reported by the loop
+        log = logger.debug if is_database_error(error) else logger.warning
+        log("could not log the best value: %s", database_reason(error))
 
     def figures() -> dict[str, Figure]:
         drawn = {f"plots/{name}.png": figure for name, figure in study_figures(study.optuna_study, names).items()}

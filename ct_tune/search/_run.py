@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError, StorageLost, WorkerFailed
+from ct_tune._quiet import quiet_loggers
 from ct_tune.search._progress import Progress
 from ct_tune.search._space import initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
@@ -156,6 +157,7 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         f"study {study.name}: {len(study.units)} {spec.search.granularity} units, {finished} trial(s) finished, "
         f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {len(plans)} worker(s)"
     )
+    lost = False
     try:
         if len(plans) == 1:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
@@ -163,16 +165,21 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
             summary = _launch(study, plans, options, target, deadline, progress)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
+    except StorageLost:
+        lost = True
+        raise
     finally:
         progress.close()
-        _close_orphans_at_the_end(study)
+        if not lost:  # a lost database: the next launch closes them
+            _close_orphans_at_the_end(study)
     return summary
 
 
 def _close_orphans_at_the_end(study: Study) -> None:
     """The end of every launch closes what its workers left RUNNING; it never hides why the launch ended."""
     try:
-        closed = close_orphan_runs(study)
+        with quiet_loggers("mlflow", level=logging.CRITICAL):  # MLflow logs a failed query with its traceback
+            closed = close_orphan_runs(study)
     except Exception as error:  # the database or MLflow is gone: the next launch closes them
         logger.debug("could not close orphan MLflow runs: %s", error)
         return

@@ -115,7 +115,7 @@ class StudyStatus:
 def _quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its warnings (a query retried, ...) are not the user's news
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
