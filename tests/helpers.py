@@ -105,3 +105,18 @@ def optuna_trials(root: Path, study: str) -> list[dict]:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def start_cli(cwd: Path, *args: str) -> subprocess.Popen:
+    """``ct-tune ARGS`` started in ``cwd`` as its own process, output piped, for tests that signal it."""
+    from tests.conftest import SOURCE_ROOT
+
+    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ct_tune.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +23,8 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tests.conftest import SOURCE_ROOT, Stores, write_spec
+from tests.conftest import Stores, write_spec
+from tests.helpers import start_cli
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -32,21 +32,11 @@ pytestmark = pytest.mark.slow
 # A slow objective (a 60-step attack, a few seconds a trial) so that a fault lands inside a trial.
 SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 60, "n": 359}]
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
-STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=STORES)
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
-    if request.param == "sqlite":
-        return Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    server = request.getfixturevalue("postgres")
-    return Stores(
-        "postgres", server.url(server.create_database("optuna")), server.url(server.create_database("mlflow"))
-    )
 
 
 def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str, n_trials: int) -> list[str]:
-    """Create a slow study; returns the store options every later command of the test passes."""
+    """Create a slow study on ``stores`` (conftest's fixture: SQLite and PostgreSQL); returns the store
+    options every later command of the test passes."""
     write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, objectives=SLOW)
     options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
     result = cli_fast("study", "create", f"{name}.yaml", *options)
@@ -55,17 +45,9 @@ def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
     if "--workers" in args:  # a test process is pinned to one core: several workers share it
         args = (*args, "--oversubscribe")
-    return subprocess.Popen(
-        [sys.executable, "-m", "ct_tune.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(tmp_path, *args)
 
 
 def read_until(proc: subprocess.Popen, pattern: str, seen: list[str]) -> re.Match:

@@ -6,8 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import SOURCE_ROOT, write_spec
+from tests.conftest import write_spec
+from tests.helpers import start_cli
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -26,18 +25,6 @@ def create(cli_fast, tmp_path, checkpoint, stores, name: str, n_trials: int, **s
     write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, **sections)
     result = cli_fast("study", "create", f"{name}.yaml", "--storage", stores.storage, "--tracking-uri", stores.tracking)
     assert result.returncode == 0, result.stderr
-
-
-def launcher(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ct_tune.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def trials_of(stores, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -156,7 +143,7 @@ def test_ctrl_c_while_workers_start_stops_them_all(cli_fast, tmp_path, digits_ch
     stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     create(cli_fast, tmp_path, digits_checkpoint, stores, "early", 6)
     workers = available_cores() + 1
-    proc = launcher(tmp_path, "study", "run", "early", "--workers", str(workers), "--oversubscribe", "--no-progress")
+    proc = start_cli(tmp_path, "study", "run", "early", "--workers", str(workers), "--oversubscribe", "--no-progress")
     lines: list[str] = []
     started: set[int] = set()
     try:
