@@ -16,6 +16,16 @@ import pytest
 SOURCE_ROOT = Path(ct_tune.__file__).resolve().parents[1]
 
 
+MACHINE_CORES: set[int] = set()  # the cores before this test process was pinned to its share (empty: not pinned)
+
+
+def on_the_whole_machine() -> None:
+    """``preexec_fn`` for a user-facing script (the README's, the example project's): it runs on every core,
+    as it would for a user, not on the pinned share of this test process (which refuses its 2 workers)."""
+    if MACHINE_CORES:
+        os.sched_setaffinity(0, MACHINE_CORES)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``-n``), give each test process its own share of the cores.
 
@@ -27,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not name.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
         return
     cores = sorted(os.sched_getaffinity(0))
+    MACHINE_CORES.update(cores)
     if len(cores) < count:
         return
     share = cores[int(name[2:]) % count :: count]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import SOURCE_ROOT
+from tests.conftest import SOURCE_ROOT, on_the_whole_machine
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,9 @@ def run(command: list[str], cwd: Path, timeout: float = 600) -> subprocess.Compl
     env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("CT_TUNE_STORAGE", None)
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=on_the_whole_machine
+    )
     assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
     return proc
 

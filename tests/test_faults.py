@@ -29,8 +29,8 @@ from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
 
-# A slow objective (a 60-step attack, a few seconds a trial) so that a fault lands inside a trial.
-SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 60, "n": 359}]
+# A slow objective (a 30-step attack, a few seconds a trial) so that a fault lands inside a trial.
+SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 30, "n": 359}]
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
 
 
@@ -124,11 +124,11 @@ def exited(pid: int) -> bool:
 
 
 def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp_path, digits_checkpoint, stores):
-    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 5)
-    proc = start(tmp_path, "study", "run", "crash", *options, "--workers", "3", "--heartbeat", "1", "--grace", "4")
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 4)
+    proc = start(tmp_path, "study", "run", "crash", *options, "--workers", "2", "--heartbeat", "1", "--grace", "4")
     seen: list[str] = []
     pids = {}
-    while len(pids) < 3:
+    while len(pids) < 2:
         match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
         pids[int(match.group(1))] = int(match.group(2))
     # Kill worker 1 inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING.
@@ -145,7 +145,7 @@ def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp
     assert "worker 1 was killed by SIGKILL" in stderr and "Traceback" not in stderr
 
     trials = assert_agree(stores, "crash")
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 5
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
     failed = [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
     assert len(failed) == 1, [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials]
     retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
@@ -154,7 +154,7 @@ def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp
 
 
 def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tmp_path, digits_checkpoint, stores):
-    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "orphaned", 6)
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "orphaned", 4)
     proc = start(tmp_path, "study", "run", "orphaned", *options, "--workers", "2", "--no-progress")
     seen: list[str] = []
     pids = []
@@ -171,10 +171,14 @@ def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tm
     assert not [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
     logs = "".join(path.read_text() for path in (tmp_path / "logs" / "orphaned").glob("*.log"))
     assert "the launcher is gone; stopped after ending its trial" in logs and "Traceback" not in logs
-    finish(cli, stores, "orphaned", options, 6)
+    finish(cli, stores, "orphaned", options, 4)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("stores", "workers"),
+    [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)],  # each mode, each database
+    indirect=["stores"],
+)
 def test_ctrl_c_fails_the_running_trials_in_both_stores(cli, cli_fast, tmp_path, digits_checkpoint, stores, workers):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "stopped", 4)
     proc = start(tmp_path, "study", "run", "stopped", *options, "--workers", str(workers), "--no-progress")

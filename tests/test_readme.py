@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SOURCE_ROOT
+from tests.conftest import SOURCE_ROOT, on_the_whole_machine
 
 README = (SOURCE_ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
@@ -81,5 +81,6 @@ def test_python_example_runs(index, readme_workdir):
         text=True,
         env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"},
         timeout=600,
+        preexec_fn=on_the_whole_machine,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -218,7 +218,7 @@ def test_quickstart_offline_with_two_workers(cli, tmp_path, digits_checkpoint):
     """The README's main command, at a small budget: reuses a cached checkpoint, 2 workers, a table."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "cifar_resnet_small-digits-seed0.pt").symlink_to(digits_checkpoint)
-    result = cli("quickstart", "--trials", "3", "--oversubscribe", "--no-progress")
+    result = cli("quickstart", "--trials", "3", "--workers", "2", "--oversubscribe", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "reusing the pretrained model" in result.stderr
     assert "worker 1 ready" in result.stderr  # two worker processes

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import ct_tune
@@ -18,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests._fresh import tiny_study
-from tests.conftest import SOURCE_ROOT, write_spec
+from tests.conftest import write_spec
 from tests.helpers import mlflow_runs, optuna_trials
 
 pytestmark = pytest.mark.slow
@@ -124,80 +119,6 @@ def test_baseline_trial_scores_exactly_the_unsteered_model(cli, tmp_path, digits
     with torch.no_grad():
         plain = AccuracyObjective().evaluate(target, EvalData(x, y)).value
     assert baseline["values"]["accuracy"] == plain
-
-
-def test_resume_after_interrupt_continues_without_duplicates(cli, cli_fast, tmp_path, digits_checkpoint):
-    # A slow objective (~5 s a trial: a 100-step attack) so that the interrupt lands inside a trial's
-    # evaluation; an interrupt during a trial's bookkeeping is held until the trial is recorded.
-    slow = [{"name": "adversarial", "eps": 0.05, "steps": 100, "n": 359}]
-    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="resume", objectives=slow, budget={"n_trials": 5})
-    assert cli_fast("study", "create", "spec.yaml").returncode == 0
-    first = cli_fast("study", "run", "resume", "--n-trials", "3", "--no-progress")
-    assert first.returncode == 0, first.stderr
-
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ct_tune.cli", "study", "run", "resume", "--no-progress"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stderr:  # wait until the model is loaded and trials start, then Ctrl-C inside one
-        if "worker 0 on" in line:
-            break
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "Resume with: ct-tune study run resume" in stderr
-    assert stderr.count("ct-tune: interrupted") == 1, stderr  # the library's line, not a second from the CLI
-
-    status = cli_fast("study", "status", "resume", "--json").json()["trials"]
-    assert status["RUNNING"] == 0
-    assert status["FAIL"] >= 1  # the interrupted trial
-    _, children = mlflow_runs(tmp_path, "resume")
-    assert all(run.info.status != "RUNNING" for run in children)
-
-    second = cli("study", "run", "resume", "--no-progress")
-    assert second.returncode == 0, second.stderr
-    status = cli_fast("study", "status", "resume", "--json").json()["trials"]
-    assert status["COMPLETE"] + status["PRUNED"] == 5
-    _, children = mlflow_runs(tmp_path, "resume")
-    numbers = [int(run.data.tags["optuna.trial_number"]) for run in children]
-    assert len(numbers) == len(set(numbers))  # one run per trial, nothing duplicated
-    assert len(children) == 5 + status["FAIL"]
-    states = {int(r.data.tags["optuna.trial_number"]): r.data.tags["ct_tune.state"] for r in children}
-    assert sorted(states.values()).count("FAIL") == status["FAIL"]
-
-
-def test_interrupting_two_workers_says_so_once(tmp_path, digits_checkpoint):
-    """Ctrl-C in a terminal reaches the launcher and its workers (one process group): one line, exit 130."""
-    slow = [{"name": "adversarial", "eps": 0.05, "steps": 100, "n": 359}]
-    tiny_study(tmp_path, digits_checkpoint, objectives=slow, budget={"n_trials": 20})
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ct_tune.cli", "study", "run", "tiny", "--workers", "2", "--no-progress"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
-    for line in proc.stderr:  # both workers ready and scoring, then Ctrl-C to the whole group
-        lines.append(line)
-        if sum("ready on" in seen for seen in lines) == 2:
-            break
-    time.sleep(1.5)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, rest = proc.communicate(timeout=180)
-    stderr = "".join(lines) + rest
-    assert proc.returncode == 130, stderr
-    assert stderr.count("ct-tune: interrupted") == 1 and "Resume with: ct-tune study run tiny" in stderr, stderr
-    assert "Traceback" not in stderr, stderr
 
 
 def test_existing_name_is_an_error_unless_resume_if_exists(cli_fast, tmp_path, digits_checkpoint):

@@ -49,7 +49,9 @@ def test_the_password_of_the_spec_is_written_nowhere(cli, tmp_path, digits_check
     created = cli("study", "create", spec.name)
     assert created.returncode == 0, created.stderr
     assert "next: ct-tune study run secret.yaml" in created.stdout  # the spec file names both stores
-    run = cli("study", "run", spec.name, "--workers", "2", "--no-progress")  # the spec's tracking_uri, not the record's
+    run = cli(
+        "study", "run", spec.name, "--workers", "2", "--oversubscribe", "--no-progress"
+    )  # the spec's tracking_uri, not the record's
     assert run.returncode == 0, run.stderr
     assert run.stderr.count(" ready on ") == 2 and "budget reached" in run.stdout
 
