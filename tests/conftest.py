@@ -27,6 +27,21 @@ def on_the_whole_machine() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _restore_ctrl_c()
+    _pin_to_a_share_of_the_cores()
+
+
+def _restore_ctrl_c() -> None:
+    """A test run started in the background by a shell without job control has SIGINT ignored (POSIX), and
+    every process it starts inherits that: the Ctrl-C tests would test nothing. A Python handler here
+    makes the processes the tests start get the default disposition again."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _pin_to_a_share_of_the_cores() -> None:
     """Under pytest-xdist (``-n``), give each test process its own share of the cores.
 
     Torch in every process would otherwise start one OpenMP thread per core, and threads spinning next to
