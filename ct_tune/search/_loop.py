@@ -355,19 +355,16 @@ class TrialLoop:
     def _tell(
         self, trial: optuna.Trial, state: optuna.trial.TrialState, values: tuple[float, ...] | None = None
     ) -> optuna.trial.TrialState:
-        """Tell Optuna, the truth of the study; returns the state the trial holds afterwards. It differs
-        from ``state`` when another worker ended the trial first (its heartbeat was late: that worker
-        failed it and enqueued a retry)."""
+        """Tell Optuna, the truth of the study (``values`` come with COMPLETE only); returns the state the
+        trial holds afterwards. It differs from ``state`` when another worker ended the trial first (its
+        heartbeat was late: that worker failed it and enqueued a retry)."""
         import optuna
-        from optuna.trial import TrialState
 
         told = None if values is None else (values[0] if len(values) == 1 else list(values))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                frozen = self.optuna_study.tell(
-                    trial, told if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
-                )
+                frozen = self.optuna_study.tell(trial, told, state=state, skip_if_finished=True)
             return frozen.state
         except optuna.exceptions.UpdateFinishedTrialError:  # ended elsewhere between Optuna's check and write
             return self.study.storage.get_trial(trial._trial_id).state

@@ -220,6 +220,25 @@ print("RESULT", json.dumps({{"interrupted": result.interrupted, "exit_codes": re
 
 
 @pytest.mark.slow
+def start_launcher(tmp_path: Path, env: dict, *, workers: int, mode: str, pids: Path | None = None):
+    """The LAUNCHER script for ``workers`` tiny workers in ``mode``, started in its own process group (as a
+    terminal starts a command)."""
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        LAUNCHER.format(
+            log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=workers, mode=mode, pids=str(pids or "")
+        )
+    )
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
+        start_new_session=True,
+    )
+
+
 @pytest.mark.parametrize(
     ("how", "worker_signal"),
     [("ctrl-c", "SIGINT"), ("sigterm", "SIGTERM")],
@@ -229,18 +248,7 @@ def test_interrupting_the_launcher_stops_every_worker(tmp_path, worker_module, h
     """Ctrl-C in a terminal reaches the whole process group; a scheduler's SIGTERM only the launcher, which
     forwards it. Either way every worker stops and the launcher reports the launch as interrupted."""
     _, env = worker_module
-    script = tmp_path / "launcher.py"
-    script.write_text(
-        LAUNCHER.format(log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=2, mode="signals", pids="")
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
-        start_new_session=True,  # its own process group, as a terminal gives a command
-    )
+    proc = start_launcher(tmp_path, env, workers=2, mode="signals")
     try:
         ready = 0
         assert proc.stdout is not None
@@ -275,20 +283,7 @@ def test_ctrl_c_while_workers_start_stops_them_at_once(tmp_path, worker_module):
     _, env = worker_module
     pids = tmp_path / "pids"
     pids.mkdir()
-    script = tmp_path / "launcher.py"
-    script.write_text(
-        LAUNCHER.format(
-            log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=3, mode="slow-start", pids=str(pids)
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
-        start_new_session=True,
-    )
+    proc = start_launcher(tmp_path, env, workers=3, mode="slow-start", pids=pids)
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
