@@ -9,8 +9,10 @@ from typing import Any
 from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._study_common import (
+    add_executor_options,
     add_store_options,
     add_worker_options,
+    executor_options,
     parse_timeout,
     profile_text,
     render_best,
@@ -52,6 +54,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--timeout", help="stop starting trials after this long (seconds, or 30m, 2h)")
     add_worker_options(run)
     add_store_options(run)
+    add_executor_options(run)
 
     for name, handler, text in (
         ("status", _status, "trial counts, best values and where the study is stored"),
@@ -146,7 +149,9 @@ def _next_target(args: argparse.Namespace, study) -> str:
 
 def _run(args: argparse.Namespace) -> CommandResult:
     study = _load(args)
-    summary = study.run(n_trials=args.n_trials, timeout=parse_timeout(args.timeout), **worker_options(args))
+    summary = study.run(
+        n_trials=args.n_trials, timeout=parse_timeout(args.timeout), **worker_options(args), **executor_options(args)
+    )
     return summary_result(study, summary)
 
 
@@ -164,6 +169,21 @@ def _status(args: argparse.Namespace) -> CommandResult:
         shown = ", ".join(f"{k.lower()} {v}" for k, v in trials.items() if v)
         print(f"  trials: {shown or 'none yet'} (budget {payload['budget']})")
         print(f"  MLflow experiment {payload['mlflow_experiment_id']}, parent run {payload['mlflow_parent_run_id']}")
+        if payload["jobs"]:
+            print_table(
+                "SLURM jobs (latest first)",
+                ["job", "cluster", "workers", "submitted", "state"],
+                [
+                    [
+                        job["job_id"],
+                        job["cluster"],
+                        short_list([str(w) for w in job["workers"]]),
+                        job["submitted"],
+                        job["state"],
+                    ]
+                    for job in reversed(payload["jobs"])
+                ],
+            )
         render_best(study.objective_names, study.name, payload)
 
     return CommandResult(payload, render)

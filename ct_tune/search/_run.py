@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,29 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import InputError, StorageLost, WorkerFailed
 from ct_tune._quiet import quiet_loggers
 from ct_tune.search._progress import Progress
+from ct_tune.search._remote import (
+    EXECUTORS,
+    check_shared_stores,
+    follow_jobs,
+    launch_ray,
+    slurm_settings_note,
+    submit_slurm,
+)
 from ct_tune.search._space import initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
 from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_STATE, TAG_TRIAL
-from ct_tune.workers import EXIT_DATABASE_LOST, WorkerPlan, check_cores, check_log_dir, launch, plan_workers
+from ct_tune.workers import (
+    EXIT_DATABASE_LOST,
+    RayOptions,
+    SlurmOptions,
+    WorkerPlan,
+    check_cores,
+    check_log_dir,
+    launch,
+    plan_workers,
+)
+from ct_tune.workers._ray import import_ray
+from ct_tune.workers._slurm import import_submitit
 
 if TYPE_CHECKING:
     from ct_tune.search._study import Study
@@ -59,6 +80,10 @@ class RunOptions:
     log_dir: str | None = None
     progress: bool = True
     oversubscribe: bool = False  # more CPU workers than cores: refused unless set (then a warning)
+    executor: str = "local"  # local processes, a SLURM job array (submitit) or Ray actors
+    slurm: SlurmOptions | None = None  # the job array's shape (executor slurm)
+    ray: RayOptions | None = None  # the Ray cluster and actors (executor ray)
+    wait: bool = False  # executor slurm: follow the jobs until they end (else return once submitted)
 
     @property
     def grace_period(self) -> int:
@@ -77,6 +102,28 @@ class RunOptions:
             raise InputError(f"--grace ({self.grace} s) must be longer than --heartbeat ({self.heartbeat} s)")
         if self.log_dir is not None:  # before anything runs or prints
             check_log_dir(Path(self.log_dir))
+        if self.executor not in EXECUTORS:
+            raise InputError(f"--executor {self.executor!r}: use one of {', '.join(EXECUTORS)}")
+        for name in ("slurm", "ray"):
+            if getattr(self, name) is not None and self.executor != name:  # a flag of another executor
+                raise InputError(f"{name} options were given to executor {self.executor}: use --executor {name}")
+        if self.wait and self.executor != "slurm":
+            raise InputError("--wait follows SLURM jobs: add --executor slurm (the other executors always wait)")
+        if self.executor == "slurm":
+            self.slurm = self.slurm or SlurmOptions()
+            self.slurm.check()
+            import_submitit()
+        if self.executor == "ray":
+            self.ray = self.ray or RayOptions(workers=self.workers)
+            self.ray.check()
+            import_ray()
+
+    @property
+    def remote(self) -> bool:
+        """Workers may run on other machines: the stores must be ones every node reaches."""
+        if self.executor == "slurm":
+            return self.slurm is not None and self.slurm.cluster != "local"
+        return self.executor == "ray" and self.ray is not None and self.ray.address is not None
 
 
 @dataclass
@@ -92,6 +139,7 @@ class WorkerSettings:
     heartbeat: int = 10
     grace: int | None = None
     sys_path: list[str] = field(default_factory=list)  # the launcher's import path: user packages import here too
+    cwd: str | None = None  # the launcher's directory: a worker elsewhere (Ray, SLURM) works from it when it exists
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,23 +168,27 @@ class RunSummary:
     # seconds per kind of work, summed over workers: evaluate, tracking (MLflow), optuna
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
     trials: list[dict[str, Any]] = field(default_factory=list)  # one line per trial of this launch
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # SLURM jobs submitted (executor slurm)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def run_study(study: Study, options: RunOptions) -> RunSummary:
-    """Prepare the study once, then run one worker here or launch several."""
+    """Prepare the study once, then run one worker here, launch several, or place them on a cluster."""
     options.check()
+    if options.remote:
+        check_shared_stores(study, options.executor)
     spec = study.spec
-    plans = plan_workers(options.workers, options.devices or spec.run.device)
+    local = options.executor == "local"
+    plans = plan_workers(options.workers, options.devices or spec.run.device) if local else []
     states = study.counts()
     finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
     target = finished + options.n_trials if options.n_trials is not None else spec.budget.n_trials
     timeout = options.timeout if options.timeout is not None else spec.budget.timeout
     if target is not None and finished >= target:
         return RunSummary(study.name, f"budget already reached ({finished} trials); use --n-trials to run more")
-    if target is not None and target - finished < len(plans):  # a worker with no trial to run only costs a start
+    if local and target is not None and target - finished < len(plans):  # a worker with no trial only costs a start
         plans = plan_workers(target - finished, options.devices or spec.run.device)
     crowded = check_cores(plans, oversubscribe=options.oversubscribe)  # before anything is written
 
@@ -153,16 +205,20 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         progress.write(f"closed {closed} MLflow run(s) left RUNNING by a worker that stopped")
     deadline = None if timeout is None else time.time() + timeout
     target_text = target if target is not None else "none"
+    placement = f"{len(plans)} worker(s)" if local else f"executor {options.executor}"
     progress.write(
         f"study {study.name}: {len(study.units)} {spec.search.granularity} units, {finished} trial(s) finished, "
-        f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {len(plans)} worker(s)"
+        f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {placement}"
     )
+    left = None if target is None else target - finished
     lost = False
     try:
-        if len(plans) == 1:
+        if options.executor == "slurm":
+            summary = _submit(study, options, target, deadline, left, progress)
+        elif local and len(plans) == 1:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
         else:
-            summary = _launch(study, plans, options, target, deadline, progress)
+            summary = _launch(study, plans, options, target, deadline, left, progress)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
     except StorageLost:
@@ -216,7 +272,29 @@ def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, targ
     )
 
 
-def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, progress) -> RunSummary:
+def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Callable[[WorkerPlan], dict[str, Any]]:
+    """What every worker is handed, whatever runs it."""
+
+    def settings(plan: WorkerPlan) -> dict[str, Any]:
+        return WorkerSettings(
+            study=study.name,
+            storage_url=study.storage_url,
+            tracking_uri=study.tracking_uri,
+            worker=plan.index,
+            device=plan.device,
+            threads=plan.threads,
+            target_total=target,
+            deadline=deadline,
+            heartbeat=options.heartbeat,
+            grace=options.grace_period,
+            sys_path=list(sys.path),
+            cwd=os.getcwd(),
+        ).to_dict()
+
+    return settings
+
+
+def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, left, progress) -> RunSummary:
     from ct_tune.search._bench import prepare_data
     from ct_tune.search._loop import describe_trial
     from ct_tune.search._record import refresh_study_plots
@@ -235,22 +313,20 @@ def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, 
             lines.append(event)
             progress.trial(event, f"[w{index}] " + describe_trial(event, names))
 
-    def settings(plan: WorkerPlan) -> dict[str, Any]:
-        return WorkerSettings(
-            study=study.name,
-            storage_url=study.storage_url,
-            tracking_uri=study.tracking_uri,
-            worker=plan.index,
-            device=plan.device,
-            threads=plan.threads,
-            target_total=target,
-            deadline=deadline,
-            heartbeat=options.heartbeat,
-            grace=options.grace_period,
-            sys_path=list(sys.path),
-        ).to_dict()
-
-    result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
+    settings = _worker_settings(study, options, target, deadline)
+    if options.executor == "ray":
+        result = launch_ray(
+            study,
+            options.ray,
+            limit=left,
+            settings=settings,
+            log_dir=log_dir,
+            on_event=on_event,
+            progress=progress,
+            on_plans=lambda placed: plans.extend(placed),
+        )
+    else:
+        result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
     if result.interrupted:
         raise KeyboardInterrupt
     summaries = result.summaries.values()
@@ -283,6 +359,38 @@ def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, 
         workers=len(plans),
         seconds=seconds,
         trials=[{k: v for k, v in line.items() if k != "event"} for line in lines],
+    )
+
+
+def _submit(study: Study, options: RunOptions, target, deadline, left, progress) -> RunSummary:
+    """Submit the SLURM job array; with ``wait``, follow the study until the jobs end."""
+    from ct_tune.search._bench import prepare_data
+    from ct_tune.search._loop import describe_trial
+
+    prepare_data(study.spec)  # once, here: the jobs read what it wrote (a shared disk on a cluster)
+    log_dir = Path(options.log_dir or f"logs/{study.name}")
+    before = study.counts()
+    jobs = submit_slurm(
+        study, options.slurm, limit=left, settings=_worker_settings(study, options, target, deadline), log_dir=log_dir
+    )
+    workers = sum(len(job.workers) for job in jobs)
+    ids = ", ".join(job.job_id for job in jobs)
+    progress.write(f"submitted {len(jobs)} job(s) ({workers} worker(s)): {ids}; logs in {log_dir / 'slurm'}")
+    progress.write(f"watch with: ct-tune study status {study.name}; {slurm_settings_note(jobs)}")
+    records = [job.to_dict() for job in jobs]
+    if not options.wait:
+        return RunSummary(study.name, f"submitted {len(jobs)} job(s)", workers=workers, jobs=records)
+    records = follow_jobs(study, jobs, progress, describe_trial)
+    after = study.counts()
+    done = sum(after.get(k, 0) - before.get(k, 0) for k in ("COMPLETE", "PRUNED"))
+    states = ", ".join(sorted({job["state"].lower() for job in records}))
+    return RunSummary(
+        study.name,
+        f"jobs ended ({states})",
+        finished=done,
+        failed=after.get("FAIL", 0) - before.get("FAIL", 0),
+        workers=workers,
+        jobs=records,
     )
 
 

@@ -46,6 +46,7 @@ from ct_tune.tracking._keys import (
     ATTR_SPEC,
     ATTR_UNITS,
 )
+from ct_tune.workers import RayOptions, SlurmOptions
 
 if TYPE_CHECKING:
     from ct_tune.search._report import StudyReport
@@ -104,6 +105,7 @@ class StudyStatus:
     baseline: TrialResult | None = None
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # the latest SLURM jobs, with their state now
 
     def to_dict(self) -> dict[str, Any]:
         data = {key: value for key, value in self.__dict__.items() if key not in ("best", "baseline")}
@@ -331,6 +333,8 @@ class Study:
         return states
 
     def status(self) -> StudyStatus:
+        from ct_tune.search._remote import recorded_jobs
+
         return StudyStatus(
             study=self.name,
             storage=redact(self.storage_url),
@@ -343,6 +347,7 @@ class Study:
             baseline=self.baseline(),
             mlflow_experiment_id=self.mlflow.get("experiment_id"),
             mlflow_parent_run_id=self.mlflow.get("parent_run_id"),
+            jobs=recorded_jobs(self),
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -352,21 +357,29 @@ class Study:
         *,
         n_trials: int | None = None,
         timeout: float | None = None,
-        workers: int | None = 1,
+        workers: int | None = None,
         devices: str | None = None,
         progress: bool = True,
         heartbeat: int = 10,
         grace: int | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         oversubscribe: bool = False,
+        executor: str = "local",
+        slurm: SlurmOptions | Mapping[str, Any] | None = None,
+        ray: RayOptions | Mapping[str, Any] | None = None,
+        wait: bool = False,
     ) -> RunSummary:
         """Run trials until the budget is used: the spec's total, or ``n_trials`` more in this call.
 
-        ``workers`` processes (None: one per GPU of ``devices``, else 1) on ``devices`` (``auto``, ``cpu``
-        or ``cuda:0,cuda:1``; default the spec's ``run.device``). One worker runs in this process; several
-        are child processes logging to ``log_dir`` (default ``logs/<study>``). Ctrl-C fails the running
-        trials and raises ``KeyboardInterrupt``; calling ``run`` again resumes. More CPU workers than cores
-        are refused unless ``oversubscribe`` (then with a warning on stderr).
+        ``executor="local"``: ``workers`` processes (default one per GPU of ``devices``, else 1) on
+        ``devices`` (``auto``, ``cpu`` or ``cuda:0,cuda:1``; default the spec's ``run.device``). One worker
+        runs in this process; several are child processes logging to ``log_dir`` (default
+        ``logs/<study>``). More CPU workers than cores are refused unless ``oversubscribe``.
+        ``executor="slurm"``: a job array shaped by ``slurm`` (``SlurmOptions`` or its fields); returns
+        once submitted, or when the jobs end with ``wait``. ``executor="ray"``: one actor per GPU or CPU
+        slot of the Ray cluster ``ray`` names (default: a Ray instance on this machine); ``workers`` caps
+        the actors. Ctrl-C fails the running trials and raises ``KeyboardInterrupt``; calling ``run``
+        again resumes.
         """
         self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._run import RunOptions, run_study
@@ -381,6 +394,10 @@ class Study:
             log_dir=None if log_dir is None else str(log_dir),
             progress=progress,
             oversubscribe=oversubscribe,
+            executor=executor,
+            slurm=_options(SlurmOptions, slurm, "slurm"),
+            ray=_options(RayOptions, ray, "ray"),
+            wait=wait,
         )
         return run_study(self, options)
 
@@ -408,6 +425,19 @@ class Study:
         optuna.delete_study(study_name=self.name, storage=self.storage)
         experiment = tracker.delete_experiment(self.name)
         return {"study": self.name, "trials": n_trials, "mlflow_experiment_deleted": experiment}
+
+
+def _options(kind: type, given: Any, name: str) -> Any:
+    """An executor's options from their dataclass or a mapping of its fields (one line for a wrong field)."""
+    if given is None or isinstance(given, kind):
+        return given
+    if not isinstance(given, Mapping):
+        raise InputError(f"{name}: give {kind.__name__}(...) or a mapping of its fields, not {type(given).__name__}")
+    unknown = sorted(set(given) - set(kind.__dataclass_fields__))
+    if unknown:
+        known = ", ".join(kind.__dataclass_fields__)
+        raise InputError(f"{name}: unknown option(s) {', '.join(unknown)}; the options are {known}")
+    return kind(**given)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Worker processes: planning them over devices, launching them, keeping their trials alive, stopping
-them cleanly. Nothing here knows what a study is: ``ct_tune.search.worker`` is the module a launch runs.
+"""Worker processes: planning them over devices, launching them on this machine, as a SLURM job array
+(submitit) or as Ray actors, keeping their trials alive, stopping them cleanly. Nothing here knows what a
+study is: ``ct_tune.search.worker`` is what a launch runs.
 """
 
 from ct_tune.workers._events import EVENT_PREFIX, emit_event, parse_event, read_settings
@@ -7,6 +8,8 @@ from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
 from ct_tune.workers._interrupts import InterruptGuard, interrupt_on
 from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, check_log_dir, launch
 from ct_tune.workers._plan import WorkerPlan, available_cores, check_cores, plan_workers
+from ct_tune.workers._ray import RayOptions
+from ct_tune.workers._slurm import SlurmOptions, SubmittedJob
 
 __all__ = [
     "EVENT_PREFIX",
@@ -14,6 +17,9 @@ __all__ = [
     "Heartbeats",
     "InterruptGuard",
     "LaunchResult",
+    "RayOptions",
+    "SlurmOptions",
+    "SubmittedJob",
     "WorkerPlan",
     "available_cores",
     "check_cores",
