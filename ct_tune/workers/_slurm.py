@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune._quiet import quiet_loggers
 
 __all__ = ["SlurmOptions", "SubmittedJob", "import_submitit", "job_state", "submit_array"]
 
@@ -162,7 +164,7 @@ def submit_array(
             flags["additional_parameters"] = dict(options.sbatch)
         executor.update_parameters(**flags)
     stamp = dt.datetime.now().isoformat(timespec="seconds")
-    with _exported(environment):
+    with _exported(environment), quiet_loggers("submitit"):
         try:
             jobs = executor.map_array(_NodeTask(target, options.gpus_per_node), nodes)
         except Exception as error:  # sbatch refused the job: its own words name the flag
@@ -197,8 +199,9 @@ def _exported(environment: Mapping[str, str]) -> Iterator[None]:
 
 
 def job_state(job: Mapping[str, Any]) -> str:
-    """A recorded job's state now: SLURM's word for it (from ``sacct``), or for the local executor
-    RUNNING while its controller process lives, else FINISHED or ENDED (by its result file)."""
+    """A recorded job's state now: SLURM's word for it (from ``sacct``; UNKNOWN where there is none), or
+    for the local executor RUNNING while its controller process lives, else FINISHED or ENDED (by its
+    result file)."""
     try:
         import submitit
     except ImportError:
@@ -211,8 +214,9 @@ def job_state(job: Mapping[str, Any]) -> str:
         result = submitit.local.local.LocalJob(folder, job["job_id"]).paths.result_pickle
         return "FINISHED" if result.exists() else "ENDED"
     try:
-        return submitit.SlurmJob(folder, job["job_id"]).state
-    except Exception:  # no sacct here (not a SLURM node), or SLURM does not answer
+        with quiet_loggers("submitit", level=logging.CRITICAL):  # it warns on stdout when sacct fails
+            return submitit.SlurmJob(folder, job["job_id"]).state
+    except Exception:  # SLURM does not answer
         return "UNKNOWN"
 
 
