@@ -72,11 +72,12 @@ def launch_ray(
     on_event: Callable[[int, dict[str, Any]], None],
     progress: Progress,
     on_plans: Callable[[list[WorkerPlan]], None],
+    cpus: int,
 ) -> LaunchResult:
-    """One actor per GPU or CPU slot on the Ray cluster (a local instance without an address)."""
+    """One actor per GPU or CPU slot on the Ray cluster (a local instance of ``cpus`` without an address)."""
     from ct_tune.search.worker import run_remote
 
-    with connected(options) as ray:
+    with connected(options, cpus=cpus) as ray:
         plans = plan_actors(ray, options, limit)
         on_plans(plans)
         where = options.address or "a Ray instance on this machine"

@@ -44,7 +44,7 @@ from ct_tune.workers import (
     launch,
     plan_workers,
 )
-from ct_tune.workers._ray import import_ray
+from ct_tune.workers._ray import import_ray, local_cpus
 from ct_tune.workers._slurm import import_submitit
 
 if TYPE_CHECKING:
@@ -191,6 +191,9 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     if local and target is not None and target - finished < len(plans):  # a worker with no trial only costs a start
         plans = plan_workers(target - finished, options.devices or spec.run.device)
     crowded = check_cores(plans, oversubscribe=options.oversubscribe)  # before anything is written
+    ray_cpus = 0
+    if options.executor == "ray" and options.ray.address is None:  # a Ray instance here: the same rule
+        ray_cpus, crowded = local_cpus(options.ray, oversubscribe=options.oversubscribe)
 
     # Done once, before any worker starts: workers racing on these would duplicate them.
     tracker = study.tracker
@@ -218,7 +221,7 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         elif local and len(plans) == 1:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
         else:
-            summary = _launch(study, plans, options, target, deadline, left, progress)
+            summary = _launch(study, plans, options, target, deadline, left, progress, ray_cpus)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
     except StorageLost:
@@ -294,7 +297,9 @@ def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Cal
     return settings
 
 
-def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, left, progress) -> RunSummary:
+def _launch(
+    study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, left, progress, ray_cpus: int
+) -> RunSummary:
     from ct_tune.search._bench import prepare_data
     from ct_tune.search._loop import describe_trial
     from ct_tune.search._record import refresh_study_plots
@@ -324,6 +329,7 @@ def _launch(study: Study, plans: list[WorkerPlan], options: RunOptions, target, 
             on_event=on_event,
             progress=progress,
             on_plans=lambda placed: plans.extend(placed),
+            cpus=ray_cpus,
         )
     else:
         result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)

@@ -60,16 +60,32 @@ def import_ray():
     return ray
 
 
+def local_cpus(options: RayOptions, *, oversubscribe: bool) -> tuple[int, str | None]:
+    """CPUs to give a Ray instance started here, and the warning to print when that means more actors
+    than cores (refused unless ``oversubscribe``, as for local worker processes)."""
+    cores = available_cores()
+    needed = (options.workers or max(1, cores // options.cpus_per_worker)) * options.cpus_per_worker
+    if needed <= cores:
+        return cores, None
+    if not oversubscribe:
+        raise InputError(
+            f"--workers {options.workers} x --cpus-per-worker {options.cpus_per_worker}: more CPUs than the {cores} "
+            "core(s) this process may use; ask for fewer, or pass --oversubscribe to start them anyway"
+        )
+    return needed, f"warning: {needed} Ray CPU slots share {cores} core(s) (--oversubscribe): each actor runs slower"
+
+
 @contextlib.contextmanager
-def connected(options: RayOptions):
-    """Ray, connected to the given cluster or to a fresh instance on this machine; disconnected after."""
+def connected(options: RayOptions, *, cpus: int):
+    """Ray, connected to the given cluster or to a fresh instance of ``cpus`` CPUs on this machine;
+    disconnected after (a notebook's own connection is left as it was)."""
     ray = import_ray()
-    if ray.is_initialized():  # a notebook that connected already: use it, leave it connected
+    if ray.is_initialized():
         yield ray
         return
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if options.address is None:  # "local": a new instance, never one that `ray start` left running here
-        kwargs.update(num_cpus=available_cores(), include_dashboard=False)
+        kwargs.update(num_cpus=cpus, include_dashboard=False)
     try:
         ray.init(address=options.address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -82,17 +98,20 @@ def connected(options: RayOptions):
 
 
 def plan_actors(ray, options: RayOptions, limit: int | None) -> list[WorkerPlan]:
-    """One actor per GPU of the cluster (or ``workers``), else one per ``cpus_per_worker`` CPUs."""
+    """One actor per GPU of the cluster (or ``workers``), else one per ``cpus_per_worker`` CPUs; never more
+    than the cluster holds at once (the rest would wait forever) nor than trials left (``limit``)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    if gpus:
-        count = options.workers or gpus
-        plans = [WorkerPlan(i, "cuda", None, options.cpus_per_worker) for i in range(count)]
-    else:
-        count = options.workers or max(1, cpus // options.cpus_per_worker)
-        plans = [WorkerPlan(i, "cpu", None, options.cpus_per_worker) for i in range(count)]
-    return plans[: limit if limit is not None else len(plans)]
+    slots = gpus or max(1, int(resources.get("CPU", 1)) // options.cpus_per_worker)
+    count = options.workers or slots
+    if count > slots:
+        kind = "GPU" if gpus else f"{options.cpus_per_worker}-CPU"
+        raise InputError(
+            f"--workers {count}: the Ray cluster has room for {slots} {kind} actor(s) at once; ask for {slots} or fewer"
+        )
+    device = "cuda" if gpus else "cpu"
+    count = min(count, limit) if limit is not None else count
+    return [WorkerPlan(i, device, None, options.cpus_per_worker) for i in range(count)]
 
 
 class _Actor:

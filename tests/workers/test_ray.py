@@ -1,0 +1,54 @@
+"""``--executor ray`` on a real Ray instance started on this machine (loopback): two actors run a study to
+its exact budget on SQLite and on PostgreSQL, and an actor whose process is SIGKILLed mid-trial is
+restarted by Ray while the study still ends exact, one MLflow run per trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tests.postgres import PASSWORD
+from tests.test_faults import assert_agree, child_runs, create, read_until, start
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fast, tmp_path, digits_checkpoint, stores):
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "actors", 4)
+    proc = start(
+        tmp_path, "study", "run", "actors", *options, "--executor", "ray", "--workers", "2",
+        "--heartbeat", "1", "--grace", "4", "--no-progress",
+    )  # fmt: skip
+    seen: list[str] = []
+    pids: dict[int, int] = {}
+    while len(pids) < 2:
+        match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
+        pids[int(match.group(1))] = int(match.group(2))
+    deadline = time.monotonic() + 120
+    while not any(
+        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
+        for run in child_runs(stores, "actors")
+    ):  # worker 1 is inside a trial
+        assert time.monotonic() < deadline, "worker 1 never started a trial"
+        time.sleep(0.2)
+    os.kill(pids[1], signal.SIGKILL)
+    restarted = int(read_until(proc, r"worker 1 ready .*\(pid (\d+)\)", seen).group(1))
+    assert restarted != pids[1]  # Ray started a new actor process, which joined the study again
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, "".join(seen) + stderr
+    assert "budget reached" in stdout and "Traceback" not in stderr and PASSWORD not in stdout + stderr
+
+    trials = assert_agree(stores, "actors")  # one MLflow run per trial, the same states, nothing RUNNING
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs]
+    assert len(failed) == 1  # the killed actor's trial, failed by heartbeat ...
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE  # ... and run again
+    assert retries[0].params == failed[0].params
+    log = (tmp_path / "logs" / "actors" / "worker-1.log").read_text()
+    assert log.count("worker 1: CT activation") == 2  # the actor's log holds both of its lives
