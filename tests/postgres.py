@@ -43,6 +43,7 @@ class PostgresServer:
     root: Path
     port: int
     run_as: str | None  # system user that owns the cluster (None: the current user)
+    durable: bool = False  # fsync on, as a real server: for benchmarks (tests trade it for speed)
 
     @property
     def data_dir(self) -> Path:
@@ -83,8 +84,10 @@ class PostgresServer:
     def start(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -99,7 +102,7 @@ class PostgresServer:
         return name
 
 
-def start_server(root: Path) -> PostgresServer | None:
+def start_server(root: Path, *, durable: bool = False) -> PostgresServer | None:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         return None
@@ -110,6 +113,6 @@ def start_server(root: Path) -> PostgresServer | None:
         except KeyError:
             return None
         run_as = "postgres"
-    server = PostgresServer(bin_dir, root, _free_port(), run_as)
+    server = PostgresServer(bin_dir, root, _free_port(), run_as, durable)
     server.init()
     return server
