@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 EXECUTORS = ("local", "slurm", "ray")
+REMOTE_ENTRY = "ct_tune.search.worker:run_remote"  # what a SLURM task or a Ray actor calls
 ATTR_JOBS = "ct_tune.jobs"  # Optuna study attribute: the SLURM jobs submitted for the study
 JOBS_SHOWN = 20
 FOLLOW_SECONDS = 5.0
@@ -75,15 +76,13 @@ def launch_ray(
     cpus: int,
 ) -> LaunchResult:
     """One actor per GPU or CPU slot on the Ray cluster (a local instance of ``cpus`` without an address)."""
-    from ct_tune.search.worker import run_remote
-
     with connected(options, cpus=cpus) as ray:
         plans = plan_actors(ray, options, limit)
         on_plans(plans)
         where = options.address or "a Ray instance on this machine"
         progress.write(f"Ray: {len(plans)} actor(s) on {where} (up to {options.max_restarts} restart(s) each)")
         return launch_on_ray(
-            ray, run_remote, plans, settings=settings, options=options, log_dir=log_dir, on_event=on_event
+            ray, REMOTE_ENTRY, plans, settings=settings, options=options, log_dir=log_dir, on_event=on_event
         )
 
 
@@ -98,8 +97,6 @@ def submit_slurm(
     log_dir: Path,
 ) -> list[SubmittedJob]:
     """Submit one array element per node, one worker per GPU; the jobs are recorded with the study."""
-    from ct_tune.search.worker import run_remote
-
     per_node = options.workers_per_node
     nodes = options.nodes if limit is None else min(options.nodes, math.ceil(limit / per_node))
     workers = nodes * per_node  # whole nodes: every element of an array has the same shape
@@ -114,7 +111,7 @@ def submit_slurm(
         payloads.append(payload)
     environment = {STORAGE_ENV: study.storage_url, TRACKING_ENV: study.tracking_uri}
     jobs = submit_array(
-        run_remote,
+        REMOTE_ENTRY,
         payloads,
         options=options,
         folder=log_dir / "slurm",

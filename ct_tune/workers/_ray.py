@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import CTTuneError, InputError
+from ct_tune.workers._entry import resolve_entry
 from ct_tune.workers._launch import LaunchResult
 from ct_tune.workers._plan import WorkerPlan, available_cores
 
@@ -115,7 +116,8 @@ def plan_actors(ray, options: RayOptions, limit: int | None) -> list[WorkerPlan]
 
 
 class _Actor:
-    """A worker in a Ray actor process: ``target(settings, emit, keep_going)`` with events on a queue."""
+    """A worker in a Ray actor process: ``target(settings, emit=, keep_going=)`` (``"module:function"``)
+    with its events put on a queue."""
 
     def __init__(self, index: int, log_file: str | None) -> None:
         self.index = index
@@ -130,7 +132,7 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, target: Callable[..., dict[str, Any]], settings: Mapping[str, Any], events, stop) -> dict[str, Any]:
+    def run(self, target: str, settings: Mapping[str, Any], events, stop) -> dict[str, Any]:
         import ray
 
         def emit(kind: str, **payload: Any) -> None:
@@ -141,7 +143,8 @@ class _Actor:
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         try:
-            return {"summary": target(dict(settings), emit=emit, keep_going=keep_going), "exit_code": 0}
+            summary = resolve_entry(target)(dict(settings), emit=emit, keep_going=keep_going)
+            return {"summary": summary, "exit_code": 0}
         except CTTuneError as error:  # a one-line reason, as a local worker prints it
             logging.getLogger("ct_tune").error("ct-tune: error: %s", " ".join(str(error).split()))
             return {"summary": None, "exit_code": error.exit_code, "error": " ".join(str(error).split())}
@@ -162,7 +165,7 @@ class _Stop:
 
 def launch_on_ray(
     ray,
-    target: Callable[..., dict[str, Any]],
+    target: str,
     plans: Sequence[WorkerPlan],
     *,
     settings: Callable[[WorkerPlan], Mapping[str, Any]],

@@ -18,13 +18,14 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
 from ct_tune._quiet import quiet_loggers
+from ct_tune.workers._entry import resolve_entry
 
 __all__ = ["SlurmOptions", "SubmittedJob", "import_submitit", "job_state", "submit_array"]
 
@@ -97,7 +98,7 @@ def import_submitit():
 class _NodeTask:
     """What one task of an array element runs: the worker of its local rank, on its GPU."""
 
-    def __init__(self, target: Callable[[dict[str, Any]], dict[str, Any]], gpus: int) -> None:
+    def __init__(self, target: str, gpus: int) -> None:
         self.target = target
         self.gpus = gpus
 
@@ -108,7 +109,7 @@ class _NodeTask:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if self.gpus and len(visible) >= len(node_settings):
             os.environ["CUDA_VISIBLE_DEVICES"] = visible[rank]  # before torch starts CUDA
-        return self.target(dict(node_settings[rank]))
+        return resolve_entry(self.target)(dict(node_settings[rank]))
 
     def checkpoint(self, node_settings: Sequence[Mapping[str, Any]]):
         """Preempted or timed out: requeue the element with the same settings (the study resumes)."""
@@ -118,7 +119,7 @@ class _NodeTask:
 
 
 def submit_array(
-    target: Callable[[dict[str, Any]], dict[str, Any]],
+    target: str,
     settings: Sequence[Mapping[str, Any]],
     *,
     options: SlurmOptions,
@@ -127,7 +128,8 @@ def submit_array(
     environment: Mapping[str, str],
 ) -> list[SubmittedJob]:
     """Submit ``settings`` (one per worker, password-free) as array elements of ``workers_per_node``
-    tasks; ``environment`` (the full storage URLs) is exported to the jobs, never written."""
+    tasks, each calling ``target`` (``"module:function"``) with its settings; ``environment`` (the full
+    storage URLs) is exported to the jobs, never written."""
     submitit = import_submitit()
     per_node = options.workers_per_node
     nodes = [list(settings[i : i + per_node]) for i in range(0, len(settings), per_node)]
