@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -15,9 +16,10 @@ from optuna.trial import TrialState
 from tests.postgres import PASSWORD
 from tests.test_faults import assert_agree, child_runs, create, read_until, start
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = pytest.mark.cluster
 
 
+@pytest.mark.slow
 def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fast, tmp_path, digits_checkpoint, stores):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "actors", 4)
     proc = start(
@@ -52,3 +54,37 @@ def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fas
     assert retries[0].params == failed[0].params
     log = (tmp_path / "logs" / "actors" / "worker-1.log").read_text()
     assert log.count("worker 1: CT activation") == 2  # the actor's log holds both of its lives
+
+
+def stand_in(settings: dict, *, emit, keep_going) -> dict:
+    """A stand-in worker for the direct test: one event of each kind, or the one-line error of bad input."""
+    from ct_tune import InputError
+
+    if settings["fail"]:
+        raise InputError("a bad spec, in one line")
+    emit("ready", device="cpu", pid=os.getpid())
+    emit("trial", number=settings["worker"], state="COMPLETE")
+    return {"finished": 1, "keep_going": keep_going()}
+
+
+def test_launch_on_ray_relays_events_and_exit_codes(tmp_path, monkeypatch):
+    from ct_tune.workers import RayOptions, WorkerPlan
+    from ct_tune.workers._ray import connected, launch_on_ray
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the actors import this module
+    events: list[tuple[int, str]] = []
+    with connected(RayOptions(), cpus=2) as ray:
+        result = launch_on_ray(
+            ray,
+            "tests.workers.test_ray:stand_in",
+            [WorkerPlan(0, "cpu", None, 1), WorkerPlan(1, "cpu", None, 1)],
+            settings=lambda plan: {"worker": plan.index, "fail": plan.index == 1},
+            options=RayOptions(),
+            log_dir=tmp_path / "logs",
+            on_event=lambda index, event: events.append((index, event["event"])),
+        )
+    assert not ray.is_initialized()  # the instance started for the launch is shut down
+    assert result.exit_codes == {0: 0, 1: 2}  # worker 1's bad input exits 2, as a local worker's would
+    assert sorted(events) == [(0, "ready"), (0, "trial")]
+    assert result.summaries[0]["keep_going"] is True and 1 not in result.summaries
+    assert "ct-tune: error: a bad spec, in one line" in (tmp_path / "logs" / "worker-1.log").read_text()

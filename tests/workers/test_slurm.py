@@ -133,10 +133,11 @@ def test_the_job_script_asks_for_the_nodes_and_gpus_and_holds_no_secret(
     assert {j["state"] for j in jobs} == {"UNKNOWN"}  # no sacct on this machine
 
 
-def test_a_sqlite_storage_is_refused_before_anything_is_submitted(cli_fast, tmp_path, digits_checkpoint):
+@pytest.mark.parametrize("executor", [["slurm", "--nodes", "2"], ["ray", "--address", "auto"]])
+def test_a_sqlite_storage_is_refused_before_anything_is_submitted(cli_fast, tmp_path, digits_checkpoint, executor):
     write_spec(tmp_path / "s.yaml", digits_checkpoint, name="s")
     assert cli_fast("study", "create", "s.yaml").returncode == 0
-    result = cli_fast("study", "run", "s", "--executor", "slurm", "--nodes", "2")
+    result = cli_fast("study", "run", "s", "--executor", *executor)
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
@@ -182,3 +183,45 @@ def test_a_missing_extra_is_named(tmp_path, digits_checkpoint, monkeypatch, cli_
     assert "pip install -c constraints.txt 'ct-tune[ray]'" in ray.stderr
     status = cli_fast("study", "status", "s", "--json")
     assert status.json()["trials"]["RUNNING"] == 0 and json.dumps(status.json()["jobs"]) == "[]"
+
+
+def report_environment(settings: dict) -> dict:
+    """A stand-in worker for the direct test: what its task saw."""
+    return {
+        "settings": settings,
+        "storage": os.environ.get("CT_TUNE_STORAGE"),
+        "gpu": os.environ["CUDA_VISIBLE_DEVICES"],
+    }
+
+
+def test_submit_array_hands_each_task_its_settings_its_gpu_and_the_environment(tmp_path, monkeypatch):
+    from ct_tune.workers import SlurmOptions
+    from ct_tune.workers._slurm import job_state, submit_array
+
+    import submitit
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the tasks import this module
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # submitit's local executor sets the node's GPUs: "0,1"
+    secret = "postgresql://u:hidden@db/optuna"
+    jobs = submit_array(
+        "tests.workers.test_slurm:report_environment",
+        [
+            {"worker": 0, "storage_url": "postgresql://u@db/optuna"},
+            {"worker": 1, "storage_url": "postgresql://u@db/optuna"},
+        ],
+        options=SlurmOptions(cluster="local", gpus_per_node=2, time_minutes=5),
+        folder=tmp_path / "slurm",
+        job_name="t",
+        environment={"CT_TUNE_STORAGE": secret},
+    )
+    assert [job.workers for job in jobs] == [[0, 1]] and "CT_TUNE_STORAGE" not in os.environ  # put back
+    deadline = time.monotonic() + 120
+    while job_state(jobs[0].to_dict()) == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert job_state(jobs[0].to_dict()) == "FINISHED"
+    results = submitit.local.local.LocalJob(tmp_path / "slurm" / "%j", jobs[0].job_id, tasks=[0, 1]).results()
+    assert [(r["settings"]["worker"], r["gpu"], r["storage"]) for r in results] == [(0, "0", secret), (1, "1", secret)]
+    for path in (tmp_path / "slurm").rglob("*.pkl"):
+        if "result" not in path.name:
+            assert b"hidden" not in path.read_bytes(), path  # what submitit pickled holds no password
