@@ -222,8 +222,8 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
         else:
             summary = _launch(study, plans, options, target, deadline, left, progress, ray_cpus)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
+    except KeyboardInterrupt as stop:  # the CLI prints the line, once
+        raise KeyboardInterrupt(str(stop) or INTERRUPTED.format(name=study.name)) from None
     except StorageLost:
         lost = True
         raise
@@ -319,6 +319,7 @@ def _launch(
             progress.trial(event, f"[w{index}] " + describe_trial(event, names))
 
     settings = _worker_settings(study, options, target, deadline)
+    resume = f"ct-tune study run {study.name}"
     if options.executor == "ray":
         result = launch_ray(
             study,
@@ -333,6 +334,8 @@ def _launch(
         )
     else:
         result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
+    if result.interrupted and options.executor == "ray" and not result.killed:
+        raise KeyboardInterrupt(f"interrupted (the actors ended their running trials). Resume with: {resume}")
     if result.interrupted:
         raise KeyboardInterrupt
     summaries = result.summaries.values()

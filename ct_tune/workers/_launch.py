@@ -49,6 +49,7 @@ class LaunchResult:
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # each worker's "summary" event
     log_files: dict[int, Path] = field(default_factory=dict)
     interrupted: bool = False
+    killed: bool = False  # a second Ctrl-C ended the workers at once (Ray): their trials fail by heartbeat
 
 
 def launch(

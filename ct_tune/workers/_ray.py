@@ -212,6 +212,7 @@ def launch_on_ray(
                 logger.warning("stopping after the running trials (Ctrl-C again to stop at once)")
         _relay(events, result, on_event)
     except KeyboardInterrupt:
+        result.killed = True
         for actor in actors.values():
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
