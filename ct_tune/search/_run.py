@@ -334,8 +334,13 @@ def _launch(
         )
     else:
         result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
-    if result.interrupted and options.executor == "ray" and not result.killed:
-        raise KeyboardInterrupt(f"interrupted (the actors ended their running trials). Resume with: {resume}")
+    if result.interrupted and options.executor == "ray":
+        happened = (
+            "the actors were killed: their running trials fail by heartbeat on the next run"
+            if result.killed
+            else "the actors ended their running trials"
+        )
+        raise KeyboardInterrupt(f"interrupted ({happened}). Resume with: {resume}")
     if result.interrupted:
         raise KeyboardInterrupt
     summaries = result.summaries.values()
