@@ -12,7 +12,13 @@ import os
 from typing import Any
 
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
-from ct_tune.cli._study_common import add_worker_options, profile_text, worker_options
+from ct_tune.cli._study_common import (
+    add_executor_options,
+    add_worker_options,
+    executor_options,
+    profile_text,
+    worker_options,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -27,12 +33,17 @@ def register(subparsers: Any) -> None:
     add_worker_options(run)
     run.add_argument("--storage", help="Optuna storage (default: the pipeline's, else sqlite:///studies/optuna.db)")
     run.add_argument("--tracking-uri", help="MLflow store (default: the pipeline's, else sqlite:///mlruns/mlflow.db)")
+    add_executor_options(run)
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
     from ct_tune.search import run_pipeline
 
-    result = run_pipeline(args.file, storage=args.storage, tracking_uri=args.tracking_uri, **worker_options(args))
+    executor = executor_options(args)
+    executor.pop("wait", None)  # every stage is waited for: the next one starts from it
+    result = run_pipeline(
+        args.file, storage=args.storage, tracking_uri=args.tracking_uri, **worker_options(args), **executor
+    )
     return CommandResult(result.to_dict(), lambda: render_pipeline(result))
 
 

@@ -47,7 +47,7 @@ from ct_tune.tracking._keys import (
     TAG_STAGE,
     TAG_STAGE_INDEX,
 )
-from ct_tune.workers import check_cores, plan_workers
+from ct_tune.workers import RayOptions, SlurmOptions, check_cores, plan_workers
 
 __all__ = ["PipelineResult", "StageOutcome", "as_pipeline", "delete_pipeline_studies", "run_pipeline"]
 
@@ -109,11 +109,15 @@ def run_pipeline(
     profile_dir: str | os.PathLike[str] = "profiles",
     say: Callable[[str], None] | None = None,
     oversubscribe: bool = False,
+    executor: str = "local",
+    slurm: SlurmOptions | Mapping[str, Any] | None = None,
+    ray: RayOptions | Mapping[str, Any] | None = None,
 ) -> PipelineResult:
     """Create (or resume) and run each stage, then report the chosen stages on the test split.
 
-    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` / ``oversubscribe`` are those of
-    ``Study.run`` and apply to every stage; ``say`` receives the progress lines (default: stderr).
+    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` / ``oversubscribe`` / ``executor``
+    / ``slurm`` / ``ray`` are those of ``Study.run`` and apply to every stage (a SLURM stage is waited for:
+    the next one starts from it); ``say`` receives the progress lines (default: stderr).
     """
     spec = as_pipeline(pipeline)
     options = RunOptions(
@@ -128,8 +132,9 @@ def run_pipeline(
     specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages}
     options.check()
     for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
-        plans = plan_workers(options.workers, options.devices or stage_study.run.device)
-        check_cores(plans, oversubscribe=oversubscribe)  # each stage's run prints the warning
+        if executor == "local":
+            plans = plan_workers(options.workers, options.devices or stage_study.run.device)
+            check_cores(plans, oversubscribe=oversubscribe)  # each stage's run prints the warning
         check_two_databases(
             resolve_storage(storage, stage_study.storage), resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
         )
@@ -158,6 +163,10 @@ def run_pipeline(
             grace=options.grace,
             log_dir=options.log_dir,
             oversubscribe=oversubscribe,
+            executor=executor,
+            slurm=slurm,
+            ray=ray,
+            wait=executor == "slurm",
         )
         outcomes.append(
             StageOutcome(
