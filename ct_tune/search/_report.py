@@ -1,27 +1,47 @@
-"""The final report: the chosen trials scored once on the test split (nothing else reads it).
+"""The final report: the chosen trials scored once on the test split (nothing else reads it), with how sure.
 
-The best trial (or each Pareto-optimal trial) and the ReLU baseline are evaluated on the test split with
-the study's objectives. Results go to the study (user attribute ``ct_tune.report``, since Optuna freezes
-finished trials), to each trial's MLflow run and to the parent run (``test.*`` metrics and a
-``report.json`` artifact).
+The best trial (or each Pareto-optimal trial), the ReLU baseline and the best global profile (the best trial
+whose betas are all equal, the paper's kind of profile) are evaluated on the test split with the study's
+objectives. Each test value comes with a bootstrap interval over test samples, and each reported profile is
+compared on the same samples with the baseline and with the best global profile (paired interval of the
+difference, exact McNemar p-value; see ``_evidence``), next to its val-test gap (a large one is val overfit).
+Results go to the study (user attribute ``ct_tune.report``, since Optuna freezes finished trials), to each
+trial's MLflow run and to the parent run (``test.*`` metrics and a ``report.json`` artifact).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
 from ct_tune.data._user import UserData
+from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean, compare
 from ct_tune.tracking._keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 
 if TYPE_CHECKING:
     from ct_tune.search._bench import Bench
     from ct_tune.search._study import Study, TrialResult
 
-__all__ = ["StudyReport", "report_study"]
+    import numpy as np
+
+__all__ = ["Reference", "StudyReport", "report_study"]
+
+BASELINE, CHOSEN, GLOBAL = "baseline", "chosen", "best global"
+
+
+@dataclass
+class Reference:
+    """A profile scored on the test split that others are compared with (the best global profile): what it is
+    (``label``), its correctness vectors by objective, and a digest of the test labels they were scored on."""
+
+    label: str
+    number: int
+    correct: dict[str, np.ndarray]
+    test_digest: str
 
 
 @dataclass
@@ -29,16 +49,40 @@ class StudyReport:
     study: str
     created: str
     test_samples: int
-    # one row per reported trial: number, is_baseline, val / test values by objective, test details, betas, c
+    # one row per reported trial: number, role (chosen / baseline / best global), is_baseline, val / test
+    # values by objective, test_ci, vs_relu, vs_global, val_test_gap, test details, betas, c
     trials: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)  # how the intervals and tests were made
+    global_reference: dict[str, Any] = field(default_factory=dict)  # which profile vs_global is against, or why none
+    test_digest: str = ""  # of the test labels: a paired comparison across studies needs the same samples
+    correct: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # per trial, per objective
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {key: value for key, value in self.__dict__.items() if key != "correct"}
+
+    def reference(self, label: str) -> Reference | None:
+        """The first chosen trial as a reference for other studies on the same test split."""
+        chosen = [row for row in self.trials if row["role"] == CHOSEN]
+        if not chosen:
+            return None
+        number = chosen[0]["number"]
+        return Reference(label, number, self.correct[number], self.test_digest)
 
 
-def report_study(study: Study, *, trial_numbers: Sequence[int] | None = None, device: str | None = None) -> StudyReport:
-    """Rows for the chosen trials (best, or Pareto front, or given numbers), then one for the ReLU baseline,
-    each scored on the test split; a trial that is both is evaluated once."""
+def report_study(
+    study: Study,
+    *,
+    trial_numbers: Sequence[int] | None = None,
+    device: str | None = None,
+    reference: Reference | None = None,
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+) -> StudyReport:
+    """Rows for the chosen trials (best, or Pareto front, or given numbers), then the ReLU baseline and the best
+    global profile, each scored on the test split (a trial in several roles is evaluated once).
+
+    ``reference`` replaces the study's own best global profile (a pipeline passes its global stage's best);
+    ``seed`` / ``resamples`` set the bootstrap."""
     from ct_tune.search._bench import Bench
 
     chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
@@ -46,52 +90,148 @@ def report_study(study: Study, *, trial_numbers: Sequence[int] | None = None, de
         raise InputError(
             f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
         )
-    tracker = study.tracker
     baseline = study.baseline()
-    listed = [(trial, False) for trial in chosen] + ([(baseline, True)] if baseline is not None else [])
+    best_global, global_note = (None, "") if reference is not None else _best_global(study)
+    listed = [(trial, CHOSEN) for trial in chosen]
+    listed += [(baseline, BASELINE)] if baseline is not None else []
+    if best_global is not None and best_global.number not in {t.number for t in chosen}:
+        listed.append((best_global, GLOBAL))
     with Bench.open(study.spec, device=device) as bench:
         bench.check_identity(study.meta, study.name)
         evaluator = bench.evaluator("test")
         _check_test_split(study, bench)
         scored: dict[int, Any] = {}
-        rows = []
-        for trial, is_baseline in listed:
+        for trial, _ in listed:
             if trial.number not in scored:
                 bench.handle.update(trial.betas, c=trial.c)  # type: ignore[union-attr]
                 scored[trial.number] = evaluator.evaluate()
-                if trial.mlflow_run_id:
-                    metrics = {f"test.{name}": r.value for name, r in scored[trial.number].items()}
-                    tracker.log(trial.mlflow_run_id, metrics=metrics)
-            results = scored[trial.number]
-            rows.append(
-                {
-                    "number": trial.number,
-                    "is_baseline": is_baseline,
-                    "val": dict(trial.values),
-                    "test": {name: result.value for name, result in results.items()},
-                    "test_details": {name: result.details for name, result in results.items()},
-                    "betas": trial.betas,
-                    "c": trial.c,
-                }
-            )
         test_samples = len(evaluator.data.val_y)
+        digest = hashlib.sha256(evaluator.data.val_y.cpu().numpy().tobytes()).hexdigest()[:16]
+    correct = {
+        number: {name: result.correct.cpu().numpy().astype(float) for name, result in results.items()}
+        for number, results in scored.items()
+    }
+    if reference is not None:
+        if reference.test_digest != digest:
+            global_note = f"{reference.label} was scored on other test samples: not compared"
+            reference = None
+        else:
+            global_note = f"{reference.label} (trial {reference.number})"
+    elif best_global is not None:
+        own = correct[best_global.number]
+        reference = Reference(f"best global profile of {study.name}", best_global.number, own, digest)
+    settings = {"confidence": CONFIDENCE, "resamples": resamples, "seed": seed}
+    rows = []
+    for trial, role in listed:
+        results = scored[trial.number]
+        mine = correct[trial.number]
+        test = {name: result.value for name, result in results.items()}
+        row: dict[str, Any] = {
+            "number": trial.number,
+            "role": role,
+            "is_baseline": role == BASELINE,
+            "val": dict(trial.values),
+            "test": test,
+            "test_ci": {name: _interval(bootstrap_mean(scores=vector, **settings)) for name, vector in mine.items()},
+            "vs_relu": _versus(mine, correct[baseline.number], settings)
+            if baseline is not None and trial.number != baseline.number
+            else None,
+            "vs_global": _versus(mine, reference.correct, settings)
+            if reference is not None and trial.number != reference.number
+            else None,
+            "val_test_gap": {name: trial.values[name] - test[name] for name in test if name in trial.values},
+            "test_details": {name: result.details for name, result in results.items()},
+            "betas": trial.betas,
+            "c": trial.c,
+        }
+        rows.append(row)
     report = StudyReport(
         study=study.name,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         test_samples=test_samples,
         trials=rows,
+        evidence={
+            **settings,
+            "interval": "percentile bootstrap of the mean over test samples (scipy.stats.bootstrap)",
+            "paired": "paired bootstrap of the difference on the same test samples; exact McNemar test "
+            "(two-sided binomial on the discordant samples, scipy.stats.binomtest)",
+        },
+        global_reference={"number": reference.number if reference else None, "note": global_note},
+        test_digest=digest,
+        correct=correct,
     )
+    _record(study, report, {trial.number: trial.mlflow_run_id for trial, _ in listed})
+    return report
+
+
+def _best_global(study: Study) -> tuple[TrialResult | None, str]:
+    """The best completed trial whose betas are all equal and not all 1 (by the first objective), or why none."""
+    direction = study.directions[0]
+    name = study.objective_names[0]
+    candidates = [
+        t
+        for t in study.trials()
+        if len(set(t.betas.values())) == 1 and next(iter(t.betas.values())) != 1.0 and name in t.values
+    ]
+    if not candidates:
+        return None, "no completed trial with one beta for every unit (enqueue_paper_grid adds them): not compared"
+    best = (max if direction == "maximize" else min)(candidates, key=lambda t: (t.values[name], -t.number))
+    return best, f"best global profile of {study.name} by val {name} (trial {best.number})"
+
+
+def _interval(interval: Any) -> dict[str, float]:
+    return {"low": interval.low, "high": interval.high}
+
+
+def _versus(
+    mine: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], settings: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    return {name: compare(a=mine[name], b=theirs[name], **settings).to_dict() for name in mine if name in theirs}
+
+
+def evidence_metrics(row: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
+    """A row's test values with their intervals, comparisons and val-test gap as flat MLflow metric names:
+    ``test.<objective>``, ``.ci_low`` / ``.ci_high``, ``.vs_relu.diff`` / ``.ci_low`` / ``.ci_high`` /
+    ``.p_value``, the same for ``.vs_global``, and ``.val_test_gap``."""
+    metrics: dict[str, float] = {}
+    for name, value in row["test"].items():
+        key = f"{prefix}.{name}"
+        metrics[key] = value
+        metrics[f"{key}.ci_low"] = row["test_ci"][name]["low"]
+        metrics[f"{key}.ci_high"] = row["test_ci"][name]["high"]
+        for versus in ("vs_relu", "vs_global"):
+            found = (row.get(versus) or {}).get(name)
+            if found:
+                for part in ("diff", "ci_low", "ci_high", "p_value"):
+                    metrics[f"{key}.{versus}.{part}"] = found[part]
+        if name in row.get("val_test_gap", {}):
+            metrics[f"{key}.val_test_gap"] = row["val_test_gap"][name]
+    return metrics
+
+
+def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
+    """The report on the study (its test values), on each trial's MLflow run and on the parent run."""
+    tracker = study.tracker
+    rows = report.trials
+    logged: set[int] = set()
+    for row in rows:  # a trial in several roles: its first row (chosen before baseline)
+        run_id = run_ids.get(row["number"])
+        if run_id and row["number"] not in logged:
+            tracker.log(run_id, metrics=evidence_metrics(row))
+            logged.add(row["number"])
     stored = dict(study.optuna_study.user_attrs.get(ATTR_REPORT, {}))
-    stored.update({str(row["number"]): {"test": row["test"], "created": report.created} for row in rows})
-    study.optuna_study.set_user_attr(ATTR_REPORT, stored)
-    reported = [row for row in rows if not row["is_baseline"]] or rows
-    metrics = {f"test.{name}": value for name, value in reported[0]["test"].items()} if len(reported) == 1 else {}
     for row in rows:
-        if row["is_baseline"]:
-            metrics.update({f"test.baseline.{name}": value for name, value in row["test"].items()})
+        stored[str(row["number"])] = {"test": row["test"], "test_ci": row["test_ci"], "created": report.created}
+    study.optuna_study.set_user_attr(ATTR_REPORT, stored)
+    chosen = [row for row in rows if row["role"] == CHOSEN]
+    metrics = evidence_metrics(chosen[0]) if len(chosen) == 1 else {}
+    for row in rows:
+        if row["role"] == BASELINE:
+            metrics.update(evidence_metrics(row, "test.baseline"))
+        elif row["role"] == GLOBAL:
+            metrics.update(evidence_metrics(row, "test.global"))
     tracker.log(study.parent_run_id, metrics=metrics)
     tracker.client.log_dict(study.parent_run_id, report.to_dict(), "report.json")
-    return report
 
 
 def _check_test_split(study: Study, bench: Bench) -> None:
