@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, evidence_lines
 from ct_tune.cli._study_common import add_worker_options, profile_text, worker_options
 
 
@@ -47,12 +48,16 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
                 label,
                 f"{row['stage']} #{row['number']}",
                 *(row["val"].get(n) for n in names),
-                *(row["test"].get(n) for n in names),
+                *evidence_cells(row, names),
                 profile_text(row["betas"], limit=8),
             ]
         )
-    columns = ["profile", "trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
+    columns = ["profile", "trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
     print_table(f"pipeline {result.name}", columns, rows)
+    payload = {**result.evidence, "trials": result.report}
+    payload["global_reference"] = {"note": _against(result.evidence.get("global_reference", {}))}
+    for line in evidence_lines(payload, names, label=lambda row: f"best {row['granularity']} ({row['stage']})"):
+        print(line)
     if result.profile_path:
         shown = _short(result.profile_path)
         print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
@@ -60,6 +65,14 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
         shown = ", ".join(_short(path) for path in stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
         print(f"plots of {stage.study}: {shown}")
     print(f"dashboards: ct-tune ui --tracking-uri '{result.tracking_uri}'")
+
+
+def _against(notes: dict[str, Any]) -> str:
+    """What each stage's 'vs best global' is against, once when every stage says the same."""
+    texts = {stage: note.get("note", "") for stage, note in notes.items()}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()), "")
+    return "; ".join(f"{stage}: {text}" for stage, text in texts.items())
 
 
 def _short(path: str) -> str:

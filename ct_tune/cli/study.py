@@ -8,6 +8,7 @@ from typing import Any
 
 from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, evidence_lines
 from ct_tune.cli._study_common import (
     add_store_options,
     add_worker_options,
@@ -260,19 +261,21 @@ def _report(args: argparse.Namespace) -> CommandResult:
 
     def render() -> None:
         names = study.objective_names
+        roles = {"baseline": " (ReLU)", "best global": " (best global)"}
         rows = []
         for row in report.trials:
-            label = f"{row['number']} (ReLU)" if row["is_baseline"] else str(row["number"])
             rows.append(
                 [
-                    label,
+                    f"{row['number']}{roles.get(row['role'], '')}",
                     *(row["val"].get(n) for n in names),
-                    *(row["test"].get(n) for n in names),
+                    *evidence_cells(row, names),
                     profile_text(row["betas"], limit=6),
                 ]
             )
-        columns = ["trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
+        columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
         print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
+        for line in evidence_lines(report.to_dict(), names):
+            print(line)
         print(f"logged to MLflow run {study.parent_run_id} (test.* metrics)")
 
     return CommandResult(report.to_dict(), render)
