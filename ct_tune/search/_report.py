@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
 from ct_tune.data._user import UserData
-from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean, compare
+from ct_tune.search._evidence import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    Interval,
+    bootstrap_mean,
+    compare,
+    rank_on_resamples,
+)
 from ct_tune.tracking._keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 
 if TYPE_CHECKING:
@@ -55,10 +63,15 @@ class StudyReport:
     evidence: dict[str, Any] = field(default_factory=dict)  # how the intervals and tests were made
     global_reference: dict[str, Any] = field(default_factory=dict)  # which profile vs_global is against, or why none
     test_digest: str = ""  # of the test labels: a paired comparison across studies needs the same samples
+    reselection: dict[str, Any] | None = None  # with reselect=K: the candidates, their mean ranks, the pick and why
     correct: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # per trial, per objective
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "correct"}
+
+    def trials_by_number(self, number: int) -> dict[str, Any]:
+        """The first row of trial ``number``."""
+        return next(row for row in self.trials if row["number"] == number)
 
     def reference(self, label: str) -> Reference | None:
         """The first chosen trial as a reference for other studies on the same test split."""
@@ -75,6 +88,7 @@ def report_study(
     trial_numbers: Sequence[int] | None = None,
     device: str | None = None,
     reference: Reference | None = None,
+    reselect: int | None = None,
     seed: int = SEED,
     resamples: int = RESAMPLES,
 ) -> StudyReport:
@@ -82,7 +96,9 @@ def report_study(
     global profile, each scored on the test split (a trial in several roles is evaluated once).
 
     ``reference`` replaces the study's own best global profile (a pipeline passes its global stage's best);
-    ``seed`` / ``resamples`` set the bootstrap."""
+    ``reselect=K`` reports, of the K best trials by val, the one that ranks best on average over bootstrap
+    resamples of val (a best val value that was luck does not hold up); ``seed`` / ``resamples`` set the
+    bootstrap."""
     from ct_tune.search._bench import Bench
 
     chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
@@ -90,14 +106,21 @@ def report_study(
         raise InputError(
             f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
         )
+    if reselect is not None:
+        _check_reselect(study, reselect, trial_numbers)
     baseline = study.baseline()
     best_global, global_note = (None, "") if reference is not None else _best_global(study)
-    listed = [(trial, CHOSEN) for trial in chosen]
-    listed += [(baseline, BASELINE)] if baseline is not None else []
-    if best_global is not None and best_global.number not in {t.number for t in chosen}:
-        listed.append((best_global, GLOBAL))
     with Bench.open(study.spec, device=device) as bench:
         bench.check_identity(study.meta, study.name)
+        reselection = None
+        if reselect is not None:
+            picked, reselection = _reselect(study, bench, reselect, seed)
+            chosen = [picked]
+        listed = [(trial, CHOSEN) for trial in chosen]
+        listed += [(baseline, BASELINE)] if baseline is not None else []
+        shown = {t.number for t in chosen} | ({baseline.number} if baseline is not None else set())
+        if best_global is not None and best_global.number not in shown:
+            listed.append((best_global, GLOBAL))
         evaluator = bench.evaluator("test")
         _check_test_split(study, bench)
         scored: dict[int, Any] = {}
@@ -158,6 +181,7 @@ def report_study(
         },
         global_reference={"number": reference.number if reference else None, "note": global_note},
         test_digest=digest,
+        reselection=reselection,
         correct=correct,
     )
     _record(study, report, {trial.number: trial.mlflow_run_id for trial, _ in listed})
@@ -165,22 +189,75 @@ def report_study(
 
 
 def _best_global(study: Study) -> tuple[TrialResult | None, str]:
-    """The best completed trial whose betas are all equal and not all 1 (by the first objective), or why none."""
-    direction = study.directions[0]
+    """The paper's pick: of the completed trials with one beta for every unit (the ReLU baseline included, as
+    the paper includes it), the best by val on the first objective; none when the baseline is the only one."""
+    name, direction = study.objective_names[0], study.directions[0]
+    candidates = [t for t in study.trials() if len(set(t.betas.values())) == 1 and name in t.values]
+    if all(next(iter(t.betas.values())) == 1.0 for t in candidates):
+        return None, "no completed trial with one beta below 1 for every unit (enqueue_paper_grid adds them)"
+    sign = 1 if direction == "maximize" else -1
+    best = max(candidates, key=lambda t: (sign * t.values[name], -t.number))
+    relu = (
+        " (the ReLU baseline: no beta below 1 did better on val)" if best.betas[next(iter(best.betas))] == 1.0 else ""
+    )
+    return best, f"best global profile of {study.name} by val {name} (trial {best.number}){relu}"
+
+
+def _check_reselect(study: Study, k: int, trial_numbers: Sequence[int] | None) -> None:
+    if trial_numbers:
+        raise InputError("--reselect picks among the best trials itself: give --reselect K or --trial N, not both")
+    if k < 2:
+        raise InputError(f"--reselect needs K >= 2 candidates to choose among, not {k}")
+    if study.multi_objective or study.directions[0] != "maximize":
+        raise InputError(
+            "--reselect ranks one maximised objective; this study has "
+            f"{', '.join(f'{n} ({d})' for n, d in zip(study.objective_names, study.directions, strict=True))}"
+        )
+
+
+def _reselect(study: Study, bench: Bench, k: int, seed: int) -> tuple[TrialResult, dict[str, Any]]:
+    """Of the K best trials by val, the one with the best mean rank over bootstrap resamples of val, and why."""
+    import numpy as np
+
     name = study.objective_names[0]
-    candidates = [
-        t
-        for t in study.trials()
-        if len(set(t.betas.values())) == 1 and next(iter(t.betas.values())) != 1.0 and name in t.values
-    ]
-    if not candidates:
-        return None, "no completed trial with one beta for every unit (enqueue_paper_grid adds them): not compared"
-    best = (max if direction == "maximize" else min)(candidates, key=lambda t: (t.values[name], -t.number))
-    return best, f"best global profile of {study.name} by val {name} (trial {best.number})"
+    candidates = sorted(study.trials(), key=lambda t: (-t.values[name], t.number))[:k]
+    evaluator = bench.evaluator("val")
+    vectors = []
+    for trial in candidates:
+        bench.handle.update(trial.betas, c=trial.c)  # type: ignore[union-attr]
+        vectors.append(evaluator.evaluate()[name].correct.cpu().numpy())
+    ranked = rank_on_resamples(correct=np.stack(vectors), seed=seed)
+    picked = candidates[ranked.picked]
+    top = candidates[0]
+    rank = ranked.mean_rank[ranked.picked]
+    if picked.number == top.number:
+        why = (
+            f"the best trial by val {name} holds up: the best mean rank ({rank:.2f} of {len(candidates)}) over "
+            f"{ranked.resamples} bootstrap resamples of val"
+        )
+    else:
+        why = (
+            f"trial {picked.number} (val {name} {picked.values[name]:.4f}) ranks best on average ({rank:.2f} of "
+            f"{len(candidates)}) over {ranked.resamples} bootstrap resamples of val; the best by val, trial "
+            f"{top.number} ({top.values[name]:.4f}), ranks {ranked.mean_rank[0]:.2f}: its lead was luck of the sample"
+        )
+    info = {
+        "objective": name,
+        "k": len(candidates),
+        "resamples": ranked.resamples,
+        "seed": ranked.seed,
+        "candidates": [
+            {"number": t.number, "val": t.values[name], "mean_rank": r, "mean_value": v}
+            for t, r, v in zip(candidates, ranked.mean_rank, ranked.mean_value, strict=True)
+        ],
+        "picked": picked.number,
+        "why": why,
+    }
+    return picked, info
 
 
-def _interval(interval: Any) -> dict[str, float]:
-    return {"low": interval.low, "high": interval.high}
+def _interval(interval: Interval) -> dict[str, float]:
+    return {"low": interval.low, "high": interval.high, "n": interval.n}
 
 
 def _versus(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import comb
 
-from ct_tune.search._evidence import bootstrap_mean, compare, mcnemar
+from ct_tune.search._evidence import bootstrap_mean, compare, mcnemar, rank_on_resamples
 
 import numpy as np
 import pytest
@@ -84,3 +84,21 @@ def test_bad_input_is_refused():
         mcnemar(a=np.array([0.5, 1.0]), b=np.array([1.0, 1.0]))
     with pytest.raises(ValueError, match="no sample"):
         bootstrap_mean(scores=[])
+
+
+def test_reselection_picks_the_candidate_that_holds_up_not_the_lucky_one():
+    # B: 700 of 1,000 right. A: +160 -150 against B (best val, 0.710, but a noisy lead); C: +8 -0 (0.708, a
+    # small lead that every resample keeps). Over resamples C ranks better on average than A.
+    b = np.zeros(1000)
+    b[:700] = 1
+    a, c = b.copy(), b.copy()
+    a[700:860], a[:150] = 1, 0
+    c[860:868] = 1
+    result = rank_on_resamples(correct=np.stack([a, b, c]), resamples=400, seed=0)
+    assert np.argmax([a.mean(), b.mean(), c.mean()]) == 0 and result.picked == 2
+    assert result.mean_rank[2] < result.mean_rank[0] < result.mean_rank[1]
+    assert sum(result.mean_rank) == pytest.approx(6.0)  # ranks 1 + 2 + 3 on every resample
+    assert result.mean_value == pytest.approx([a.mean(), b.mean(), c.mean()], abs=0.003)
+    assert rank_on_resamples(correct=np.stack([a, b, c]), resamples=400, seed=0) == result  # seeded
+    # identical candidates tie on every resample: the first is kept
+    assert rank_on_resamples(correct=np.stack([b, b]), resamples=50).picked == 0
