@@ -1,40 +1,68 @@
-"""Rendering a report's evidence: value [interval] cells, paired comparisons, and plain lines saying which
-differences the test samples can tell from noise (shared by ``study report`` and ``pipeline run``)."""
+"""Rendering a report's evidence (shared by ``study report`` and ``pipeline run``): value [interval] and
+val-test gap cells for the main table, a table of the paired comparisons, and plain lines saying how the
+intervals were made and which differences the test samples cannot tell from noise."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-VERSUS = (("vs_relu", "vs ReLU"), ("vs_global", "vs best global"))
+from ct_tune.cli._common import print_table
+
+VERSUS = (("vs_relu", "ReLU baseline"), ("vs_global", "best global"))
+Label = Callable[[Mapping[str, Any]], str]
 
 
 def evidence_columns(names: Sequence[str]) -> list[str]:
-    columns = [f"test {n} [95% CI]" for n in names]
-    for _, label in VERSUS:
-        columns += [f"{label} {n} (diff [CI], p)" for n in names]
-    return columns + [f"val-test gap {n}" for n in names]
+    return [f"test {n} [95% CI]" for n in names] + [f"val-test gap {n}" for n in names]
 
 
 def evidence_cells(row: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     cells = []
     for name in names:
-        ci = row.get("test_ci", {}).get(name)
-        value = row["test"].get(name)
-        cells.append(f"{value:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]" if ci else _plain(value))
-    for key, _ in VERSUS:
-        for name in names:
-            found = (row.get(key) or {}).get(name)
-            cells.append(_difference(found) if found else "")
+        ci, value = row.get("test_ci", {}).get(name), row["test"].get(name)
+        if value is None:
+            cells.append("")
+        else:
+            cells.append(f"{value:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]" if ci else f"{value:.4f}")
     for name in names:
         gap = row.get("val_test_gap", {}).get(name)
         cells.append("" if gap is None else f"{gap:+.4f}")
     return cells
 
 
-def evidence_lines(report: Mapping[str, Any], names: Sequence[str], label: Any = None) -> list[str]:
-    """What the table means, in words: how the intervals were made, what 'best global' is, and for each
-    comparison whether the difference is real or within noise; val values outside their test interval."""
+def print_evidence(report: Mapping[str, Any], names: Sequence[str], label: Label) -> None:
+    """The paired comparisons as a table, then what it all means in words."""
+    rows, within, total = [], 0, 0
+    for row in report["trials"]:
+        for key, against in VERSUS:
+            for name in names:
+                found = (row.get(key) or {}).get(name)
+                if not found:
+                    continue
+                total += 1
+                within += found["within_noise"]
+                rows.append(
+                    [
+                        label(row),
+                        name,
+                        against,
+                        f"{found['diff']:+.4f}",
+                        f"[{found['ci_low']:+.4f}, {found['ci_high']:+.4f}]",
+                        f"{found['p_value']:.3g}",
+                        "within noise" if found["within_noise"] else "real at 95%",
+                    ]
+                )
+    if rows:
+        columns = ["profile", "objective", "against", "diff", "95% CI", "p (McNemar)", "verdict"]
+        print_table("paired comparisons on the same test samples", columns, rows)
+    for line in evidence_lines(report, names, label, within=within, total=total):
+        print(line)
+
+
+def evidence_lines(
+    report: Mapping[str, Any], names: Sequence[str], label: Label, *, within: int, total: int
+) -> list[str]:
     evidence = report.get("evidence", {})
     lines = [
         f"intervals: {evidence.get('confidence', 0.95):.0%} percentile bootstrap over test samples "
@@ -44,34 +72,19 @@ def evidence_lines(report: Mapping[str, Any], names: Sequence[str], label: Any =
     note = (report.get("global_reference") or {}).get("note")
     if note:
         lines.append(f"best global: {note}")
+    if total:
+        lines.append(
+            f"{within} of {total} differences are within noise (their interval holds 0 or p >= 0.05): "
+            "those profiles are not told apart by these test samples"
+            if within
+            else f"all {total} differences are real at 95% (intervals exclude 0, p < 0.05)"
+        )
     for row in report["trials"]:
-        if row.get("role", "chosen") == "baseline":
-            continue
-        who = label(row) if label else f"trial {row['number']}"
-        for key, versus in VERSUS:
-            for name in names:
-                found = (row.get(key) or {}).get(name)
-                if not found:
-                    continue
-                verdict = (
-                    "within noise (the interval holds 0 or p >= 0.05)"
-                    if found["within_noise"]
-                    else "a real difference at 95%"
-                )
-                lines.append(f"{who} {versus} on {name}: {_difference(found)}: {verdict}")
         for name in names:
             ci, val = row.get("test_ci", {}).get(name), row.get("val", {}).get(name)
             if ci and val is not None and not ci["low"] <= val <= ci["high"]:
                 lines.append(
-                    f"{who} {name}: val {val:.4f} lies outside its test interval "
+                    f"{label(row)} {name}: val {val:.4f} lies outside its test interval "
                     f"[{ci['low']:.4f}, {ci['high']:.4f}]: the choice on val may be overfit"
                 )
     return lines
-
-
-def _difference(found: Mapping[str, Any]) -> str:
-    return f"{found['diff']:+.4f} [{found['ci_low']:+.4f}, {found['ci_high']:+.4f}], p={found['p_value']:.3g}"
-
-
-def _plain(value: Any) -> str:
-    return "" if value is None else f"{value:.4f}"

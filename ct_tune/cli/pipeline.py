@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
-from ct_tune.cli._evidence import evidence_cells, evidence_columns, evidence_lines
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, print_evidence
 from ct_tune.cli._study_common import add_worker_options, profile_text, worker_options
 
 
@@ -42,10 +42,9 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
     names = result.objective_names
     rows = []
     for row in result.report:
-        label = "ReLU baseline" if row["is_baseline"] else f"best {row['granularity']}"
         rows.append(
             [
-                label,
+                _label(row),
                 f"{row['stage']} #{row['number']}",
                 *(row["val"].get(n) for n in names),
                 *evidence_cells(row, names),
@@ -56,8 +55,7 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
     print_table(f"pipeline {result.name}", columns, rows)
     payload = {**result.evidence, "trials": result.report}
     payload["global_reference"] = {"note": _against(result.evidence.get("global_reference", {}))}
-    for line in evidence_lines(payload, names, label=lambda row: f"best {row['granularity']} ({row['stage']})"):
-        print(line)
+    print_evidence(payload, names, label=_label)
     if result.profile_path:
         shown = _short(result.profile_path)
         print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
@@ -65,6 +63,10 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
         shown = ", ".join(_short(path) for path in stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
         print(f"plots of {stage.study}: {shown}")
     print(f"dashboards: ct-tune ui --tracking-uri '{result.tracking_uri}'")
+
+
+def _label(row: dict[str, Any]) -> str:
+    return "ReLU baseline" if row["is_baseline"] else f"best {row['granularity']}"
 
 
 def _against(notes: dict[str, Any]) -> str:

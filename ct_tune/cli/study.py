@@ -8,7 +8,7 @@ from typing import Any
 
 from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
-from ct_tune.cli._evidence import evidence_cells, evidence_columns, evidence_lines
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, print_evidence
 from ct_tune.cli._study_common import (
     add_store_options,
     add_worker_options,
@@ -281,8 +281,7 @@ def _report(args: argparse.Namespace) -> CommandResult:
             )
         columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
         print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
-        for line in evidence_lines(report.to_dict(), names):
-            print(line)
+        print_evidence(report.to_dict(), names, label=lambda row: f"trial {row['number']}{roles.get(row['role'], '')}")
         if report.reselection:
             print(f"reselected trial {report.reselection['picked']}: {report.reselection['why']}")
         print(f"logged to MLflow run {study.parent_run_id} (test.* metrics)")

@@ -92,8 +92,8 @@ def report_study(
     seed: int = SEED,
     resamples: int = RESAMPLES,
 ) -> StudyReport:
-    """Rows for the chosen trials (best, or Pareto front, or given numbers), then the ReLU baseline and the best
-    global profile, each scored on the test split (a trial in several roles is evaluated once).
+    """Rows for the chosen trials (best, or Pareto front, or given numbers), then the best global profile and
+    the ReLU baseline, each scored on the test split (a trial in several roles is evaluated once).
 
     ``reference`` replaces the study's own best global profile (a pipeline passes its global stage's best);
     ``reselect=K`` reports, of the K best trials by val, the one that ranks best on average over bootstrap
@@ -117,10 +117,10 @@ def report_study(
             picked, reselection = _reselect(study, bench, reselect, seed)
             chosen = [picked]
         listed = [(trial, CHOSEN) for trial in chosen]
-        listed += [(baseline, BASELINE)] if baseline is not None else []
         shown = {t.number for t in chosen} | ({baseline.number} if baseline is not None else set())
         if best_global is not None and best_global.number not in shown:
             listed.append((best_global, GLOBAL))
+        listed += [(baseline, BASELINE)] if baseline is not None else []  # last, as before there were intervals
         evaluator = bench.evaluator("test")
         _check_test_split(study, bench)
         scored: dict[int, Any] = {}

@@ -221,7 +221,8 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     assert {r.info.run_id for r in tagged} == {global_parent.info.run_id, block_parent.info.run_id}
     shown = cli("pipeline", "run", "p.yaml", "--no-progress").stdout
     assert "dashboards: ct-tune ui" in shown
-    assert "best block (block) vs best global on accuracy: " in shown
+    assert "paired comparisons on the same test samples" in shown and "best global" in shown
+    assert f"block: best of stage global (trial {glob_best['number']})" in shown
     assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown
 
     # run again: every stage has used its budget, nothing is added
