@@ -1,6 +1,7 @@
 """Rendering a report's evidence (shared by ``study report`` and ``pipeline run``): value [interval] and
 val-test gap cells for the main table, a table of the paired comparisons, and plain lines saying how the
-intervals were made and which differences the test samples cannot tell from noise."""
+intervals were made, which differences the test samples cannot tell from noise, and which val differences
+(what the search chose on) fall outside their test interval."""
 
 from __future__ import annotations
 
@@ -80,11 +81,13 @@ def evidence_lines(
             else f"all {total} differences are real at 95% (intervals exclude 0, p < 0.05)"
         )
     for row in report["trials"]:
-        for name in names:
-            ci, val = row.get("test_ci", {}).get(name), row.get("val", {}).get(name)
-            if ci and val is not None and not ci["low"] <= val <= ci["high"]:
-                lines.append(
-                    f"{label(row)} {name}: val {val:.4f} lies outside its test interval "
-                    f"[{ci['low']:.4f}, {ci['high']:.4f}]: the choice on val may be overfit"
-                )
+        for key, against in VERSUS:
+            for name in names:
+                found = (row.get(key) or {}).get(name)
+                if found and "val_diff" in found and not found["ci_low"] <= found["val_diff"] <= found["ci_high"]:
+                    lines.append(
+                        f"{label(row)} {name}: {found['val_diff']:+.4f} over the {against} on val, "
+                        f"{found['diff']:+.4f} [{found['ci_low']:+.4f}, {found['ci_high']:+.4f}] on test: the val "
+                        "difference does not hold on test (chosen on val: val overfit)"
+                    )
     return lines

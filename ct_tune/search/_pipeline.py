@@ -202,15 +202,17 @@ def run_pipeline(
 
 def _report_stages(spec: PipelineSpec, studies: Mapping[str, Study]) -> dict[str, StudyReport]:
     """Each reported stage's report; the first global stage is reported first, and its best is the best
-    global profile every later stage is compared with (on the same test samples)."""
+    global profile every later stage is compared with (on the same test samples), as its ReLU baseline is for
+    stages without one of their own."""
     names = spec.report_stages
     glob = next((name for name in names if studies[name].spec.search.granularity == "global"), None)
     reports: dict[str, StudyReport] = {}
-    reference = None
+    best_global = relu = None
     for name in ([glob] if glob else []) + [name for name in names if name != glob]:
-        reports[name] = studies[name].report(reference=reference)
+        reports[name] = studies[name].report(best_global=best_global, relu=relu)
         if name == glob:
-            reference = reports[name].reference(f"best of stage {name}")
+            best_global = reports[name].reference(f"best of stage {name}")
+        relu = relu or reports[name].reference(f"ReLU baseline of stage {name}", role="baseline")
     return reports
 
 

@@ -43,11 +43,14 @@ BASELINE, CHOSEN, GLOBAL = "baseline", "chosen", "best global"
 
 @dataclass
 class Reference:
-    """A profile scored on the test split that others are compared with (the best global profile): what it is
-    (``label``), its correctness vectors by objective, and a digest of the test labels they were scored on."""
+    """A profile scored on the test split that others are compared with (the ReLU baseline, the best global
+    profile): what it is (``label``, its study and trial), its val values, its correctness vectors by
+    objective, and a digest of the test labels they were scored on."""
 
     label: str
+    study: str
     number: int
+    val: dict[str, float]
     correct: dict[str, np.ndarray]
     test_digest: str
 
@@ -73,13 +76,14 @@ class StudyReport:
         """The first row of trial ``number``."""
         return next(row for row in self.trials if row["number"] == number)
 
-    def reference(self, label: str) -> Reference | None:
-        """The first chosen trial as a reference for other studies on the same test split."""
-        chosen = [row for row in self.trials if row["role"] == CHOSEN]
-        if not chosen:
+    def reference(self, label: str, *, role: str = CHOSEN) -> Reference | None:
+        """The first row of ``role`` (the best trial, or ``"baseline"``) as a reference for other studies on the
+        same test split."""
+        rows = [row for row in self.trials if row["role"] == role]
+        if not rows:
             return None
-        number = chosen[0]["number"]
-        return Reference(label, number, self.correct[number], self.test_digest)
+        number = rows[0]["number"]
+        return Reference(label, self.study, number, rows[0]["val"], self.correct[number], self.test_digest)
 
 
 def report_study(
@@ -87,7 +91,8 @@ def report_study(
     *,
     trial_numbers: Sequence[int] | None = None,
     device: str | None = None,
-    reference: Reference | None = None,
+    best_global: Reference | None = None,
+    relu: Reference | None = None,
     reselect: int | None = None,
     seed: int = SEED,
     resamples: int = RESAMPLES,
@@ -95,7 +100,8 @@ def report_study(
     """Rows for the chosen trials (best, or Pareto front, or given numbers), then the best global profile and
     the ReLU baseline, each scored on the test split (a trial in several roles is evaluated once).
 
-    ``reference`` replaces the study's own best global profile (a pipeline passes its global stage's best);
+    ``best_global`` replaces the study's own best global profile (a pipeline passes its global stage's best),
+    ``relu`` stands for the ReLU baseline of a study without one (a pipeline passes its first stage's);
     ``reselect=K`` reports, of the K best trials by val, the one that ranks best on average over bootstrap
     resamples of val (a best val value that was luck does not hold up); ``seed`` / ``resamples`` set the
     bootstrap."""
@@ -109,7 +115,7 @@ def report_study(
     if reselect is not None:
         _check_reselect(study, reselect, trial_numbers)
     baseline = study.baseline()
-    best_global, global_note = (None, "") if reference is not None else _best_global(study)
+    global_trial, global_note = (None, "") if best_global is not None else _best_global(study)
     with Bench.open(study.spec, device=device) as bench:
         bench.check_identity(study.meta, study.name)
         reselection = None
@@ -118,8 +124,8 @@ def report_study(
             chosen = [picked]
         listed = [(trial, CHOSEN) for trial in chosen]
         shown = {t.number for t in chosen} | ({baseline.number} if baseline is not None else set())
-        if best_global is not None and best_global.number not in shown:
-            listed.append((best_global, GLOBAL))
+        if global_trial is not None and global_trial.number not in shown:
+            listed.append((global_trial, GLOBAL))
         listed += [(baseline, BASELINE)] if baseline is not None else []  # last, as before there were intervals
         evaluator = bench.evaluator("test")
         _check_test_split(study, bench)
@@ -134,15 +140,16 @@ def report_study(
         number: {name: result.correct.cpu().numpy().astype(float) for name, result in results.items()}
         for number, results in scored.items()
     }
-    if reference is not None:
-        if reference.test_digest != digest:
-            global_note = f"{reference.label} was scored on other test samples: not compared"
-            reference = None
-        else:
-            global_note = f"{reference.label} (trial {reference.number})"
-    elif best_global is not None:
-        own = correct[best_global.number]
-        reference = Reference(f"best global profile of {study.name}", best_global.number, own, digest)
+
+    def reference_of(trial: TrialResult | None, label: str) -> Reference | None:
+        if trial is None:
+            return None
+        return Reference(label, study.name, trial.number, dict(trial.values), correct[trial.number], digest)
+
+    reference, global_note = _same_samples(best_global, digest, global_note)
+    reference = reference or reference_of(global_trial, f"best global profile of {study.name}")
+    relu_ref, _ = _same_samples(relu, digest, "")
+    relu_ref = reference_of(baseline, f"ReLU baseline of {study.name}") or relu_ref
     settings = {"confidence": CONFIDENCE, "resamples": resamples, "seed": seed}
     rows = []
     for trial, role in listed:
@@ -156,12 +163,8 @@ def report_study(
             "val": dict(trial.values),
             "test": test,
             "test_ci": {name: _interval(bootstrap_mean(scores=vector, **settings)) for name, vector in mine.items()},
-            "vs_relu": _versus(mine, correct[baseline.number], settings)
-            if baseline is not None and trial.number != baseline.number
-            else None,
-            "vs_global": _versus(mine, reference.correct, settings)
-            if reference is not None and trial.number != reference.number
-            else None,
+            "vs_relu": _versus(trial, mine, relu_ref, study.name, settings),
+            "vs_global": None if role == BASELINE else _versus(trial, mine, reference, study.name, settings),
             "val_test_gap": {name: trial.values[name] - test[name] for name in test if name in trial.values},
             "test_details": {name: result.details for name, result in results.items()},
             "betas": trial.betas,
@@ -179,7 +182,11 @@ def report_study(
             "paired": "paired bootstrap of the difference on the same test samples; exact McNemar test "
             "(two-sided binomial on the discordant samples, scipy.stats.binomtest)",
         },
-        global_reference={"number": reference.number if reference else None, "note": global_note},
+        global_reference={
+            "study": reference.study if reference else None,
+            "number": reference.number if reference else None,
+            "note": global_note,
+        },
         test_digest=digest,
         reselection=reselection,
         correct=correct,
@@ -260,10 +267,33 @@ def _interval(interval: Interval) -> dict[str, float]:
     return {"low": interval.low, "high": interval.high, "n": interval.n}
 
 
+def _same_samples(given: Reference | None, digest: str, note: str) -> tuple[Reference | None, str]:
+    """A reference from another study, if it was scored on these test samples (else a note saying so)."""
+    if given is None:
+        return None, note
+    if given.test_digest != digest:
+        return None, f"{given.label} was scored on other test samples: not compared"
+    return given, f"{given.label} (trial {given.number})"
+
+
 def _versus(
-    mine: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], settings: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    return {name: compare(a=mine[name], b=theirs[name], **settings).to_dict() for name in mine if name in theirs}
+    trial: TrialResult,
+    mine: Mapping[str, np.ndarray],
+    reference: Reference | None,
+    study: str,
+    settings: Mapping[str, Any],
+) -> dict[str, dict[str, Any]] | None:
+    """This trial against a reference, objective by objective (None against itself): the test comparison,
+    and the val difference the search saw (``val_diff``), to set beside it."""
+    if reference is None or (reference.study, reference.number) == (study, trial.number):
+        return None
+    found = {}
+    for name in mine:
+        if name in reference.correct:
+            found[name] = compare(a=mine[name], b=reference.correct[name], **settings).to_dict()
+            if name in trial.values and name in reference.val:
+                found[name]["val_diff"] = trial.values[name] - reference.val[name]
+    return found
 
 
 def evidence_metrics(row: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:

@@ -136,10 +136,12 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
             assert ci["high"] - ci["low"] > 0 or value in (0.0, 1.0)
             assert row["val_test_gap"][name] == pytest.approx(row["val"][name] - value)
             for key, other in (("vs_relu", baseline), ("vs_global", glob)):
-                if row["number"] == other:
-                    assert row[key] is None
+                if row["number"] == other or (key == "vs_global" and row["role"] == "baseline"):
+                    assert row[key] is None  # not against itself; the baseline is what others are compared with
                     continue
                 found = row[key][name]
+                theirs = report.trials_by_number(other)
+                assert found["val_diff"] == pytest.approx(row["val"][name] - theirs["val"][name])
                 expected = value - report.trials_by_number(other)["test"][name]  # float32 means: 1e-6
                 assert found["diff"] == pytest.approx(expected, abs=1e-6)
                 assert found["ci_low"] <= found["diff"] <= found["ci_high"]
@@ -167,22 +169,22 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
 
     stores = ("--storage", finished.storage_url, "--tracking-uri", finished.tracking_uri)
     shown = cli_fast("study", "report", finished.name, *stores)
-    assert shown.returncode == 0, shown.err
-    assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown.out
-    assert f"best global: best global profile of {finished.name} by val accuracy (trial {glob})" in shown.out
-    assert "paired comparisons on the same test samples" in shown.out
+    assert shown.returncode == 0, shown.stderr
+    assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown.stdout
+    assert f"best global: best global profile of {finished.name} by val accuracy (trial {glob})" in shown.stdout
+    assert "paired comparisons on the same test samples" in shown.stdout
     differences = [
         found for row in report.trials for key in ("vs_relu", "vs_global") for found in (row[key] or {}).values()
     ]
     within = sum(found["within_noise"] for found in differences)
     said = f"{within} of {len(differences)} differences are within noise" if within else "differences are real at 95%"
-    assert said in shown.out
+    assert said in shown.stdout
     payload = json.loads(json.dumps(report.to_dict()))  # what --json prints
     assert payload["evidence"]["resamples"] == 4000 and "correct" not in payload
     assert payload["trials"][0]["test_ci"]["accuracy"]["n"] == 359
     refused = cli_fast("study", "report", finished.name, *stores, "--reselect", "3")  # two objectives
-    assert refused.returncode == 2 and "--reselect ranks one maximised objective" in refused.err
-    assert "Traceback" not in refused.err
+    assert refused.returncode == 2 and "--reselect ranks one maximised objective" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_reselect_reports_the_candidate_that_holds_up_on_val_resamples(tmp_path, digits_checkpoint):
