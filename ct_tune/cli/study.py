@@ -284,6 +284,10 @@ def _report(args: argparse.Namespace) -> CommandResult:
         print_evidence(report.to_dict(), names, label=lambda row: f"trial {row['number']}{roles.get(row['role'], '')}")
         if report.reselection:
             print(f"reselected trial {report.reselection['picked']}: {report.reselection['why']}")
+            ranks = ", ".join(
+                f"#{c['number']} {c['val']:.4f} rank {c['mean_rank']:.2f}" for c in report.reselection["candidates"]
+            )
+            print(f"candidates (val {report.reselection['objective']}, mean rank): {ranks}")
         print(f"logged to MLflow run {study.parent_run_id} (test.* metrics)")
 
     return CommandResult(report.to_dict(), render)
