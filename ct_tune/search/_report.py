@@ -296,7 +296,7 @@ def _versus(
     return found
 
 
-def evidence_metrics(row: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
+def _evidence_metrics(row: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
     """A row's test values with their intervals, comparisons and val-test gap as flat MLflow metric names:
     ``test.<objective>``, ``.ci_low`` / ``.ci_high``, ``.vs_relu.diff`` / ``.ci_low`` / ``.ci_high`` /
     ``.p_value``, the same for ``.vs_global``, and ``.val_test_gap``."""
@@ -324,19 +324,19 @@ def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]
     for row in rows:  # a trial in several roles: its first row (chosen before baseline)
         run_id = run_ids.get(row["number"])
         if run_id and row["number"] not in logged:
-            tracker.log(run_id, metrics=evidence_metrics(row))
+            tracker.log(run_id, metrics=_evidence_metrics(row))
             logged.add(row["number"])
     stored = dict(study.optuna_study.user_attrs.get(ATTR_REPORT, {}))
     for row in rows:
         stored[str(row["number"])] = {"test": row["test"], "test_ci": row["test_ci"], "created": report.created}
     study.optuna_study.set_user_attr(ATTR_REPORT, stored)
     chosen = [row for row in rows if row["role"] == CHOSEN]
-    metrics = evidence_metrics(chosen[0]) if len(chosen) == 1 else {}
+    metrics = _evidence_metrics(chosen[0]) if len(chosen) == 1 else {}
     for row in rows:
         if row["role"] == BASELINE:
-            metrics.update(evidence_metrics(row, "test.baseline"))
+            metrics.update(_evidence_metrics(row, "test.baseline"))
         elif row["role"] == GLOBAL:
-            metrics.update(evidence_metrics(row, "test.global"))
+            metrics.update(_evidence_metrics(row, "test.global"))
     tracker.log(study.parent_run_id, metrics=metrics)
     tracker.client.log_dict(study.parent_run_id, report.to_dict(), "report.json")
 
