@@ -73,6 +73,9 @@ def evidence_lines(
     note = (report.get("global_reference") or {}).get("note")
     if note:
         lines.append(f"best global: {note}")
+    relu = (report.get("relu_reference") or {}).get("note")
+    if relu:
+        lines.append(f"ReLU baseline: {relu}")
     if total:
         lines.append(
             f"{within} of {total} differences are within noise (their interval holds 0 or p >= 0.05): "

@@ -65,6 +65,7 @@ class StudyReport:
     trials: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)  # how the intervals and tests were made
     global_reference: dict[str, Any] = field(default_factory=dict)  # which profile vs_global is against, or why none
+    relu_reference: dict[str, Any] = field(default_factory=dict)  # which profile vs_relu is against, or why none
     test_digest: str = ""  # of the test labels: a paired comparison across studies needs the same samples
     reselection: dict[str, Any] | None = None  # with reselect=K: the candidates, their mean ranks, the pick and why
     correct: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # per trial, per objective
@@ -148,8 +149,10 @@ def report_study(
 
     reference, global_note = _same_samples(best_global, digest, global_note)
     reference = reference or reference_of(global_trial, f"best global profile of {study.name}")
-    relu_ref, _ = _same_samples(relu, digest, "")
+    relu_ref, relu_note = _same_samples(relu, digest, "")
     relu_ref = reference_of(baseline, f"ReLU baseline of {study.name}") or relu_ref
+    if relu_ref is None:
+        relu_note = relu_note or f"study {study.name} has no completed ReLU baseline (enqueue_baseline adds it)"
     settings = {"confidence": CONFIDENCE, "resamples": resamples, "seed": seed}
     rows = []
     for trial, role in listed:
@@ -186,6 +189,11 @@ def report_study(
             "study": reference.study if reference else None,
             "number": reference.number if reference else None,
             "note": global_note,
+        },
+        relu_reference={
+            "study": relu_ref.study if relu_ref else None,
+            "number": relu_ref.number if relu_ref else None,
+            "note": "" if baseline is not None else relu_note,
         },
         test_digest=digest,
         reselection=reselection,
@@ -242,11 +250,17 @@ def _reselect(study: Study, bench: Bench, k: int, seed: int) -> tuple[TrialResul
             f"the best trial by val {name} holds up: the best mean rank ({rank:.2f} of {len(candidates)}) over "
             f"{ranked.resamples} bootstrap resamples of val"
         )
+    elif picked.values[name] == top.values[name]:
+        why = (
+            f"trial {picked.number} ties the best val {name} ({top.values[name]:.4f}) and ranks best on average "
+            f"({rank:.2f} of {len(candidates)}) over {ranked.resamples} bootstrap resamples of val; trial "
+            f"{top.number}, first by val through its number, ranks {ranked.mean_rank[0]:.2f}"
+        )
     else:
         why = (
             f"trial {picked.number} (val {name} {picked.values[name]:.4f}) ranks best on average ({rank:.2f} of "
             f"{len(candidates)}) over {ranked.resamples} bootstrap resamples of val; the best by val, trial "
-            f"{top.number} ({top.values[name]:.4f}), ranks {ranked.mean_rank[0]:.2f}: its lead was luck of the sample"
+            f"{top.number} ({top.values[name]:.4f}), ranks {ranked.mean_rank[0]:.2f}: its lead does not hold up"
         )
     info = {
         "objective": name,
