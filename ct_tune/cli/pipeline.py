@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, print_evidence
 from ct_tune.cli._study_common import (
     add_executor_options,
     add_worker_options,
@@ -52,18 +53,20 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
     names = result.objective_names
     rows = []
     for row in result.report:
-        label = "ReLU baseline" if row["is_baseline"] else f"best {row['granularity']}"
         rows.append(
             [
-                label,
+                _label(row),
                 f"{row['stage']} #{row['number']}",
                 *(row["val"].get(n) for n in names),
-                *(row["test"].get(n) for n in names),
+                *evidence_cells(row, names),
                 profile_text(row["betas"], limit=8),
             ]
         )
-    columns = ["profile", "trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
+    columns = ["profile", "trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
     print_table(f"pipeline {result.name}", columns, rows)
+    payload = {**result.evidence, "trials": result.report}
+    payload["global_reference"] = {"note": _against(result.evidence.get("global_reference", {}))}
+    print_evidence(payload, names, label=_label)
     if result.profile_path:
         shown = _short(result.profile_path)
         print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
@@ -71,6 +74,18 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
         shown = ", ".join(_short(path) for path in stage.plots[:show_plots]) if stage.plots else "(no plots yet)"
         print(f"plots of {stage.study}: {shown}")
     print(f"dashboards: ct-tune ui --tracking-uri '{result.tracking_uri}'")
+
+
+def _label(row: dict[str, Any]) -> str:
+    return "ReLU baseline" if row["is_baseline"] else f"best {row['granularity']}"
+
+
+def _against(notes: dict[str, Any]) -> str:
+    """What each stage's 'vs best global' is against, once when every stage says the same."""
+    texts = {stage: note.get("note", "") for stage, note in notes.items()}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()), "")
+    return "; ".join(f"{stage}: {text}" for stage, text in texts.items())
 
 
 def _short(path: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ct_tune import InputError
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
+from ct_tune.cli._evidence import evidence_cells, evidence_columns, print_evidence
 from ct_tune.cli._study_common import (
     add_executor_options,
     add_store_options,
@@ -82,6 +83,13 @@ def register(subparsers: Any) -> None:
     report.add_argument("study", help=STUDY_ARGUMENT)
     report.add_argument("--trial", type=int, action="append", help="trial number(s) (default: best or Pareto front)")
     report.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
+    report.add_argument(
+        "--reselect",
+        type=int,
+        metavar="K",
+        help="report, of the K best trials by val, the one with the best mean rank over 200 bootstrap resamples "
+        "of val (says which and why)",
+    )
     add_store_options(report)
 
 
@@ -276,23 +284,30 @@ def _export(args: argparse.Namespace) -> CommandResult:
 
 def _report(args: argparse.Namespace) -> CommandResult:
     study = _load(args)
-    report = study.report(trials=args.trial, device=args.device)
+    report = study.report(trials=args.trial, device=args.device, reselect=args.reselect)
 
     def render() -> None:
         names = study.objective_names
+        roles = {"baseline": " (ReLU)", "best global": " (best global)"}
         rows = []
         for row in report.trials:
-            label = f"{row['number']} (ReLU)" if row["is_baseline"] else str(row["number"])
             rows.append(
                 [
-                    label,
+                    f"{row['number']}{roles.get(row['role'], '')}",
                     *(row["val"].get(n) for n in names),
-                    *(row["test"].get(n) for n in names),
+                    *evidence_cells(row, names),
                     profile_text(row["betas"], limit=6),
                 ]
             )
-        columns = ["trial", *(f"val {n}" for n in names), *(f"test {n}" for n in names), "beta per unit"]
+        columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
         print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
+        print_evidence(report.to_dict(), names, label=lambda row: f"trial {row['number']}{roles.get(row['role'], '')}")
+        if report.reselection:
+            print(f"reselected trial {report.reselection['picked']}: {report.reselection['why']}")
+            ranks = ", ".join(
+                f"#{c['number']} {c['val']:.4f} rank {c['mean_rank']:.2f}" for c in report.reselection["candidates"]
+            )
+            print(f"candidates (val {report.reselection['objective']}, mean rank): {ranks}")
         print(f"logged to MLflow run {study.parent_run_id} (test.* metrics)")
 
     return CommandResult(report.to_dict(), render)

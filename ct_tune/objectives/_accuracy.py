@@ -81,4 +81,4 @@ class AccuracyObjective:
         details = {"top1": top1, "n": len(y), "per_class": per_class_accuracy(hit1, y, target.num_classes)}
         if target.num_classes > 5:
             details[f"top{k}"] = float(hitk.float().mean())
-        return ObjectiveResult(self.name, top1, details, seconds, compute_seconds)
+        return ObjectiveResult(self.name, top1, details, seconds, compute_seconds, correct=hit1)

@@ -219,7 +219,7 @@ class AdversarialObjective:
             "per_class": per_class_accuracy(robust, y, target.num_classes),
         }
         return ObjectiveResult(
-            self.name, value, details, time.perf_counter() - start, target.clock.seconds - clock_start
+            self.name, value, details, time.perf_counter() - start, target.clock.seconds - clock_start, correct=robust
         )
 
     def _autoattack(self, target: EvalTarget):

@@ -28,6 +28,9 @@ class ObjectiveResult:
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # wall time of the whole evaluation
     compute_seconds: float = 0.0  # of which inside forward/backward passes
+    # 1/0 per evaluated sample, in split order (what the value is the mean of): the report's intervals and
+    # paired tests read it. The tensor the objective built anyway: nothing is copied during a search.
+    correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -215,7 +215,7 @@ class ProbeObjective:
             "probe_fit_seconds": fit_seconds,
             "per_class": per_class_accuracy(hits, y, target.num_classes),
         }
-        return ObjectiveResult(self.name, float(hits.float().mean()), details, seconds, compute_seconds)
+        return ObjectiveResult(self.name, float(hits.float().mean()), details, seconds, compute_seconds, correct=hits)
 
     @staticmethod
     def _features(target: EvalTarget, tap: FeatureTap, x: torch.Tensor, profiles: int = 1) -> torch.Tensor:

@@ -28,6 +28,7 @@ from ct_tune.search._pipeline_spec import (
     warm_start_params,
     warm_start_ranges,
 )
+from ct_tune.search._report import StudyReport
 from ct_tune.search._run import RunOptions
 from ct_tune.search._spec import StudySpec
 from ct_tune.search._study import Study, new_study, open_study, study_exists
@@ -73,12 +74,15 @@ class PipelineResult:
     profile_path: str | None  # the last stage's best profile, exported (None for a Pareto front)
     tracking_uri: str  # redacted
     objective_names: list[str]
+    # how the report's intervals and tests were made, and which profile each stage's vs_global is against
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pipeline": self.name,
             "stages": [stage.__dict__ for stage in self.stages],
             "report": self.report,
+            **self.evidence,
             "profile": self.profile_path,
             "tracking_uri": self.tracking_uri,
         }
@@ -181,23 +185,44 @@ def run_pipeline(
         )
     assert tracker is not None
     tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
+    reports = _report_stages(spec, studies)
     rows, baseline_row = [], None
     for stage_name in spec.report_stages:
-        report = studies[stage_name].report()
-        for row in report.trials:
+        for row in reports[stage_name].trials:
             row = {"stage": stage_name, "granularity": studies[stage_name].spec.search.granularity, **row}
-            if not row["is_baseline"]:
+            if row["role"] == "chosen":
                 rows.append(row)
-            elif baseline_row is None:  # the ReLU baseline once, first in the table
+            elif row["role"] == "baseline" and baseline_row is None:  # the ReLU baseline once, first in the table
                 baseline_row = row
     rows = ([baseline_row] if baseline_row else []) + rows
+    first = reports[spec.report_stages[0]]
+    against = {name: reports[name].global_reference for name in spec.report_stages}
+    evidence = {"evidence": first.evidence, "global_reference": against}
     last = studies[spec.stages[-1].name]
     profile_path = None
     best = last.best()
     if len(best) == 1:
         saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
         profile_path = str(Path(saved).resolve())
-    return PipelineResult(spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names)
+    return PipelineResult(
+        spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names, evidence
+    )
+
+
+def _report_stages(spec: PipelineSpec, studies: Mapping[str, Study]) -> dict[str, StudyReport]:
+    """Each reported stage's report; the first global stage is reported first, and its best is the best
+    global profile every later stage is compared with (on the same test samples), as its ReLU baseline is for
+    stages without one of their own."""
+    names = spec.report_stages
+    glob = next((name for name in names if studies[name].spec.search.granularity == "global"), None)
+    reports: dict[str, StudyReport] = {}
+    best_global = relu = None
+    for name in ([glob] if glob else []) + [name for name in names if name != glob]:
+        reports[name] = studies[name].report(best_global=best_global, relu=relu)
+        if name == glob:
+            best_global = reports[name].reference(f"best of stage {name}")
+        relu = relu or reports[name].reference(f"ReLU baseline of stage {name}", role="baseline")
+    return reports
 
 
 def _create_stage(

@@ -49,7 +49,7 @@ from ct_tune.tracking._keys import (
 from ct_tune.workers import RayOptions, SlurmOptions
 
 if TYPE_CHECKING:
-    from ct_tune.search._report import StudyReport
+    from ct_tune.search._report import Reference, StudyReport
     from ct_tune.search._run import RunSummary
 
     import optuna
@@ -408,13 +408,27 @@ class Study:
             profile.save(path)
         return profile
 
-    def report(self, *, trials: Sequence[int] | None = None, device: str | None = None) -> StudyReport:
-        """Score the best trial(s) (or ``trials``) and the ReLU baseline once on the test split: the only
-        reader of the test split. Results go to the study, to MLflow and to the returned report."""
+    def report(
+        self,
+        *,
+        trials: Sequence[int] | None = None,
+        device: str | None = None,
+        best_global: Reference | None = None,
+        relu: Reference | None = None,
+        reselect: int | None = None,
+    ) -> StudyReport:
+        """Score the best trial(s) (or ``trials``), the ReLU baseline and the best global profile once on the
+        test split: the only reader of the test split. Each value comes with a 95% bootstrap interval, each
+        profile with paired comparisons against the baseline (``relu`` where the study has none) and the best
+        global profile (or ``best_global``, a pipeline's global stage).
+        ``reselect=K``: report the one of the K best trials that holds up over bootstrap resamples of val.
+        Results go to the study, to MLflow and to the returned report."""
         self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._report import report_study
 
-        return report_study(self, trial_numbers=trials, device=device)
+        return report_study(
+            self, trial_numbers=trials, device=device, best_global=best_global, relu=relu, reselect=reselect
+        )
 
     def delete(self) -> dict[str, Any]:
         """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI)."""

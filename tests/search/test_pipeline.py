@@ -189,6 +189,20 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     assert rows[0]["is_baseline"] and rows[0]["betas"] == {"global": 1.0}
     assert [(r["stage"], r["is_baseline"]) for r in rows[1:]] == [("global", False), ("block", False)]
     assert all(0.8 < r["test"]["accuracy"] <= 1.0 for r in rows)
+    # how sure: intervals, and every stage's best against the ReLU baseline and the global stage's best
+    relu, glob_best, block_best = rows
+    assert all(
+        r["test_ci"]["accuracy"]["low"] <= r["test"]["accuracy"] <= r["test_ci"]["accuracy"]["high"] for r in rows
+    )
+    assert payload["evidence"]["resamples"] == 4000
+    assert payload["global_reference"]["block"]["number"] == glob_best["number"]
+    assert glob_best["vs_global"] is None  # the global stage's best is the best global profile
+    against = block_best["vs_global"]["accuracy"]
+    # (test values are float32 means, differences float64 ones: equal to 1e-6)
+    assert against["diff"] == pytest.approx(block_best["test"]["accuracy"] - glob_best["test"]["accuracy"], abs=1e-6)
+    assert block_best["vs_relu"]["accuracy"]["diff"] == pytest.approx(
+        block_best["test"]["accuracy"] - relu["test"]["accuracy"], abs=1e-6
+    )
     profile = ct_tune.BetaProfile.load(payload["profile"])
     assert profile.granularity == "block" and set(profile.betas) == set(UNITS)
 
@@ -206,7 +220,11 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("ct-tune/pipe.")]
     tagged = client.search_runs(experiments, "tags.`ct_tune.pipeline` = 'pipe'")
     assert {r.info.run_id for r in tagged} == {global_parent.info.run_id, block_parent.info.run_id}
-    assert "dashboards: ct-tune ui" in cli("pipeline", "run", "p.yaml", "--no-progress").stdout
+    shown = cli("pipeline", "run", "p.yaml", "--no-progress").stdout
+    assert "dashboards: ct-tune ui" in shown
+    assert "paired comparisons on the same test samples" in shown and "best global" in shown
+    assert f"block: best of stage global (trial {glob_best['number']})" in shown
+    assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown
 
     # run again: every stage has used its budget, nothing is added
     for name, count in (("pipe.global", 4), ("pipe.block", 3)):
