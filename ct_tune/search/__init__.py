@@ -2,7 +2,8 @@
 
 ``create_study`` / ``load_study`` give a :class:`Study` (Optuna's storage is its truth, MLflow follows);
 ``Study.run`` runs trials in this process or in worker processes (``python -m ct_tune.search.worker``);
-``run_pipeline`` runs several studies in order; ``train_ct`` trains CT's betas by gradient instead; ``Study.report`` is the only reader of the test split.
+``run_pipeline`` runs several studies in order; ``train_ct`` trains CT's betas by gradient instead;
+``Study.report`` is the only reader of the test split.
 Every ``ct-tune study`` / ``pipeline`` / ``quickstart`` / ``evaluate`` / ``units`` command is one call here.
 """
 
@@ -14,7 +15,6 @@ from ct_tune.search._quickstart import QUICKSTART_CHECKPOINT, checked_quickstart
 from ct_tune.search._report import StudyReport
 from ct_tune.search._run import RunOptions, RunSummary
 from ct_tune.search._spec import StudySpec, load_spec, paper_grid, parse_duration, spec_from_dict
-from ct_tune.search._trained import TrainCTSettings, TrainedCT, train_ct
 from ct_tune.search._study import (
     Study,
     StudyStatus,
@@ -24,6 +24,7 @@ from ct_tune.search._study import (
     list_studies,
     load_study,
 )
+from ct_tune.search._trained import TrainCTSettings, TrainedCT, train_ct
 
 __all__ = [
     "QUICKSTART_CHECKPOINT",
