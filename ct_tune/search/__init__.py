@@ -24,7 +24,7 @@ from ct_tune.search._study import (
     list_studies,
     load_study,
 )
-from ct_tune.search._trained import TrainCTSettings, TrainedCT, train_ct
+from ct_tune.search._trained import TrainCTSettings, TrainCTSpec, TrainedCT, log_trained_ct, run_train_ct, train_ct
 
 __all__ = [
     "QUICKSTART_CHECKPOINT",
@@ -39,6 +39,7 @@ __all__ = [
     "StudySpec",
     "StudyStatus",
     "TrainCTSettings",
+    "TrainCTSpec",
     "TrainedCT",
     "TrialResult",
     "checked_quickstart",
@@ -50,6 +51,7 @@ __all__ = [
     "load_pipeline",
     "load_spec",
     "load_study",
+    "log_trained_ct",
     "model_units",
     "paper_grid",
     "parse_duration",
@@ -57,6 +59,7 @@ __all__ = [
     "quickstart_pipeline",
     "run_pipeline",
     "run_quickstart",
+    "run_train_ct",
     "spec_from_dict",
     "train_ct",
 ]

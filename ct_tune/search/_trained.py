@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ct_tune._errors import InputError
@@ -42,7 +44,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-__all__ = ["BETA_HIGH", "BETA_LOW", "TrainCTSettings", "TrainedCT", "train_ct"]
+__all__ = [
+    "BETA_HIGH",
+    "BETA_LOW",
+    "TrainCTSettings",
+    "TrainCTSpec",
+    "TrainedCT",
+    "log_trained_ct",
+    "run_train_ct",
+    "train_ct",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +267,7 @@ def _train(
                 "c_mean": float(cs.double().mean()),
             }
             history.append(row)
-            logger.info("epoch %d: train loss %.4f, val %s %.4f", epoch, row["train_loss"], objective, result.value)
+            logger.debug("epoch %d: train loss %.4f, val %s %.4f", epoch, row["train_loss"], objective, result.value)
             if on_epoch is not None:
                 on_epoch(row)
             if best is None or result.value > best[0]:
@@ -335,3 +346,148 @@ def _head(
         torch.manual_seed(settings.seed)
         head = nn.Linear(width, bench.num_classes).to(bench.device)
     return head, tap.features
+
+
+# ------------------------------------------------------------------------------------------------------
+# A spec file, and MLflow
+SPEC_SECTIONS = ("name", "model", "data", "objective", "objectives", "run", "train", "tracking_uri")
+
+
+@dataclass(frozen=True)
+class TrainCTSpec:
+    """A ``ct-tune train-ct`` spec: a study spec's model / data / run sections, one objective, ``train:``."""
+
+    name: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    objective: dict[str, Any] | str
+    run: dict[str, Any]
+    settings: TrainCTSettings
+    tracking_uri: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "spec", overrides: Mapping[str, Any] | None = None) -> TrainCTSpec:
+        """Check every section before anything runs (one ``InputError`` line naming the field)."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: a train-ct spec is a YAML mapping (model:, data:, train:, ...)")
+        unknown = [key for key in data if key not in SPEC_SECTIONS]
+        if unknown:
+            raise InputError(
+                f"{source}: unknown section {unknown[0]!r}; a train-ct spec has {', '.join(SPEC_SECTIONS)}"
+            )
+        if "model" not in data:
+            raise InputError(f"{source}: model: required section is missing")
+        if "objective" in data and "objectives" in data:
+            raise InputError(f"{source}: give objective or objectives, not both")
+        objectives = data.get("objectives", [data.get("objective", "probe")])
+        if not isinstance(objectives, list) or len(objectives) != 1:
+            raise InputError(f"{source}: trained CT trains on one objective (probe or accuracy); got {objectives!r}")
+        train = {**(data.get("train") or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        settings = TrainCTSettings.parse(train, source=f"{source}: train")
+        objective = objectives[0]
+        name = objective if isinstance(objective, str) else (objective or {}).get("name")
+        if name not in TRAINABLE_OBJECTIVES:
+            raise InputError(f"{source}: objective {name!r} cannot be trained on; use probe (transfer) or accuracy")
+        granularity = "site" if settings.granularity == "channel" else settings.granularity
+        checked = spec_from_dict(
+            {
+                "model": data["model"],
+                "data": data.get("data") or {},
+                "search": {"granularity": granularity, "enqueue_baseline": False},
+                "objectives": [objective],
+                "run": data.get("run") or {},
+            },
+            source=source,
+        )
+        return cls(
+            name=str(data.get("name") or "train-ct"),
+            model=checked.model.model_dump(exclude_defaults=True),
+            data=checked.data.model_dump(exclude_defaults=True),
+            objective=checked.objectives[0].model_dump(exclude_defaults=True, exclude={"direction"}) | {"name": name},
+            run=checked.run.model_dump(exclude_defaults=True),
+            settings=settings,
+            tracking_uri=data.get("tracking_uri"),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None) -> TrainCTSpec:
+        from ct_tune.search._spec import parse_yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"train-ct spec {path} does not exist; give the path of a YAML file")
+        return cls.from_dict(parse_yaml(path), source=str(path), overrides=overrides)
+
+    def train(self, *, on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainedCT:
+        return train_ct(
+            model=self.model,
+            data=self.data,
+            objective=self.objective,
+            run=self.run,
+            settings=self.settings,
+            on_epoch=on_epoch,
+        )
+
+
+def run_train_ct(
+    spec: TrainCTSpec,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """What ``ct-tune train-ct`` does: train, write the profile to ``out``, log the run to MLflow.
+
+    The MLflow store is opened before training (an unreachable one fails in seconds, not after it);
+    the profile is written atomically, after training, so a failed run leaves no file behind.
+    """
+    from ct_tune.stores import redact, resolve_tracking_uri
+    from ct_tune.tracking import Tracker
+
+    tracker = Tracker(resolve_tracking_uri(tracking_uri, spec.tracking_uri)) if track else None
+    result = spec.train(on_epoch=on_epoch)
+    payload = result.to_dict()
+    if out is not None:
+        payload["profile_path"] = str(result.profile.save(out))
+    if tracker is not None:
+        payload["mlflow"] = {
+            **log_trained_ct(result, name=spec.name, tracker=tracker),
+            "tracking_uri": redact(tracker.tracking_uri),
+        }
+    return payload
+
+
+def log_trained_ct(result: TrainedCT, *, name: str, tracker: Any) -> dict[str, str]:
+    """Log a training as its own MLflow run (experiment ``ct-tune/<name>``): settings as params, the loss
+    and val curves as per-epoch metrics, the profile as an artifact, the betas per unit as a figure."""
+    from ct_tune.tracking import beta_distribution_figure
+
+    experiment_id = tracker.experiment_id(name, create=True)
+    run = tracker.client.create_run(
+        experiment_id,
+        run_name=f"trained-{result.settings.granularity}",
+        tags={"ct_tune.command": "train-ct", "ct_tune.strategy": "trained", "ct_tune.objective": result.objective},
+    )
+    run_id = run.info.run_id
+    history = [(key, row[key], int(row["epoch"])) for row in result.history for key in row if key != "epoch"]
+    tracker.log(
+        run_id,
+        params={**result.settings.model_dump(), "objective": result.objective, "units": result.units},
+        metrics={
+            result.objective: result.value,
+            "baseline": result.baseline,
+            "gain": result.value - result.baseline,
+            "best_epoch": result.best_epoch,
+            "parameters": result.parameters,
+            "seconds": result.seconds,
+        },
+        history=history,
+    )
+    tracker.client.log_dict(run_id, result.profile.to_dict(), "profile.json")
+    channels = result.profile.channels or {unit: {"beta": [beta]} for unit, beta in result.profile.betas.items()}
+    title = f"trained betas ({result.settings.granularity}), val {result.objective} {result.value:.4f}"
+    figure = beta_distribution_figure({unit: entry["beta"] for unit, entry in channels.items()}, title=title)
+    tracker.log_figure(run_id, figure, "beta_distribution.png")
+    tracker.client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "experiment_id": experiment_id}
