@@ -21,7 +21,7 @@ The spec is a study spec's model, data, run sections, one objective, and a train
 (the defaults shown are the CT authors'). Flags override the train section.
 
 examples:
-  ct-tune train-ct studies/digits-to-mnist5k-trained.yaml --out profiles/trained.json
+  ct-tune train-ct trained/digits-to-mnist5k.yaml --out profiles/trained.json
   ct-tune train-ct spec.yaml --granularity block --epochs 10 --lr 0.05 --json
 """
 

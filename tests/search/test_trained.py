@@ -158,3 +158,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, digits_checkpoint, cli_f
     result = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--profile", "foreign.json")
     assert result.returncode == 2 and "found on a model with other ReLU calls (VGG)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_spec_is_valid_and_uses_the_authors_settings():
+    from tests.conftest import SOURCE_ROOT
+
+    spec = TrainCTSpec.load(SOURCE_ROOT / "trained" / "digits-to-mnist5k.yaml")
+    assert spec.settings == TrainCTSettings() and spec.objective == {"name": "probe"} and spec.data["name"] == "mnist5k"
