@@ -122,13 +122,13 @@ def test_block_granularity_on_accuracy_stays_in_range_under_a_huge_learning_rate
         data=data,
         objective="accuracy",
         run=run,
-        settings={"granularity": "block", "epochs": 2, "lr": 50.0, "batch_size": 128, "init_c": 0.3},
+        settings={"granularity": "block", "epochs": 1, "lr": 50.0, "batch_size": 256, "init_c": 0.3},
     )
     profile = trained.profile
     assert profile.granularity == "block" and trained.units == 4 and trained.parameters == 8
     for entry in profile.channels.values():
         assert len(entry["beta"]) == 1 and BETA_LOW <= entry["beta"][0] <= BETA_HIGH and 0 <= entry["c"][0] <= 1
-    assert len({entry["c"][0] for entry in profile.channels.values()}) > 1  # c trained per unit
+    assert all(entry["c"][0] != pytest.approx(0.3) for entry in profile.channels.values())  # c trained too
     again = evaluate_profile(model={"checkpoint": str(digits_checkpoint)}, data=data, profile=profile, run=run)
     assert again["results"]["accuracy"]["value"] == trained.value
     assert json.loads(json.dumps(trained.to_dict()))["settings"]["lr"] == 50.0
