@@ -387,6 +387,8 @@ class SteeringHandle:
 def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta | ChannelCT, c: float) -> torch.Tensor:
     """One ReLU call, steered: K profiles on K slices, per-channel values, or one beta (fused kernels
     where they are on)."""
+    if beta.__class__ is float:  # the scalar path first: one identity check, as cheap as before
+        return ct_hot(x, beta, c)
     if isinstance(beta, (GroupedBeta, ChannelCT)):
         return beta(x)
     return ct_hot(x, beta, c)
