@@ -1,7 +1,9 @@
 """Running a pipeline: its stages in order (each a study), then the test-split report of the chosen stages.
 
 A stage whose study exists resumes (one that has used its budget is skipped); a new stage is created,
-warm-started from an earlier stage's best profile when it says so, and linked to the stage before it
+warm-started from an earlier stage's best profile when it says so (or from a trained stage's profile:
+a ``kind: train`` stage runs ``train_ct``, writes its profile to the profile folder and is skipped when
+that profile exists with the same settings), and linked to the stage before it
 (the study's ``ct_tune.pipeline`` attribute, the parent runs' ``ct_tune.pipeline`` / ``ct_tune.stage`` /
 ``ct_tune.previous_stage_run`` tags). Nothing is created before every stage's spec and the worker
 options are known to be valid.
@@ -9,6 +11,7 @@ options are known to be valid.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -25,12 +28,15 @@ from ct_tune.search._pipeline_spec import (
     map_profile,
     pipeline_from_dict,
     stage_spec,
+    train_stage_spec,
     warm_start_params,
     warm_start_ranges,
 )
 from ct_tune.search._run import RunOptions
 from ct_tune.search._spec import StudySpec
 from ct_tune.search._study import Study, new_study, open_study, study_exists
+from ct_tune.search._trained import TrainCTSpec, log_trained_ct, score_trained_on_test
+from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
     check_two_databases,
     open_optuna_storage,
@@ -125,7 +131,8 @@ def run_pipeline(
         progress=progress,
     )
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages}
+    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "search"}
+    training = {stage.name: train_stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "train"}
     options.check()
     for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
         plans = plan_workers(options.workers, options.devices or stage_study.run.device)
@@ -135,8 +142,16 @@ def run_pipeline(
         )
     outcomes: list[StageOutcome] = []
     studies: dict[str, Study] = {}
+    trained: dict[str, BetaProfile] = {}
     tracker: Tracker | None = None
     for index, stage in enumerate(spec.stages):
+        if stage.kind == "train":
+            tracker = tracker or Tracker(resolve_tracking_uri(tracking_uri, training[stage.name].tracking_uri))
+            outcome, trained[stage.name] = _train_stage(
+                spec, stage.name, index, training[stage.name], tracker, Path(profile_dir), tell
+            )
+            outcomes.append(outcome)
+            continue
         plain = specs[stage.name]
         storage_url = resolve_storage(storage, plain.storage)
         tracker = tracker or Tracker(
@@ -148,7 +163,9 @@ def run_pipeline(
             study = open_study(name, storage_url, optuna_storage, tracker=tracker)
             tell(f"stage {index + 1}/{len(spec.stages)} {stage.name}: study {name} exists, resuming")
         else:
-            study = _create_stage(spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, tell)
+            study = _create_stage(
+                spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, trained, tell
+            )
         studies[stage.name] = study
         summary = study.run(
             workers=options.workers,
@@ -174,6 +191,9 @@ def run_pipeline(
     tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
     rows, baseline_row = [], None
     for stage_name in spec.report_stages:
+        if stage_name in trained:
+            rows.append(_trained_row(stage_name, training[stage_name], trained[stage_name]))
+            continue
         report = studies[stage_name].report()
         for row in report.trials:
             row = {"stage": stage_name, "granularity": studies[stage_name].spec.search.granularity, **row}
@@ -182,13 +202,70 @@ def run_pipeline(
             elif baseline_row is None:  # the ReLU baseline once, first in the table
                 baseline_row = row
     rows = ([baseline_row] if baseline_row else []) + rows
-    last = studies[spec.stages[-1].name]
+    last_name = spec.stages[-1].name
     profile_path = None
-    best = last.best()
-    if len(best) == 1:
-        saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
-        profile_path = str(Path(saved).resolve())
-    return PipelineResult(spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names)
+    if last_name in trained:
+        saved = trained[last_name].save(Path(profile_dir) / f"{spec.name}.json")
+        profile_path, objective_names = str(Path(saved).resolve()), [trained[last_name].metadata["objective"]]
+    else:
+        last = studies[last_name]
+        objective_names = last.objective_names
+        best = last.best()
+        if len(best) == 1:
+            saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
+            profile_path = str(Path(saved).resolve())
+    return PipelineResult(spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), objective_names)
+
+
+def _train_stage(
+    pipeline: PipelineSpec,
+    stage: str,
+    index: int,
+    training: TrainCTSpec,
+    tracker: Tracker,
+    profile_dir: Path,
+    tell: Callable[[str], None],
+) -> tuple[StageOutcome, BetaProfile]:
+    """Train (or reuse the profile an earlier run of the pipeline trained with the same settings)."""
+    name = pipeline.study_name(stage)
+    path = profile_dir / f"{name}.json"
+    label = f"stage {index + 1}/{len(pipeline.stages)} {stage}"
+    made_with = json.loads(json.dumps(training.identity()))
+    if path.is_file():
+        profile = BetaProfile.load(path)
+        meta = profile.metadata
+        if meta.get("pipeline_stage") == name and meta.get("made_with") == made_with and meta.get("run_id"):
+            tell(f"{label}: trained profile {path} exists with these settings, reusing it")
+            granularity = f"trained {training.settings.granularity}"
+            return StageOutcome(stage, name, granularity, "trained earlier", 0, meta["run_id"]), profile
+    tell(f"{label}: training CT ({training.settings.granularity}, {training.settings.epochs} epochs)")
+    result = training.train(on_epoch=lambda row: tell(f"  epoch {int(row['epoch'])}: val {row['val']:.4f}"))
+    logged = log_trained_ct(result, name=name, tracker=tracker)
+    tracker.log(logged["run_id"], tags={TAG_PIPELINE: pipeline.name, TAG_STAGE: stage, TAG_STAGE_INDEX: str(index)})
+    profile = result.profile
+    profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
+    profile.save(path)
+    tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
+    granularity = f"trained {training.settings.granularity}"
+    outcome = StageOutcome(stage, name, granularity, "trained", len(result.history), logged["run_id"])
+    return outcome, profile
+
+
+def _trained_row(stage: str, training: TrainCTSpec, profile: BetaProfile) -> dict[str, Any]:
+    """A trained stage's line of the report: its val score and, once, its test score."""
+    results = score_trained_on_test(training, profile)
+    objective = profile.metadata["objective"]
+    return {
+        "stage": stage,
+        "granularity": f"trained {training.settings.granularity}",
+        "number": f"epoch {profile.metadata['best_epoch']}",
+        "is_baseline": False,
+        "val": {objective: profile.metadata["val"]},
+        "test": {name: result.value for name, result in results.items()},
+        "test_details": {name: result.details for name, result in results.items()},
+        "betas": profile.betas,
+        "c": profile.c,
+    }
 
 
 def _create_stage(
@@ -200,13 +277,31 @@ def _create_stage(
     optuna_storage: Any,
     tracker: Tracker,
     studies: dict[str, Study],
+    trained: Mapping[str, BetaProfile],
     tell: Callable[[str], None],
 ) -> Study:
     from ct_tune.search._bench import Bench
 
     with Bench.open(plain, device="cpu", steer=False) as bench:  # the units, and the sites to map profiles with
         spec, profiles, c = plain, [], 0.5
-        if stage.warm_start is not None:
+        if stage.warm_start is not None and stage.warm_start.from_stage in trained:
+            # Block (or stage, global) values from the trained channel values: the mean of each unit's sites.
+            source = trained[stage.warm_start.from_stage]
+            c = source.c
+            profiles.append(
+                map_profile(
+                    bench.model.net,
+                    bench.trace,
+                    source.betas,
+                    source.unit_granularity,
+                    plain.search.granularity,
+                    target_groups=plain.search.groups,
+                )
+            )
+            beta = plain.search.beta
+            ranges = warm_start_ranges(profiles, stage.warm_start.width, beta.low, beta.high)
+            spec = stage_spec(pipeline, stage.name, ranges=ranges)
+        elif stage.warm_start is not None:
             earlier = studies[stage.warm_start.from_stage]
             chosen = earlier.best()
             if not chosen:
@@ -234,7 +329,7 @@ def _create_stage(
     study = new_study(spec, pipeline.study_name(stage.name), storage_url, optuna_storage, tracker, units, meta)
     for params in warm_start_params(spec, profiles, c):
         study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: "warm-start"})
-    previous = studies[pipeline.stages[index - 1].name] if index else None
+    previous = studies.get(pipeline.stages[index - 1].name) if index else None  # None after a trained stage
     link = {
         "name": pipeline.name,
         "stage": stage.name,
@@ -261,6 +356,8 @@ def delete_pipeline_studies(
     spec = as_pipeline(pipeline)
     deleted = []
     for stage in spec.stages:
+        if stage.kind == "train":  # no study: its profile file stays
+            continue
         stage_study = stage_spec(spec, stage.name)
         storage_url = resolve_storage(storage, stage_study.storage)
         optuna_storage = open_optuna_storage(storage_url)

@@ -418,6 +418,16 @@ class TrainCTSpec:
             raise InputError(f"train-ct spec {path} does not exist; give the path of a YAML file")
         return cls.from_dict(parse_yaml(path), source=str(path), overrides=overrides)
 
+    def identity(self) -> dict[str, Any]:
+        """Everything the trained profile depends on (a pipeline reuses a profile made with the same)."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "objective": self.objective,
+            "run": self.run,
+            "settings": self.settings.model_dump(),
+        }
+
     def train(self, *, on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainedCT:
         return train_ct(
             model=self.model,
@@ -491,3 +501,23 @@ def log_trained_ct(result: TrainedCT, *, name: str, tracker: Any) -> dict[str, s
     tracker.log_figure(run_id, figure, "beta_distribution.png")
     tracker.client.set_terminated(run_id, "FINISHED")
     return {"run_id": run_id, "experiment_id": experiment_id}
+
+
+def score_trained_on_test(spec: TrainCTSpec, profile: BetaProfile) -> dict[str, Any]:
+    """A trained profile scored once on the test split (a pipeline's final report), with its objective."""
+    checked = spec_from_dict(
+        {
+            "model": spec.model,
+            "data": spec.data,
+            "search": {"granularity": profile.unit_granularity, "enqueue_baseline": False},
+            "objectives": [spec.objective],
+            "run": spec.run,
+        },
+        source="arguments",
+    )
+    with Bench.open(checked) as bench:
+        assert bench.handle is not None
+        if profile.fingerprint and profile.fingerprint != bench.trace.fingerprint:
+            raise InputError(f"the trained profile was made on a model with other ReLU calls ({profile.model})")
+        bench.handle.update(profile.steering_values())
+        return {name: result for name, result in bench.evaluator("test").evaluate().items()}
