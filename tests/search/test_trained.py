@@ -165,3 +165,84 @@ def test_shipped_spec_is_valid_and_uses_the_authors_settings():
 
     spec = TrainCTSpec.load(SOURCE_ROOT / "trained" / "digits-to-mnist5k.yaml")
     assert spec.settings == TrainCTSettings() and spec.objective == {"name": "probe"} and spec.data["name"] == "mnist5k"
+
+
+def trained_pipeline(checkpoint, **changes) -> dict:
+    data = {
+        "name": "tpipe",
+        "base": {
+            "model": {"checkpoint": str(checkpoint)},
+            "data": {"name": "digits", "seed": 0},
+            "objectives": [{"name": "accuracy"}],
+            "run": {"batch_size": 256},
+        },
+        "stages": [
+            {"name": "trained", "kind": "train", "train": {"granularity": "channel", "epochs": 1, "batch_size": 256}},
+            {
+                "name": "block",
+                "warm_start": {"from": "trained", "width": 0.05},
+                "search": {"granularity": "block"},
+                "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 1},
+                "budget": {"n_trials": 2},
+            },
+        ],
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ({"name": "t", "kind": "train", "budget": {"n_trials": 2}}, "stage 't' is of kind train: budget belongs"),
+        ({"name": "t", "train": {"epochs": 2}}, "train: belongs to a stage of kind train"),
+        ({"name": "t", "kind": "train", "train": {"epochs": 0}}, r"stage 't': train\.epochs: got 0"),
+        ({"name": "t", "kind": "train", "train": {"lr": -1}}, r"train\.lr: got -1"),
+    ],
+)
+def test_bad_train_stages_are_one_line_errors(stage, message):
+    from ct_tune.search import pipeline_from_dict
+
+    with pytest.raises(InputError, match=message):
+        pipeline_from_dict(trained_pipeline("model.pt", stages=[stage]))
+
+
+@pytest.mark.slow
+def test_pipeline_trains_then_searches_around_the_trained_profile_and_resumes(tmp_path, digits_checkpoint):
+    import ct_tune
+    from ct_tune.search import run_pipeline
+    from ct_tune.search._pipeline_spec import map_profile
+
+    stores = {
+        "storage": f"sqlite:///{tmp_path}/optuna.db",
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "profile_dir": tmp_path / "profiles",
+        "progress": False,
+        "say": lambda _text: None,
+    }
+    result = run_pipeline(trained_pipeline(digits_checkpoint), **stores)
+    trained_outcome, block_outcome = result.stages
+    assert block_outcome.finished == 2 and block_outcome.granularity == "block"
+    assert trained_outcome.stopped == "trained" and trained_outcome.granularity == "trained channel"
+    profile = BetaProfile.load(tmp_path / "profiles" / "tpipe.trained.json")
+    assert profile.granularity == "channel" and profile.metadata["pipeline_stage"] == "tpipe.trained"
+
+    study = ct_tune.load_study("tpipe.block", storage=stores["storage"], tracking_uri=stores["tracking_uri"])
+    first = min(study.optuna_study.trials, key=lambda t: t.number)
+    assert first.user_attrs["ct_tune.kind"] == "warm-start"
+    with ct_tune.search.Bench.open(study.spec, device="cpu", steer=False) as bench:
+        expected = map_profile(bench.model.net, bench.trace, profile.betas, "site", "block")
+    assert study.trial(first.number).betas == pytest.approx(expected)  # block values: means of channel means
+    assert expected != pytest.approx(dict.fromkeys(expected, next(iter(expected.values()))))  # not uniform
+
+    trained_row = next(row for row in result.report if row["stage"] == "trained")
+    assert trained_row["val"]["accuracy"] == profile.metadata["val"] and 0 < trained_row["test"]["accuracy"] <= 1
+    assert {row["stage"] for row in result.report} == {"trained", "block"}
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient(stores["tracking_uri"]).get_run(trained_outcome.parent_run_id)
+    assert run.data.tags["ct_tune.stage"] == "trained" and run.data.tags["ct_tune.pipeline"] == "tpipe"
+
+    again = run_pipeline(trained_pipeline(digits_checkpoint), **stores)  # resumes: nothing is trained again
+    assert again.stages[0].stopped == "trained earlier" and again.stages[0].parent_run_id == run.info.run_id
