@@ -20,9 +20,15 @@ The spec is a study spec's model, data, run sections, one objective, and a train
           lr_step: 10, lr_decay: 0.1, batch_size: 32, patience: null, train_c: true, seed: 0}
 (the defaults shown are the CT authors'). Flags override the train section.
 
+With --tune, an Optuna study searches the training's own settings (the spec's tune: section, e.g.
+  tune: {n_trials: 8, lr: {low: 0.01, high: 1, log: true}, init_beta: {low: 0.6, high: 0.95},
+         epochs: {low: 2, high: 20}, granularity: [block, channel]})
+one training per trial, each its own MLflow run; the best trial's profile goes to --out.
+
 examples:
   ct-tune train-ct trained/digits-to-mnist5k.yaml --out profiles/trained.json
   ct-tune train-ct spec.yaml --granularity block --epochs 10 --lr 0.05 --json
+  ct-tune train-ct spec.yaml --tune --out profiles/tuned.json
 """
 
 
@@ -43,6 +49,9 @@ def register(subparsers) -> None:
     group.add_argument("--patience", type=int, help="stop after this many epochs without a better val score")
     group.add_argument("--seed", type=int, help="head initialisation and batch order (default 0)")
     group.add_argument("--out", metavar="PATH", help="write the trained profile here (JSON)")
+    group = parser.add_argument_group("tuning the training's settings")
+    group.add_argument("--tune", action="store_true", help="run an Optuna study over the spec's tune: section")
+    group.add_argument("--storage", metavar="URL", help="Optuna storage of --tune (default: as for studies)")
     group = parser.add_argument_group("tracking")
     group.add_argument("--tracking-uri", metavar="URI", help="MLflow database or server (default: as for studies)")
     group.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
@@ -86,3 +95,16 @@ def _render(payload: dict) -> None:
         print(f"profile: {payload['profile_path']}")
     if "mlflow" in payload:
         print(f"mlflow run: {payload['mlflow']['run_id']} at {payload['mlflow']['tracking_uri']}")
+
+
+def _render_tune(payload: dict) -> None:
+    names = sorted({key for trial in payload["trials"] for key in trial["params"]})
+    rows = [[t["number"], *(t["params"].get(n) for n in names), t["value"]] for t in payload["trials"]]
+    print_table(f"study {payload['study']} (val {payload['objective']})", ["trial", *names, "val"], rows)
+    best = payload["best"]
+    print(
+        f"best: trial {best['number']} {best['params']} val {best['value']:.4f} (ReLU baseline "
+        f"{payload['baseline']:.4f}; chosen on val, so optimistic: report on test to compare)"
+    )
+    if "profile_path" in payload:
+        print(f"profile: {payload['profile_path']}")

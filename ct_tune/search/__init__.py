@@ -24,7 +24,15 @@ from ct_tune.search._study import (
     list_studies,
     load_study,
 )
-from ct_tune.search._trained import TrainCTSettings, TrainCTSpec, TrainedCT, log_trained_ct, run_train_ct, train_ct
+from ct_tune.search._trained import (
+    TrainCTSettings,
+    TrainCTSpec,
+    TrainedCT,
+    log_trained_ct,
+    run_train_ct,
+    train_ct,
+    tune_train_ct,
+)
 
 __all__ = [
     "QUICKSTART_CHECKPOINT",
@@ -62,4 +70,5 @@ __all__ = [
     "run_train_ct",
     "spec_from_dict",
     "train_ct",
+    "tune_train_ct",
 ]

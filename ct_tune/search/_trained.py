@@ -41,7 +41,7 @@ from ct_tune.steering import BetaProfile, ChannelCT, SteeringHandle, channel_dim
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "log_trained_ct",
     "run_train_ct",
     "train_ct",
+    "tune_train_ct",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,14 +83,22 @@ class TrainCTSettings(BaseModel):
     seed: int = 0  # head initialisation and batch order
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any] | None, *, source: str = "train") -> TrainCTSettings:
+    def parse(cls, data: Mapping[str, Any] | None, *, source: str = "settings") -> TrainCTSettings:
         """Settings from a mapping; a bad value is one ``InputError`` naming ``train.<field>``."""
         if data is not None and not isinstance(data, Mapping):
             raise InputError(f"{source}: the train section is a mapping (lr:, epochs:, ...); got {data!r}")
         try:
             return cls.model_validate(dict(data or {}))
         except ValidationError as error:
-            raise InputError(f"{source}.{describe_validation_error(error)}") from None
+            raise InputError(f"{source}: {_in_section('train', error)}") from None
+
+
+def _in_section(section: str, error: ValidationError) -> str:
+    """A validation error of a section's own model, its field named as ``section.field``."""
+    text = describe_validation_error(error)
+    if text.startswith("unknown field '"):
+        return f"unknown field '{section}.{text.removeprefix(chr(39).join(['unknown field ', '']))}"
+    return f"{section}.{text}"
 
 
 @dataclass
@@ -350,7 +359,49 @@ def _head(
 
 # ------------------------------------------------------------------------------------------------------
 # A spec file, and MLflow
-SPEC_SECTIONS = ("name", "model", "data", "objective", "objectives", "run", "train", "tracking_uri")
+SPEC_SECTIONS = ("name", "model", "data", "objective", "objectives", "run", "train", "tune", "storage", "tracking_uri")
+
+
+class _Range(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high; got {self.low} and {self.high}")
+        return self
+
+
+class TuneSpec(BaseModel):
+    """An Optuna study over trained CT's own settings (a spec's ``tune:`` section): the settings named here
+    are searched, the others stay as in ``train:``. Each trial is one training, scored by its best val epoch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_trials: int = Field(default=8, ge=1)
+    seed: int = 0  # TPE's seed
+    lr: _Range | None = None
+    head_lr: _Range | None = None
+    init_beta: _Range | None = None
+    epochs: _Range | None = None  # integers
+    granularity: list[Literal["global", "stage", "block", "site", "channel"]] | None = Field(default=None, min_length=1)
+
+    def suggest(self, trial: Any, base: TrainCTSettings) -> TrainCTSettings:
+        """The settings of one trial (``trial`` is an ``optuna.Trial``)."""
+        values: dict[str, Any] = {}
+        for name in ("lr", "head_lr", "init_beta"):
+            box = getattr(self, name)
+            if box is not None:
+                values[name] = trial.suggest_float(name, box.low, box.high, log=box.log)
+        if self.epochs is not None:
+            values["epochs"] = trial.suggest_int("epochs", int(self.epochs.low), int(self.epochs.high))
+        if self.granularity is not None:
+            values["granularity"] = trial.suggest_categorical("granularity", list(self.granularity))
+        return TrainCTSettings.parse({**base.model_dump(), **values})
 
 
 @dataclass(frozen=True)
@@ -364,6 +415,8 @@ class TrainCTSpec:
     run: dict[str, Any]
     settings: TrainCTSettings
     tracking_uri: str | None = None
+    tune: TuneSpec | None = None
+    storage: str | None = None  # the Optuna storage of ``tune`` (default as for studies)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "spec", overrides: Mapping[str, Any] | None = None) -> TrainCTSpec:
@@ -383,11 +436,17 @@ class TrainCTSpec:
         if not isinstance(objectives, list) or len(objectives) != 1:
             raise InputError(f"{source}: trained CT trains on one objective (probe or accuracy); got {objectives!r}")
         train = {**(data.get("train") or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        settings = TrainCTSettings.parse(train, source=f"{source}: train")
+        settings = TrainCTSettings.parse(train, source=source)
         objective = objectives[0]
         name = objective if isinstance(objective, str) else (objective or {}).get("name")
         if name not in TRAINABLE_OBJECTIVES:
             raise InputError(f"{source}: objective {name!r} cannot be trained on; use probe (transfer) or accuracy")
+        tune = None
+        if data.get("tune") is not None:
+            try:
+                tune = TuneSpec.model_validate(data["tune"])
+            except ValidationError as error:
+                raise InputError(f"{source}: {_in_section('tune', error)}") from None
         granularity = "site" if settings.granularity == "channel" else settings.granularity
         checked = spec_from_dict(
             {
@@ -407,6 +466,8 @@ class TrainCTSpec:
             run=checked.run.model_dump(exclude_defaults=True),
             settings=settings,
             tracking_uri=data.get("tracking_uri"),
+            tune=tune,
+            storage=data.get("storage"),
         )
 
     @classmethod
@@ -521,3 +582,84 @@ def score_trained_on_test(spec: TrainCTSpec, profile: BetaProfile) -> dict[str, 
             raise InputError(f"the trained profile was made on a model with other ReLU calls ({profile.model})")
         bench.handle.update(profile.steering_values())
         return {name: result for name, result in bench.evaluator("test").evaluate().items()}
+
+
+def tune_train_ct(
+    spec: TrainCTSpec,
+    *,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Search trained CT's own settings with Optuna (TPE, seeded), one training per trial, each logged to
+    MLflow as its own run; resumable (the study ``<name>.tune`` in the Optuna storage runs until it holds
+    ``n_trials`` finished trials). The best trial's profile is written to ``out``.
+
+    Both the settings and the epoch are chosen on val: the val score of the best trial is optimistic, and
+    only a test report (``kind: train`` in a pipeline) says what it is worth.
+    """
+    from ct_tune.stores import open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
+    from ct_tune.tracking import Tracker
+
+    import optuna
+
+    if spec.tune is None:
+        raise InputError("the spec has no tune: section (n_trials, and ranges for lr, init_beta, epochs, granularity)")
+    tell = say or (lambda _text: None)
+    tune = spec.tune
+    tracker = Tracker(resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+    storage_url = resolve_storage(storage, spec.storage)
+    name = f"{spec.name}.tune"
+    study = optuna.create_study(
+        study_name=name,
+        storage=open_optuna_storage(storage_url),
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=min(4, tune.n_trials)),
+        load_if_exists=True,
+    )
+    granularity = "site" if spec.settings.granularity == "channel" else spec.settings.granularity
+    checked = spec_from_dict(
+        {
+            "model": spec.model,
+            "data": spec.data,
+            "search": {"granularity": granularity, "enqueue_baseline": False},
+            "objectives": [spec.objective],
+            "run": spec.run,
+        },
+        source="arguments",
+    )
+    with Bench.open(checked, steer=False) as bench:  # model and data loaded once for every trial
+        while sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) < tune.n_trials:
+            trial = study.ask()
+            settings = tune.suggest(trial, spec.settings)
+            started = time.perf_counter()
+            try:
+                unit_granularity = "site" if settings.granularity == "channel" else settings.granularity
+                result = _train(bench, settings, unit_granularity, None, started)
+            except BaseException:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            finally:
+                bench.close()  # the trial's steering handle; the next trial attaches its own
+            logged = log_trained_ct(result, name=spec.name, tracker=tracker)
+            tracker.log(logged["run_id"], tags={"optuna.study_name": name, "optuna.trial_number": str(trial.number)})
+            trial.set_user_attr("mlflow_run_id", logged["run_id"])
+            trial.set_user_attr("profile", result.profile.to_dict())
+            trial.set_user_attr("baseline", result.baseline)
+            study.tell(trial, result.value)
+            tell(f"trial {trial.number}: {dict(trial.params)} -> val {result.objective} {result.value:.4f}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(finished, key=lambda t: (t.value, -t.number))
+    payload: dict[str, Any] = {
+        "study": name,
+        "storage": redact(storage_url),
+        "tracking_uri": redact(tracker.tracking_uri),
+        "objective": checked.objectives[0].name,
+        "baseline": best.user_attrs["baseline"],
+        "best": {"number": best.number, "params": dict(best.params), "value": best.value},
+        "trials": [{"number": t.number, "params": dict(t.params), "value": t.value} for t in finished],
+    }
+    if out is not None:
+        payload["profile_path"] = str(BetaProfile.from_dict(best.user_attrs["profile"]).save(out))
+    return payload

@@ -42,7 +42,7 @@ def test_reparametrisation_keeps_beta_and_c_in_range_with_finite_gradients():
         ({"epochs": 0}, r"train\.epochs: got 0; input should be greater than or equal to 1"),
         ({"granularity": "layer"}, r"train\.granularity: got 'layer'"),
         ({"init_beta": 1.0}, r"train\.init_beta: got 1\.0"),
-        ({"epoch": 3}, r"unknown field 'epoch'"),
+        ({"epoch": 3}, r"unknown field 'train\.epoch'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(train, message):
@@ -246,3 +246,48 @@ def test_pipeline_trains_then_searches_around_the_trained_profile_and_resumes(tm
 
     again = run_pipeline(trained_pipeline(digits_checkpoint), **stores)  # resumes: nothing is trained again
     assert again.stages[0].stopped == "trained earlier" and again.stages[0].parent_run_id == run.info.run_id
+
+
+def test_bad_tune_sections_are_one_line_errors():
+    model = {"name": "cifar_resnet_small"}
+    with pytest.raises(InputError, match=r"tune\.lr: low must be below high; got 0\.5 and 0\.1"):
+        TrainCTSpec.from_dict({"model": model, "tune": {"lr": {"low": 0.5, "high": 0.1}}})
+    with pytest.raises(InputError, match=r"unknown field 'tune\.batch'"):
+        TrainCTSpec.from_dict({"model": model, "tune": {"batch": {"low": 1, "high": 2}}})
+    with pytest.raises(InputError, match=r"tune\.n_trials: got 0"):
+        TrainCTSpec.from_dict({"model": model, "tune": {"n_trials": 0}})
+
+
+@pytest.mark.slow
+def test_tune_searches_the_training_settings_as_a_resumable_study(tmp_path, digits_checkpoint):
+    from ct_tune.search import tune_train_ct
+
+    import optuna
+    from mlflow import MlflowClient
+
+    spec = TrainCTSpec.from_dict(
+        {
+            "name": "tuned",
+            "model": {"checkpoint": str(digits_checkpoint)},
+            "data": {"name": "digits", "seed": 0},
+            "objective": "accuracy",
+            "train": {"epochs": 1, "batch_size": 256},
+            "tune": {"n_trials": 2, "lr": {"low": 0.01, "high": 1.0, "log": True}, "granularity": ["global", "block"]},
+        }
+    )
+    stores = {"storage": f"sqlite:///{tmp_path}/optuna.db", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    payload = tune_train_ct(spec, out=tmp_path / "tuned.json", **stores)
+    assert len(payload["trials"]) == 2 and set(payload["best"]["params"]) == {"lr", "granularity"}
+    assert all(0.01 <= t["params"]["lr"] <= 1.0 for t in payload["trials"])
+    profile = BetaProfile.load(tmp_path / "tuned.json")
+    assert profile.granularity == payload["best"]["params"]["granularity"]
+    assert profile.metadata["val"] == payload["best"]["value"]
+    study = optuna.load_study(study_name="tuned.tune", storage=stores["storage"])
+    runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    client = MlflowClient(stores["tracking_uri"])
+    assert {client.get_run(r).data.tags["optuna.study_name"] for r in runs} == {"tuned.tune"}
+    again = tune_train_ct(spec, **stores)  # the study holds its trials already: nothing runs again
+    assert (
+        again["trials"] == payload["trials"]
+        and len(optuna.load_study(study_name="tuned.tune", storage=stores["storage"]).trials) == 2
+    )
