@@ -73,6 +73,12 @@ def _run(args: argparse.Namespace) -> CommandResult:
                 file=sys.stderr,
             )
 
+    if args.tune:
+        from ct_tune.search import tune_train_ct
+
+        say = (lambda text: print(text, file=sys.stderr)) if verbose else None
+        payload = tune_train_ct(spec, storage=args.storage, tracking_uri=args.tracking_uri, out=args.out, say=say)
+        return CommandResult(payload, lambda: _render_tune(payload))
     payload = run_train_ct(
         spec, out=args.out, tracking_uri=args.tracking_uri, track=not args.no_mlflow, on_epoch=progress
     )

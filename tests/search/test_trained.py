@@ -291,3 +291,12 @@ def test_tune_searches_the_training_settings_as_a_resumable_study(tmp_path, digi
         again["trials"] == payload["trials"]
         and len(optuna.load_study(study_name="tuned.tune", storage=stores["storage"]).trials) == 2
     )
+
+
+def test_cli_tune_without_a_tune_section_and_a_missing_spec_are_exit_2(tmp_path, cli_fast):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"model": {"name": "cifar_resnet_small"}}))
+    result = cli_fast("train-ct", "spec.yaml", "--tune", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode == 2 and "the spec has no tune: section" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "mlflow.db").exists()
+    result = cli_fast("train-ct", "nope.yaml")
+    assert result.returncode == 2 and "train-ct spec nope.yaml does not exist" in result.stderr
