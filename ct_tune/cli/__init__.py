@@ -22,7 +22,17 @@ from ct_tune.cli._common import CommandResult, build_root_parser, configure_logg
 __all__ = ["build_parser", "main"]
 
 # Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("study", "pipeline", "quickstart", "pretrain", "evaluate", "units", "ui", "db")
+COMMAND_MODULES: tuple[str, ...] = (
+    "study",
+    "pipeline",
+    "quickstart",
+    "pretrain",
+    "train_ct",
+    "evaluate",
+    "units",
+    "ui",
+    "db",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

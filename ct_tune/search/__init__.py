@@ -2,8 +2,9 @@
 
 ``create_study`` / ``load_study`` give a :class:`Study` (Optuna's storage is its truth, MLflow follows);
 ``Study.run`` runs trials in this process or in worker processes (``python -m ct_tune.search.worker``);
-``run_pipeline`` runs several studies in order; ``Study.report`` is the only reader of the test split
-(``bootstrap_mean`` / ``compare`` / ``mcnemar`` are the statistics it reports with).
+``run_pipeline`` runs several studies in order; ``train_ct`` trains CT's betas by gradient instead;
+``Study.report`` is the only reader of the test split (``bootstrap_mean`` / ``compare`` / ``mcnemar`` are
+the statistics it reports with).
 Every ``ct-tune study`` / ``pipeline`` / ``quickstart`` / ``evaluate`` / ``units`` command is one call here.
 """
 
@@ -25,6 +26,15 @@ from ct_tune.search._study import (
     list_studies,
     load_study,
 )
+from ct_tune.search._trained import (
+    TrainCTSettings,
+    TrainCTSpec,
+    TrainedCT,
+    log_trained_ct,
+    run_train_ct,
+    train_ct,
+    tune_train_ct,
+)
 
 __all__ = [
     "QUICKSTART_CHECKPOINT",
@@ -39,6 +49,9 @@ __all__ = [
     "StudyReport",
     "StudySpec",
     "StudyStatus",
+    "TrainCTSettings",
+    "TrainCTSpec",
+    "TrainedCT",
     "TrialResult",
     "bootstrap_mean",
     "checked_quickstart",
@@ -51,6 +64,7 @@ __all__ = [
     "load_pipeline",
     "load_spec",
     "load_study",
+    "log_trained_ct",
     "mcnemar",
     "model_units",
     "paper_grid",
@@ -59,5 +73,8 @@ __all__ = [
     "quickstart_pipeline",
     "run_pipeline",
     "run_quickstart",
+    "run_train_ct",
     "spec_from_dict",
+    "train_ct",
+    "tune_train_ct",
 ]

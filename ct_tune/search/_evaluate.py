@@ -35,7 +35,7 @@ def evaluate_profile(
     if (beta is None) == (profile is None):
         raise InputError("give exactly one of beta or profile")
     if profile is not None:
-        granularity, groups = profile.granularity, profile.groups
+        granularity, groups = profile.unit_granularity, profile.groups
     spec = spec_from_dict(
         {
             "model": dict(model),
@@ -54,12 +54,12 @@ def evaluate_profile(
                     f"the profile was found on a model with other ReLU calls ({profile.model}); "
                     "use the model it was exported for"
                 )
-            betas, c = profile.betas, profile.c
+            betas, c = profile.steering_values(), profile.c
         else:
             betas = beta  # type: ignore[assignment]
         bench.handle.update(betas, c=c)
         results = bench.evaluator("val").evaluate()
-        applied = bench.handle.betas
+        applied = profile.betas if profile is not None else bench.handle.betas
         return {
             "model": bench.model.describe(),
             "data": bench.data.describe(),

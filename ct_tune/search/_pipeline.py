@@ -1,7 +1,9 @@
 """Running a pipeline: its stages in order (each a study), then the test-split report of the chosen stages.
 
 A stage whose study exists resumes (one that has used its budget is skipped); a new stage is created,
-warm-started from an earlier stage's best profile when it says so, and linked to the stage before it
+warm-started from an earlier stage's best profile when it says so (or from a trained stage's profile:
+a ``kind: train`` stage runs ``train_ct``, writes its profile to the profile folder and is skipped when
+that profile exists with the same settings), and linked to the stage before it
 (the study's ``ct_tune.pipeline`` attribute, the parent runs' ``ct_tune.pipeline`` / ``ct_tune.stage`` /
 ``ct_tune.previous_stage_run`` tags). Nothing is created before every stage's spec and the worker
 options are known to be valid.
@@ -9,6 +11,7 @@ options are known to be valid.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -18,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ct_tune._errors import InputError
+from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean, compare
 from ct_tune.search._pipeline_spec import (
     PipelineSpec,
     StageSpec,
@@ -25,13 +29,16 @@ from ct_tune.search._pipeline_spec import (
     map_profile,
     pipeline_from_dict,
     stage_spec,
+    train_stage_spec,
     warm_start_params,
     warm_start_ranges,
 )
-from ct_tune.search._report import StudyReport
+from ct_tune.search._report import Reference, StudyReport
 from ct_tune.search._run import RunOptions
 from ct_tune.search._spec import StudySpec
 from ct_tune.search._study import Study, new_study, open_study, study_exists
+from ct_tune.search._trained import TrainCTSpec, log_trained_ct, score_trained_on_test
+from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
     check_two_databases,
     open_optuna_storage,
@@ -133,7 +140,8 @@ def run_pipeline(
         progress=progress,
     )
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages}
+    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "search"}
+    training = {stage.name: train_stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "train"}
     options.check()
     for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
         if executor == "local":
@@ -144,8 +152,16 @@ def run_pipeline(
         )
     outcomes: list[StageOutcome] = []
     studies: dict[str, Study] = {}
+    trained: dict[str, BetaProfile] = {}
     tracker: Tracker | None = None
     for index, stage in enumerate(spec.stages):
+        if stage.kind == "train":
+            tracker = tracker or Tracker(resolve_tracking_uri(tracking_uri, training[stage.name].tracking_uri))
+            outcome, trained[stage.name] = _train_stage(
+                spec, stage.name, index, training[stage.name], tracker, Path(profile_dir), tell
+            )
+            outcomes.append(outcome)
+            continue
         plain = specs[stage.name]
         storage_url = resolve_storage(storage, plain.storage)
         tracker = tracker or Tracker(
@@ -157,7 +173,9 @@ def run_pipeline(
             study = open_study(name, storage_url, optuna_storage, tracker=tracker)
             tell(f"stage {index + 1}/{len(spec.stages)} {stage.name}: study {name} exists, resuming")
         else:
-            study = _create_stage(spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, tell)
+            study = _create_stage(
+                spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, trained, tell
+            )
         studies[stage.name] = study
         summary = study.run(
             workers=options.workers,
@@ -185,9 +203,12 @@ def run_pipeline(
         )
     assert tracker is not None
     tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
-    reports = _report_stages(spec, studies)
+    reports, best_global, relu = _report_stages(spec, studies)
     rows, baseline_row = [], None
     for stage_name in spec.report_stages:
+        if stage_name in trained:
+            rows.append(_trained_row(stage_name, training[stage_name], trained[stage_name], best_global, relu))
+            continue
         for row in reports[stage_name].trials:
             row = {"stage": stage_name, "granularity": studies[stage_name].spec.search.granularity, **row}
             if row["role"] == "chosen":
@@ -195,25 +216,34 @@ def run_pipeline(
             elif row["role"] == "baseline" and baseline_row is None:  # the ReLU baseline once, first in the table
                 baseline_row = row
     rows = ([baseline_row] if baseline_row else []) + rows
-    first = reports[spec.report_stages[0]]
-    against = {name: reports[name].global_reference for name in spec.report_stages}
-    evidence = {"evidence": first.evidence, "global_reference": against}
-    last = studies[spec.stages[-1].name]
+    searched = [name for name in spec.report_stages if name in reports]
+    first = reports[searched[0]] if searched else None
+    against = {name: reports[name].global_reference for name in searched}
+    evidence = {"evidence": first.evidence if first else {}, "global_reference": against}
+    last_name = spec.stages[-1].name
     profile_path = None
-    best = last.best()
-    if len(best) == 1:
-        saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
-        profile_path = str(Path(saved).resolve())
+    if last_name in trained:
+        saved = trained[last_name].save(Path(profile_dir) / f"{spec.name}.json")
+        profile_path, objective_names = str(Path(saved).resolve()), [trained[last_name].metadata["objective"]]
+    else:
+        last = studies[last_name]
+        objective_names = last.objective_names
+        best = last.best()
+        if len(best) == 1:
+            saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
+            profile_path = str(Path(saved).resolve())
     return PipelineResult(
-        spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), last.objective_names, evidence
+        spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), objective_names, evidence
     )
 
 
-def _report_stages(spec: PipelineSpec, studies: Mapping[str, Study]) -> dict[str, StudyReport]:
-    """Each reported stage's report; the first global stage is reported first, and its best is the best
-    global profile every later stage is compared with (on the same test samples), as its ReLU baseline is for
-    stages without one of their own."""
-    names = spec.report_stages
+def _report_stages(
+    spec: PipelineSpec, studies: Mapping[str, Study]
+) -> tuple[dict[str, StudyReport], Reference | None, Reference | None]:
+    """Each reported search stage's report, with the best global profile and the ReLU baseline every later
+    stage (trained ones too) is compared with on the same test samples: the first global stage is reported
+    first, and its best is that best global profile, as its ReLU baseline is for stages without one."""
+    names = [name for name in spec.report_stages if name in studies]
     glob = next((name for name in names if studies[name].spec.search.granularity == "global"), None)
     reports: dict[str, StudyReport] = {}
     best_global = relu = None
@@ -222,7 +252,85 @@ def _report_stages(spec: PipelineSpec, studies: Mapping[str, Study]) -> dict[str
         if name == glob:
             best_global = reports[name].reference(f"best of stage {name}")
         relu = relu or reports[name].reference(f"ReLU baseline of stage {name}", role="baseline")
-    return reports
+    return reports, best_global, relu
+
+
+def _train_stage(
+    pipeline: PipelineSpec,
+    stage: str,
+    index: int,
+    training: TrainCTSpec,
+    tracker: Tracker,
+    profile_dir: Path,
+    tell: Callable[[str], None],
+) -> tuple[StageOutcome, BetaProfile]:
+    """Train (or reuse the profile an earlier run of the pipeline trained with the same settings)."""
+    name = pipeline.study_name(stage)
+    path = profile_dir / f"{name}.json"
+    label = f"stage {index + 1}/{len(pipeline.stages)} {stage}"
+    made_with = json.loads(json.dumps(training.identity()))
+    if path.is_file():
+        profile = BetaProfile.load(path)
+        meta = profile.metadata
+        if meta.get("pipeline_stage") == name and meta.get("made_with") == made_with and meta.get("run_id"):
+            tell(f"{label}: trained profile {path} exists with these settings, reusing it")
+            granularity = f"trained {training.settings.granularity}"
+            return StageOutcome(stage, name, granularity, "trained earlier", 0, meta["run_id"]), profile
+    tell(f"{label}: training CT ({training.settings.granularity}, {training.settings.epochs} epochs)")
+    result = training.train(on_epoch=lambda row: tell(f"  epoch {int(row['epoch'])}: val {row['val']:.4f}"))
+    logged = log_trained_ct(result, name=name, tracker=tracker)
+    tracker.log(logged["run_id"], tags={TAG_PIPELINE: pipeline.name, TAG_STAGE: stage, TAG_STAGE_INDEX: str(index)})
+    profile = result.profile
+    profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
+    profile.save(path)
+    tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
+    granularity = f"trained {training.settings.granularity}"
+    outcome = StageOutcome(stage, name, granularity, "trained", len(result.history), logged["run_id"])
+    return outcome, profile
+
+
+def _trained_row(
+    stage: str, training: TrainCTSpec, profile: BetaProfile, best_global: Reference | None, relu: Reference | None
+) -> dict[str, Any]:
+    """A trained stage's line of the report: its val score and, once, its test score with its interval and
+    its paired comparisons with the pipeline's ReLU baseline and best global profile."""
+    results = score_trained_on_test(training, profile)
+    objective = profile.metadata["objective"]
+    val = {objective: profile.metadata["val"]}
+    test = {name: result.value for name, result in results.items()}
+    mine = {name: result.correct.cpu().numpy().astype(float) for name, result in results.items()}
+    settings = {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": SEED}
+
+    def versus(reference: Reference | None) -> dict[str, Any] | None:
+        if reference is None:
+            return None
+        found = {}
+        for name in mine:
+            if name in reference.correct:
+                found[name] = compare(a=mine[name], b=reference.correct[name], **settings).to_dict()
+                if name in val and name in reference.val:
+                    found[name]["val_diff"] = val[name] - reference.val[name]
+        return found
+
+    def _interval(interval: Any) -> dict[str, float]:
+        return {"low": interval.low, "high": interval.high, "n": interval.n}
+
+    return {
+        "stage": stage,
+        "granularity": f"trained {training.settings.granularity}",
+        "number": f"epoch {profile.metadata['best_epoch']}",
+        "role": "chosen",
+        "is_baseline": False,
+        "val": val,
+        "test": test,
+        "test_ci": {name: _interval(bootstrap_mean(scores=vector, **settings)) for name, vector in mine.items()},
+        "vs_relu": versus(relu),
+        "vs_global": versus(best_global),
+        "val_test_gap": {name: val[name] - test[name] for name in test if name in val},
+        "test_details": {name: result.details for name, result in results.items()},
+        "betas": profile.betas,
+        "c": profile.c,
+    }
 
 
 def _create_stage(
@@ -234,13 +342,31 @@ def _create_stage(
     optuna_storage: Any,
     tracker: Tracker,
     studies: dict[str, Study],
+    trained: Mapping[str, BetaProfile],
     tell: Callable[[str], None],
 ) -> Study:
     from ct_tune.search._bench import Bench
 
     with Bench.open(plain, device="cpu", steer=False) as bench:  # the units, and the sites to map profiles with
         spec, profiles, c = plain, [], 0.5
-        if stage.warm_start is not None:
+        if stage.warm_start is not None and stage.warm_start.from_stage in trained:
+            # Block (or stage, global) values from the trained channel values: the mean of each unit's sites.
+            source = trained[stage.warm_start.from_stage]
+            c = source.c
+            profiles.append(
+                map_profile(
+                    bench.model.net,
+                    bench.trace,
+                    source.betas,
+                    source.unit_granularity,
+                    plain.search.granularity,
+                    target_groups=plain.search.groups,
+                )
+            )
+            beta = plain.search.beta
+            ranges = warm_start_ranges(profiles, stage.warm_start.width, beta.low, beta.high)
+            spec = stage_spec(pipeline, stage.name, ranges=ranges)
+        elif stage.warm_start is not None:
             earlier = studies[stage.warm_start.from_stage]
             chosen = earlier.best()
             if not chosen:
@@ -268,7 +394,7 @@ def _create_stage(
     study = new_study(spec, pipeline.study_name(stage.name), storage_url, optuna_storage, tracker, units, meta)
     for params in warm_start_params(spec, profiles, c):
         study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: "warm-start"})
-    previous = studies[pipeline.stages[index - 1].name] if index else None
+    previous = studies.get(pipeline.stages[index - 1].name) if index else None  # None after a trained stage
     link = {
         "name": pipeline.name,
         "stage": stage.name,
@@ -295,6 +421,8 @@ def delete_pipeline_studies(
     spec = as_pipeline(pipeline)
     deleted = []
     for stage in spec.stages:
+        if stage.kind == "train":  # no study: its profile file stays
+            continue
         stage_study = stage_spec(spec, stage.name)
         storage_url = resolve_storage(storage, stage_study.storage)
         optuna_storage = open_optuna_storage(storage_url)

@@ -7,6 +7,9 @@ earlier stage's result (``warm_start``): its best profile (every Pareto-optimal 
 objectives) is mapped onto the new units, enqueued as the first trials, and each unit's beta range is
 centred on it. ``report`` names the stages whose best trials are scored once on the test split at the end.
 
+A stage of ``kind: train`` trains CT's parameters instead of searching them (``ct_tune.search.train_ct``,
+its settings in ``train:``); a later search stage may warm-start from it (block values are the means of
+the trained channel values of their sites).
 Stages are linked by tags (the study's ``ct_tune.pipeline`` attribute, the MLflow parent runs'
 ``ct_tune.pipeline``/``ct_tune.stage`` tags) and the pipeline is resumable: a stage whose study has used
 its budget is skipped, a stage interrupted halfway resumes.
@@ -18,11 +21,12 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune.search._space import beta_param, uniform_params
 from ct_tune.search._spec import StudySpec, describe_validation_error, parse_yaml, spec_from_dict
+from ct_tune.search._trained import TrainCTSpec
 from ct_tune.steering import Groups, Trace, group_sites
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,6 +38,7 @@ __all__ = [
     "map_profile",
     "pipeline_from_dict",
     "stage_spec",
+    "train_stage_spec",
     "warm_start_params",
     "warm_start_ranges",
 ]
@@ -51,6 +56,8 @@ class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    kind: Literal["search", "train"] = "search"
+    train: dict[str, Any] | None = None  # kind train: the settings of ``train_ct``
     warm_start: WarmStart | None = None
     search: dict[str, Any] = Field(default_factory=dict)
     objectives: list[Any] | None = None
@@ -58,6 +65,20 @@ class StageSpec(BaseModel):
     pruner: dict[str, Any] | str | None = None
     budget: dict[str, Any] = Field(default_factory=dict)
     run: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sections_of_its_kind(self) -> StageSpec:
+        if self.kind == "search" and self.train is not None:
+            raise ValueError(f"stage {self.name!r}: train: belongs to a stage of kind train; add kind: train")
+        if self.kind == "train":
+            searched = [s for s in ("warm_start", "sampler", "pruner") if getattr(self, s) is not None]
+            searched += [s for s in ("search", "budget") if getattr(self, s)]
+            if searched:
+                raise ValueError(
+                    f"stage {self.name!r} is of kind train: {searched[0]} belongs to a search stage "
+                    "(its settings go in train:)"
+                )
+        return self
 
 
 class PipelineSpec(BaseModel):
@@ -107,7 +128,10 @@ def pipeline_from_dict(data: Any, *, source: str = "pipeline") -> PipelineSpec:
     except ValidationError as error:
         raise InputError(f"{source}: {describe_validation_error(error)}") from None
     for stage in pipeline.stages:  # every stage must be a valid study before anything runs
-        stage_spec(pipeline, stage.name, source=source)
+        if stage.kind == "train":
+            train_stage_spec(pipeline, stage.name, source=source)
+        else:
+            stage_spec(pipeline, stage.name, source=source)
     return pipeline
 
 
@@ -151,6 +175,24 @@ def stage_spec(
         if ranges:
             spec["search"]["ranges"] = {unit: dict(r) for unit, r in ranges.items()}
     return spec_from_dict(spec, source=f"{source} stage {stage!r}")
+
+
+def train_stage_spec(pipeline: PipelineSpec, stage: str, *, source: str = "pipeline") -> TrainCTSpec:
+    """The training of a ``kind: train`` stage: the base's model, data and run, one objective, ``train:``."""
+    stage_model = pipeline.stage(stage)
+    base = pipeline.base
+    objectives = stage_model.objectives or base.get("objectives") or ["accuracy"]
+    data = {
+        "name": pipeline.study_name(stage),
+        "model": base.get("model"),
+        "data": base.get("data") or {},
+        "objectives": objectives,
+        "run": _merge(base.get("run") or {}, stage_model.run),
+        "train": stage_model.train or {},
+    }
+    if base.get("tracking_uri"):
+        data["tracking_uri"] = base["tracking_uri"]
+    return TrainCTSpec.from_dict(data, source=f"{source} stage {stage!r}")
 
 
 def map_profile(

@@ -6,12 +6,14 @@
   ``group_sites`` groups those sites into *units* (one beta each) at a granularity, following the
   architecture's own stages and blocks (``find_layout``), or the user's own groups (``custom``).
 - ``steer`` attaches CT and returns a ``SteeringHandle`` (``update`` between trials, ``remove`` after);
-  ``BetaProfile`` saves a found set of betas and ``apply_profile`` puts it on a fresh model.
+  ``BetaProfile`` saves a found set of betas and ``apply_profile`` puts it on a fresh model;
+  ``ChannelCT`` steers a unit with one beta and one c per channel (trained CT's profiles).
 """
 
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct
 from ct_tune.steering._apply import apply_profile
 from ct_tune.steering._batched import GroupedBeta, split, stack
+from ct_tune.steering._channel import ChannelCT, channel_dim
 from ct_tune.steering._fused import fused_status, set_fused
 from ct_tune.steering._grouping import CUSTOM, GRANULARITIES, Groups, check_granularity, group_sites
 from ct_tune.steering._handle import SteeringHandle, checked_trace, steer, steer_traced, units
@@ -24,6 +26,7 @@ __all__ = [
     "GRANULARITIES",
     "BetaLike",
     "BetaProfile",
+    "ChannelCT",
     "GroupedBeta",
     "Groups",
     "Layout",
@@ -31,6 +34,7 @@ __all__ = [
     "SteeringHandle",
     "Trace",
     "apply_profile",
+    "channel_dim",
     "check_beta",
     "check_c",
     "check_granularity",

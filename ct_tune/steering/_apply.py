@@ -30,7 +30,7 @@ def apply_profile(
     """
     if not isinstance(profile, BetaProfile):
         profile = BetaProfile.load(profile)
-    if example_input is None and profile.granularity != "global":
+    if example_input is None and profile.unit_granularity != "global":
         if not profile.input_shape:
             raise InputError("the profile records no input shape: pass example_input to apply_profile")
         example_input = torch.zeros(profile.input_shape, device=_device_of(model))
@@ -42,7 +42,12 @@ def apply_profile(
             "use the same architecture, or pass strict=False"
         )
     return steer_traced(
-        model, profile.betas, c=profile.c, granularity=profile.granularity, trace=trace, groups=profile.groups
+        model,
+        profile.steering_values(),
+        c=profile.c,
+        granularity=profile.unit_granularity,
+        trace=trace,
+        groups=profile.groups,
     )
 
 

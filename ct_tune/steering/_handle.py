@@ -25,8 +25,9 @@ from typing import Any
 from ct_tune._errors import InputError
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct_hot
 from ct_tune.steering._batched import GroupedBeta
+from ct_tune.steering._channel import ChannelCT
 from ct_tune.steering._grouping import Groups, check_granularity, group_sites, normalize_groups
-from ct_tune.steering._profile import BetaProfile
+from ct_tune.steering._profile import BetaProfile, channel_granularity
 from ct_tune.steering._sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
 
 import torch
@@ -38,7 +39,7 @@ __all__ = ["SteeringHandle", "steer", "units"]
 
 logger = logging.getLogger(__name__)
 
-BetaSpec = BetaLike | Mapping[str, BetaLike]
+BetaSpec = BetaLike | Mapping[str, BetaLike | ChannelCT]
 
 # Models currently steered, so a second steer() on the same model fails loudly instead of stacking.
 _STEERED: weakref.WeakKeyDictionary[nn.Module, SteeringHandle] = weakref.WeakKeyDictionary()
@@ -190,7 +191,7 @@ class SteeringHandle:
         if isinstance(profiles, (Mapping, str, float, int)) or not profiles:
             raise InputError("update_batched takes a non-empty list of profiles (a beta or {unit: beta} each)")
         resolved = [self._resolve(profile) for profile in profiles]
-        if any(isinstance(value, torch.Tensor) for betas in resolved for value in betas.values()):
+        if any(isinstance(value, (torch.Tensor, ChannelCT)) for betas in resolved for value in betas.values()):
             raise InputError("batched profiles take float betas (one profile per slice already gives per-sample betas)")
         k = len(resolved)
         if c is None:
@@ -241,7 +242,8 @@ class SteeringHandle:
                     f"valid units: {describe(list(self.units), limit=40)}"
                 )
             for name, value in beta.items():
-                check_beta(value, name=f"beta[{name!r}]")
+                if not isinstance(value, ChannelCT):  # checked when it was made
+                    check_beta(value, name=f"beta[{name!r}]")
             return {unit: _as_beta(beta.get(unit, 1.0)) for unit in self.units}
         check_beta(beta)
         return dict.fromkeys(self.units, _as_beta(beta))
@@ -262,11 +264,15 @@ class SteeringHandle:
         if any(isinstance(value, torch.Tensor) for value in self._betas.values()):
             raise InputError("per-sample (tensor) betas cannot be saved as a profile; update() with floats first")
         trace = self.trace
+        channels = None
+        if any(isinstance(value, ChannelCT) for value in self._betas.values()):
+            channels = {unit: _channel_values(value, self.c) for unit, value in self._betas.items()}
         return BetaProfile(
-            granularity=self.granularity,
-            betas={unit: float(value) for unit, value in self._betas.items()},
+            granularity=channel_granularity(self.granularity, channels),
+            betas={unit: _mean_beta(value) for unit, value in self._betas.items()},
+            channels=channels,
             groups=self.groups,
-            c=self.c,
+            c=_mean_c(channels) if channels else self.c,
             fingerprint=trace.fingerprint if trace else None,
             input_shape=list(trace.input_shape) if trace and trace.input_shape else None,
             model=type(self.model).__name__,
@@ -378,15 +384,37 @@ class SteeringHandle:
         return f"SteeringHandle({name}, granularity={self.granularity!r}, units={len(self.units)}, {state})"
 
 
-def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta, c: float) -> torch.Tensor:
-    """One ReLU call, steered: K profiles on K slices, or one beta (fused kernels where they are on)."""
-    if isinstance(beta, GroupedBeta):
+def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta | ChannelCT, c: float) -> torch.Tensor:
+    """One ReLU call, steered: K profiles on K slices, per-channel values, or one beta (fused kernels
+    where they are on)."""
+    if beta.__class__ is float:  # the scalar path first: one identity check, as cheap as before
+        return ct_hot(x, beta, c)
+    if isinstance(beta, (GroupedBeta, ChannelCT)):
         return beta(x)
     return ct_hot(x, beta, c)
 
 
-def _as_beta(value: BetaLike) -> BetaLike:
-    return value if isinstance(value, torch.Tensor) else float(value)
+def _as_beta(value: BetaLike | ChannelCT) -> BetaLike | ChannelCT:
+    return value if isinstance(value, (torch.Tensor, ChannelCT)) else float(value)
+
+
+def _channel_values(value: BetaLike | ChannelCT, c: float) -> dict[str, list[float]]:
+    """A unit's values as a profile's ``channels`` entry (a float beta: one value, with the handle's c)."""
+    if isinstance(value, ChannelCT):
+        beta, cs = value.values()
+        return {"beta": beta.detach().cpu().tolist(), "c": cs.detach().cpu().tolist()}
+    return {"beta": [float(value)], "c": [float(c)]}
+
+
+def _mean_c(channels: Mapping[str, Mapping[str, list[float]]]) -> float:
+    values = [c for entry in channels.values() for c in entry["c"]]
+    return min(1.0, max(0.0, sum(values) / len(values)))
+
+
+def _mean_beta(value: BetaLike | ChannelCT) -> float:
+    if isinstance(value, ChannelCT):
+        return float(value.values()[0].detach().double().mean())
+    return float(value)
 
 
 class _InlineReluMode(TorchFunctionMode):

@@ -3,6 +3,13 @@
 A profile records the granularity, one beta per unit, c, the input shape used to find the ReLU calls
 and a fingerprint of those calls; a ``custom`` profile also records its groups, so that the same units
 can be made on a fresh model (other profiles are written exactly as before, without the field).
+
+Trained CT (``ct_tune.training.train_ct``) learns a beta and a c per unit or per channel: its profiles
+carry ``channels`` (``{unit: {"beta": [...], "c": [...]}}``, one entry per channel of the unit's ReLU
+input, or a single entry per unit), with ``betas`` and ``c`` holding the means (what a search warm-starts
+from). Granularity ``channel`` has the units of ``site`` (a vector of channels belongs to one ReLU call).
+Such profiles are written as format version 2, so that an older ct-tune refuses them instead of applying
+the means; profiles without ``channels`` stay version 1, and every older profile still loads.
 ``apply_profile`` (``ct_tune.steering._apply``) re-traces the new model and refuses one whose ReLU calls
 differ, so a profile cannot be silently applied to the wrong architecture.
 """
@@ -20,13 +27,22 @@ from ct_tune._errors import InputError
 from ct_tune._files import write_atomically
 from ct_tune._version import __version__
 from ct_tune.steering._activation import check_beta, check_c
+from ct_tune.steering._channel import ChannelCT
 from ct_tune.steering._grouping import check_granularity, normalize_groups
 from ct_tune.steering._sites import describe
 
 __all__ = ["BetaProfile"]
 
 FORMAT = "ct-tune/beta-profile"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHANNEL = "channel"  # per-channel values at the units of granularity "site"
+
+
+def channel_granularity(granularity: str, channels: dict[str, dict[str, list[float]]] | None) -> str:
+    """``channel`` for site units holding vectors of several channels, else the granularity itself."""
+    if granularity == "site" and channels and any(len(entry["beta"]) > 1 for entry in channels.values()):
+        return CHANNEL
+    return granularity
 
 
 @dataclass
@@ -41,9 +57,12 @@ class BetaProfile:
     model: str | None = None  # class name, for messages
     metadata: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, list[str]] | None = None  # granularity custom: unit -> module-path prefixes
+    channels: dict[str, dict[str, list[float]]] | None = None  # trained CT: unit -> {"beta": [...], "c": [...]}
 
     def __post_init__(self) -> None:
-        check_granularity(self.granularity, self.groups)
+        if self.granularity == CHANNEL and not self.channels:
+            raise InputError('granularity "channel" needs per-channel values (the profile\'s "channels" field)')
+        check_granularity(self.unit_granularity, self.groups)
         if self.groups:
             self.groups = normalize_groups(self.groups)
         check_c(self.c)
@@ -53,11 +72,26 @@ class BetaProfile:
             check_beta(beta, name=f"beta[{unit!r}]")
         self.c = float(self.c)
         self.betas = {unit: float(beta) for unit, beta in self.betas.items()}
+        if self.channels is not None:
+            self.channels = _checked_channels(self.channels, self.betas, self.granularity)
+
+    @property
+    def unit_granularity(self) -> str:
+        """The granularity whose units this profile's betas belong to (``site`` for ``channel``)."""
+        return "site" if self.granularity == CHANNEL else self.granularity
+
+    def steering_values(self) -> dict[str, Any]:
+        """What ``SteeringHandle.update`` takes: floats, or one ``ChannelCT`` per unit of a trained profile."""
+        if self.channels is None:
+            return dict(self.betas)
+        return {unit: ChannelCT(entry["beta"], entry["c"], name=unit) for unit, entry in self.channels.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "ct_tune_version": __version__, **asdict(self)}
-        if self.groups is None:
-            del data["groups"]
+        version = FORMAT_VERSION if self.channels is not None else 1
+        data = {"format": FORMAT, "format_version": version, "ct_tune_version": __version__, **asdict(self)}
+        for name in ("groups", "channels"):
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -84,6 +118,7 @@ class BetaProfile:
             ("fingerprint", str, "a string"),
             ("model", str, "a string"),
             ("metadata", dict, "an object"),
+            ("channels", dict, "an object"),
         ):
             value = data.get(name)
             if value is not None and not isinstance(value, kind):
@@ -98,6 +133,7 @@ class BetaProfile:
                 model=data.get("model"),
                 metadata=data.get("metadata") or {},
                 groups=data.get("groups"),
+                channels=data.get("channels"),
             )
         except InputError as error:
             raise InputError(f"{source}: {error}") from None
@@ -123,5 +159,33 @@ class BetaProfile:
         return cls.from_dict(data, source=f"profile file {path}")
 
     def describe(self) -> str:
+        if self.channels is not None:
+            sizes = sum(len(entry["beta"]) for entry in self.channels.values())
+            low, high = min(self.betas.values()), max(self.betas.values())
+            return (
+                f"trained {self.granularity} profile, {len(self.channels)} units, {sizes} betas, mean c={self.c:.3f}: "
+                f"unit mean beta {low:.3f} .. {high:.3f}"
+            )
         values = [f"{unit}={beta:.3f}" for unit, beta in self.betas.items() if not math.isclose(beta, 1.0)]
         return f"{self.granularity} profile, c={self.c:g}: " + (describe(values) if values else "all ReLU")
+
+
+def _checked_channels(channels: Any, betas: dict[str, float], granularity: str) -> dict[str, dict[str, list[float]]]:
+    """Per-channel values: the same units as ``betas``, numbers in range, one c per beta."""
+    if not isinstance(channels, dict) or set(channels) != set(betas):
+        raise InputError("channels must give {beta: [...], c: [...]} for exactly the units of betas")
+    checked: dict[str, dict[str, list[float]]] = {}
+    for unit, entry in channels.items():
+        beta, c = (entry.get(key) if isinstance(entry, dict) else None for key in ("beta", "c"))
+        if not (isinstance(beta, list) and isinstance(c, list) and beta and len(beta) == len(c)):
+            raise InputError(f"channels[{unit!r}] must hold two lists of one length, beta and c")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in beta + c):
+            raise InputError(f"channels[{unit!r}]: every beta and c must be a number")
+        if len(beta) > 1 and granularity != CHANNEL:
+            raise InputError(f"channels[{unit!r}] holds {len(beta)} values: several per unit need granularity channel")
+        if not all(0.0 < v <= 1.0 for v in beta):
+            raise InputError(f"channels[{unit!r}]: every beta must be in (0, 1] (1 is plain ReLU)")
+        if not all(0.0 <= v <= 1.0 for v in c):
+            raise InputError(f"channels[{unit!r}]: every c must be in [0, 1]")
+        checked[unit] = {"beta": [float(v) for v in beta], "c": [float(v) for v in c]}
+    return checked

@@ -5,7 +5,7 @@ no parent run); ``_keys`` is the one table of tag and attribute names linking ML
 ``_plots`` draws what people would rather look at than read; ``start_ui`` serves the MLflow UI.
 """
 
-from ct_tune.tracking._plots import beta_profile_figure, study_figures
+from ct_tune.tracking._plots import beta_distribution_figure, beta_profile_figure, study_figures
 from ct_tune.tracking._tracker import RUN_STATUS, Tracker, default_artifact_location, experiment_name, mlflow_key
 from ct_tune.tracking._ui import UIServer, start_ui
 
@@ -13,6 +13,7 @@ __all__ = [
     "RUN_STATUS",
     "Tracker",
     "UIServer",
+    "beta_distribution_figure",
     "beta_profile_figure",
     "default_artifact_location",
     "experiment_name",

@@ -88,3 +88,26 @@ def close(figure: Figure) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+
+
+def beta_distribution_figure(channels: Mapping[str, Sequence[float]], *, title: str) -> Figure:
+    """The trained betas of every unit as a box (per-channel units) or a dot (one beta), in network order."""
+    from matplotlib.figure import Figure
+
+    names = list(channels)
+    width = min(18.0, max(4.0, 0.35 * len(names) + 2))
+    figure = Figure(figsize=(width, 3.6), layout="constrained")
+    axes = figure.add_subplot()
+    positions = list(range(1, len(names) + 1))
+    axes.boxplot([list(channels[name]) for name in names], positions=positions, widths=0.6, showfliers=True)
+    axes.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="ReLU (beta = 1)")
+    axes.set_ylim(0.0, 1.02)
+    axes.set_ylabel("beta")
+    axes.set_title(title, fontsize=10)
+    if len(names) <= 60:
+        axes.set_xticks(positions, names, rotation=90 if len(names) > 6 else 0, fontsize=7)
+    else:
+        axes.set_xticks([])
+        axes.set_xlabel(f"{len(names)} units in network order")
+    axes.legend(loc="lower left", fontsize=7)
+    return figure
