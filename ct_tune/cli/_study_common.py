@@ -100,6 +100,8 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.executor == "slurm" and (args.workers is not None or args.devices is not None):
         flag = "--workers" if args.workers is not None else "--devices"
         raise InputError(f"{flag} is for the local executor: a SLURM array runs --nodes x --tasks-per-node workers")
+    if args.executor == "ray" and args.devices is not None:
+        raise InputError("--devices is for the local executor: Ray gives each actor one GPU when the cluster has them")
     if args.executor == "slurm":
         from ct_tune.workers import SlurmOptions
 

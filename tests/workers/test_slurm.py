@@ -161,6 +161,7 @@ def test_a_sqlite_storage_is_refused_before_anything_is_submitted(cli_fast, tmp_
         (["--executor", "slurm", "--submitit-local", "--nodes", "2"], "the local executor has one node"),
         (["--address", "auto"], "--address applies to --executor ray"),
         (["--executor", "ray", "--max-restarts", "-1"], "--max-restarts must be 0 or more"),
+        (["--executor", "ray", "--devices", "cuda:0"], "--devices is for the local executor"),
     ],
 )
 def test_bad_executor_flags_get_one_line(cli_fast, tmp_path, digits_checkpoint, args, message):
