@@ -21,7 +21,7 @@ from ct_tune._errors import StorageLost
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._bench import Bench
 from ct_tune.search._budget import Budget, DatabaseGone
-from ct_tune.search._record import TrialRecorder, refresh_study_plots, stale_trial_callback
+from ct_tune.search._record import TrialRecorder, objective_tags, refresh_study_plots, stale_trial_callback
 from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
@@ -142,6 +142,7 @@ class TrialLoop:
             device=bench.device,
             trials_per_batch=self.batch,
             lowest_beta=spec.search.lowest,
+            run_tags=objective_tags(self.evaluator.objectives),
         )
         logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
