@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ct_tune._errors import InputError
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
+from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
 import numpy as np
@@ -274,13 +274,13 @@ class AdversarialObjective:
                 batch_robust[attacked] = survived
             clean[batch], robust[batch] = correct, batch_robust
             if report is not None:
-                report(int(robust[: batch.stop].sum()) / batch.stop, batch.stop)
+                report(fraction(robust[: batch.stop]), batch.stop)
 
         target.for_batches(len(y), step)
-        value = int(robust.sum()) / len(y)  # a count over n: no float32 rounding in what is logged
+        value = fraction(robust)
         details: dict[str, Any] = {
             "robust_accuracy": value,
-            "clean_accuracy": int(clean.sum()) / len(y),
+            "clean_accuracy": fraction(clean),
             "n": len(y),
             "attack": self.attack,
             "attack_version": self.version,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ct_tune._errors import InputError
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
+from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 from ct_tune.steering import split, stack
 
@@ -142,7 +142,7 @@ class ProbeObjective:
             hits[batch] = probe.logits(features).argmax(1) == y[batch]
             seen[0] = batch.stop
             if report is not None:
-                report(float(hits[: batch.stop].float().mean()), batch.stop)
+                report(fraction(hits[: batch.stop]), batch.stop)
 
         target.for_batches(len(y), step)
         return self._result(
@@ -215,7 +215,7 @@ class ProbeObjective:
             "probe_fit_seconds": fit_seconds,
             "per_class": per_class_accuracy(hits, y, target.num_classes),
         }
-        return ObjectiveResult(self.name, float(hits.float().mean()), details, seconds, compute_seconds)
+        return ObjectiveResult(self.name, fraction(hits), details, seconds, compute_seconds)
 
     @staticmethod
     def _features(target: EvalTarget, tap: FeatureTap, x: torch.Tensor, profiles: int = 1) -> torch.Tensor:

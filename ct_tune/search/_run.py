@@ -158,20 +158,28 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {len(plans)} worker(s)"
     )
     lost = False
+    # The parent run spans the launches: RUNNING from before the first worker starts until after the
+    # last one ends and its runs are closed, then ended with this launch's end time.
+    tracker.set_status(study.parent_run_id, "RUNNING")
+    status = "FAILED"
     try:
         if len(plans) == 1:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
         else:
             summary = _launch(study, plans, options, target, deadline, progress)
+        status = "FINISHED"
     except KeyboardInterrupt:
+        status = "KILLED"
         raise KeyboardInterrupt(INTERRUPTED.format(name=study.name)) from None  # the CLI prints it, once
     except StorageLost:
         lost = True
         raise
     finally:
         progress.close()
-        if not lost:  # a lost database: the next launch closes them
+        if not lost:  # a lost database: the next launch closes them, and ends the parent run
             _close_orphans_at_the_end(study)
+            with quiet_loggers("mlflow", level=logging.CRITICAL):
+                tracker.set_status(study.parent_run_id, status)
     return summary
 
 
@@ -202,6 +210,7 @@ def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, targ
             heartbeat_interval=options.heartbeat,
             grace_period=options.grace_period,
             on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
+            owns_parent_run=False,  # run_study spans it
         )
         worker = TrialLoop(study, bench, tracker, settings).run()
     return RunSummary(

@@ -53,6 +53,7 @@ def run_worker(settings: WorkerSettings, *, launcher_pid: int | None = None) -> 
             refresh_plots=False,  # the launcher draws the study's plots once at the end
             on_trial=lambda line: emit_event("trial", **line),
             keep_going=None if launcher_pid is None else lambda: os.getppid() == launcher_pid,
+            owns_parent_run=launcher_pid is None,  # a launcher spans the study's parent run over its workers
         )
         trials = TrialLoop(study, bench, tracker, loop)
         emit_event("ready", device=bench.device_label, pid=os.getpid())

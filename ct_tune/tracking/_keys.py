@@ -12,6 +12,7 @@ TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # on the experiment: custom_model_development (runs, not traces)
 TAG_ROLE = "ct_tune.role"  # "study" on a parent run
 TAG_STATE = "ct_tune.state"  # RUNNING, COMPLETE, PRUNED, FAIL: the Optuna state the run follows
 TAG_FAILURE = "ct_tune.failure"  # why a trial failed, in one line
