@@ -65,6 +65,8 @@ def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_c
     parents, children = mlflow_runs(tmp_path, "e2e")
     assert len(parents) == 1
     assert len(children) == 6
+    parent = parents[0].info  # spans the launch: ended after its last trial, not when it was created
+    assert parent.status == "FINISHED" and parent.end_time >= max(run.info.end_time for run in children)
     trials = {t["number"]: t for t in optuna_trials(tmp_path, "e2e")}
     assert len(trials) == 6
     for run in children:
