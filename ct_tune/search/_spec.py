@@ -297,7 +297,7 @@ class ProbeSpec(_Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
     feature_layer: str | None = None
     l2: float = Field(default=1e-3, ge=0)
-    max_iter: int = Field(default=100, gt=0)
+    max_iter: int = Field(default=300, gt=0)
 
 
 class AdversarialSpec(_Strict):
