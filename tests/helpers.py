@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def digits_data(with_train: bool = True) -> EvalData:
     if with_train:
         return EvalData(val_x, val_y, train_x, train_y)
     return EvalData(val_x, val_y)
+
+
+def run_betas(run) -> dict[str, float]:
+    """A trial run's beta params under Optuna's names: MLflow's ``beta.03.layer1.0`` is ``beta.layer1.0``."""
+    return {re.sub(r"^beta\.\d+\.", "beta.", k): float(v) for k, v in run.data.params.items() if k.startswith("beta.")}
 
 
 def mlflow_runs(root: Path, study: str) -> tuple[list, list]:

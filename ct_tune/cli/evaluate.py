@@ -44,11 +44,15 @@ def register(subparsers: Any) -> None:
     attack.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd")
     attack.add_argument("--norm", choices=["linf", "l2"], default="linf")
     attack.add_argument("--eps", default="8/255", help="attack budget in pixel units (default 8/255)")
-    attack.add_argument("--steps", type=int, default=10)
+    attack.add_argument("--steps", type=int, help="default 10 for pgd, 100 for autoattack (the original's)")
     attack.add_argument("--step-size", help="default 2.5 * eps / steps")
     attack.add_argument("--restarts", type=int, default=1)
     attack.add_argument("--no-random-start", action="store_true")
     attack.add_argument("--n", type=int, default=1000, help="attacked val samples (a fixed, seeded subset)")
+    attack.add_argument(
+        "--attacks", help="autoattack's attacks, comma-separated (default the standard apgd-ce,apgd-t,fab-t,square)"
+    )
+    attack.add_argument("--n-queries", type=int, help="autoattack's Square queries (default 5000)")
     probe = parser.add_argument_group("probe objective")
     probe.add_argument("--feature-layer", help="module whose input is the feature (default: the final classifier)")
     probe.add_argument("--l2", type=float, default=1e-3, help="probe L2 regularisation (default 1e-3)")
@@ -91,6 +95,8 @@ def _objectives(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "restarts": args.restarts,
                     "random_start": not args.no_random_start,
                     "n": args.n,
+                    "attacks": args.attacks.split(",") if args.attacks else None,
+                    "n_queries": args.n_queries,
                 }
             )
         elif name == "probe":

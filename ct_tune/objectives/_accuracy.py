@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
+from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
 import torch
@@ -77,8 +77,8 @@ class AccuracyObjective:
         compute_seconds: float,
     ) -> ObjectiveResult:
         k = min(self.top_k, target.num_classes)
-        top1 = float(hit1.float().mean())
+        top1 = fraction(hit1)
         details = {"top1": top1, "n": len(y), "per_class": per_class_accuracy(hit1, y, target.num_classes)}
         if target.num_classes > 5:
-            details[f"top{k}"] = float(hitk.float().mean())
+            details[f"top{k}"] = fraction(hitk)
         return ObjectiveResult(self.name, top1, details, seconds, compute_seconds, correct=hit1)

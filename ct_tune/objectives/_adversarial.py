@@ -6,18 +6,23 @@ and differentiates through the CT activations, not through a ReLU copy. A sample
 only if no iterate of any restart is misclassified; samples the model already gets wrong are not
 attacked. The attacked subset of val is fixed by a seed, so every trial faces the same samples.
 
-AutoAttack (``attack="autoattack"``) runs through torchattacks when it is installed
-(``pip install 'ct-tune[attacks]'``).
+AutoAttack (``attack="autoattack"``) is the standard version of Croce & Hein (2020), as their
+``autoattack`` package defines it: APGD-CE (no restarts), APGD-T (9 target classes), FAB-T (9 target
+classes), each with 100 iterations, then Square (5000 queries), each attack run on the samples the ones
+before it left robust. The attacks are torchattacks' (``pip install 'ct-tune[attacks]'``), built here
+with the original's settings: torchattacks 3.3's own ``AutoAttack`` class runs them with 10 iterations.
+Every setting can be changed (``attacks``, ``steps``, ``restarts``, ``n_queries``,
+``n_target_classes``); the run's ``ct_tune.attack`` tag then says ``autoattack-custom``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ct_tune._errors import InputError
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, per_class_accuracy
+from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
 import numpy as np
@@ -27,6 +32,17 @@ from torch import nn
 
 NORMS = ("linf", "l2")
 ATTACKS = ("pgd", "autoattack")
+PGD_STEPS = 10
+# The attacks of AutoAttack, as the original package names them; "standard" is its version='standard'
+# for L-inf and L2 (fra31/auto-attack, ``AutoAttack.set_version``).
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+STANDARD_AUTOATTACK: dict[str, Any] = {
+    "attacks": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "steps": 100,
+    "restarts": 1,
+    "n_queries": 5000,
+    "n_target_classes": 9,
+}
 
 
 def fixed_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -136,27 +152,85 @@ class _PixelModel(nn.Module):
 
 @dataclass(frozen=True)
 class AdversarialObjective:
-    """Robust accuracy on a fixed, seeded subset of val under PGD (or AutoAttack)."""
+    """Robust accuracy on a fixed, seeded subset of val under PGD or AutoAttack (standard by default)."""
 
     name: ClassVar[str] = "adversarial"
     needs_train: ClassVar[bool] = False
     norm: Literal["linf", "l2"] = "linf"
     eps: float = 8 / 255
-    steps: int = 10
-    step_size: float | None = None  # default 2.5 * eps / steps (Madry et al.)
-    random_start: bool = True
-    restarts: int = 1
+    steps: int | None = None  # PGD 10; AutoAttack 100 (the original's, for APGD and FAB)
+    step_size: float | None = None  # PGD only; default 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True  # PGD only (APGD always starts at a random point)
+    restarts: int = 1  # PGD; AutoAttack: of apgd-ce, apgd-dlr and fab (targeted attacks and Square run once)
     n: int = 1000
     seed: int = 0
     attack: Literal["pgd", "autoattack"] = "pgd"
+    attacks: tuple[str, ...] | None = None  # AutoAttack only; default the standard four, in order
+    n_queries: int | None = None  # AutoAttack's Square; default 5000
+    n_target_classes: int | None = None  # AutoAttack's APGD-T and FAB-T; default 9 (at most classes - 1)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise InputError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if self.attack not in ATTACKS:
             raise InputError(f"unknown attack {self.attack!r}; choose one of: {', '.join(ATTACKS)}")
+        autoattack = {"attacks": self.attacks, "n_queries": self.n_queries, "n_target_classes": self.n_target_classes}
+        if self.attack == "pgd":
+            given = [key for key, value in autoattack.items() if value is not None]
+            if given:
+                raise InputError(f"{given[0]} is an AutoAttack setting; set attack: autoattack or remove it")
+            object.__setattr__(self, "steps", PGD_STEPS if self.steps is None else self.steps)
+        else:
+            if self.step_size is not None:
+                raise InputError("step_size is a PGD setting (AutoAttack's APGD sets its own); remove it")
+            if not self.random_start:
+                raise InputError("random_start is a PGD setting (AutoAttack's APGD always starts at random); remove it")
+            attacks = STANDARD_AUTOATTACK["attacks"] if self.attacks is None else self.attacks
+            if isinstance(attacks, str) or not attacks:
+                raise InputError(f"attacks is a list of one or more of: {', '.join(AUTOATTACK_ATTACKS)}")
+            unknown = [name for name in attacks if name not in AUTOATTACK_ATTACKS]
+            if unknown:
+                raise InputError(
+                    f"unknown AutoAttack attack {unknown[0]!r}; choose from: {', '.join(AUTOATTACK_ATTACKS)}"
+                )
+            if len(set(attacks)) != len(attacks):
+                raise InputError(f"attacks lists an attack twice ({', '.join(attacks)}); name each once")
+            defaults = STANDARD_AUTOATTACK
+            for key, value in (("attacks", tuple(attacks)), ("steps", self.steps), ("n_queries", self.n_queries)):
+                object.__setattr__(self, key, defaults[key] if value is None else value)
+            if self.n_target_classes is None:
+                object.__setattr__(self, "n_target_classes", defaults["n_target_classes"])
+            if self.n_queries < 1 or self.n_target_classes < 1:
+                raise InputError("AutoAttack settings need n_queries >= 1 and n_target_classes >= 1")
         if self.eps < 0 or self.steps < 0 or self.restarts < 1 or self.n < 1:
             raise InputError("attack settings need eps >= 0, steps >= 0, restarts >= 1 and n >= 1")
+
+    @property
+    def standard(self) -> bool:
+        """AutoAttack exactly as the original's version='standard' defines it."""
+        if self.attack != "autoattack":
+            return False
+        return all(getattr(self, key) == value for key, value in STANDARD_AUTOATTACK.items())
+
+    @property
+    def version(self) -> str:
+        """What the attack is, in one line (the trial runs' ``ct_tune.attack`` tag)."""
+        if self.attack == "pgd":
+            return (
+                f"pgd-{self.norm} ({self.steps} steps, step size {self.effective_step_size:.4g}, "
+                f"{self.restarts} restart(s), random start {'on' if self.random_start else 'off'})"
+            )
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            library = f"torchattacks {version('torchattacks')}"
+        except PackageNotFoundError:
+            library = "torchattacks (not installed)"
+        kind = "autoattack-standard" if self.standard else "autoattack-custom"
+        return (
+            f"{kind} ({', '.join(self.attacks)}; {self.steps} steps, {self.restarts} restart(s), "
+            f"{self.n_queries} queries, {self.n_target_classes} target classes) {library}"
+        )
 
     @property
     def effective_step_size(self) -> float:
@@ -172,7 +246,8 @@ class AdversarialObjective:
         robust = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         clean = torch.zeros_like(robust)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        attack_library = self._autoattack(target) if self.attack == "autoattack" else None
+        autoattack = self.build_autoattack(target, x) if self.attack == "autoattack" else None
+        fooled_by = dict.fromkeys(self.attacks or (), 0)
 
         def step(batch: slice) -> None:
             xb, yb = x[batch], y[batch]
@@ -181,11 +256,8 @@ class AdversarialObjective:
             batch_robust = torch.zeros_like(correct)
             attacked = correct.nonzero().squeeze(1)
             if len(attacked):
-                if attack_library is not None:
-                    with target.clock.measure():
-                        x_adv = attack_library(xb[attacked], yb[attacked])
-                    with torch.no_grad(), target.clock.measure():
-                        batch_robust[attacked] = target.logits(x_adv).argmax(1) == yb[attacked]
+                if autoattack is not None:
+                    survived = self._run_autoattack(target, autoattack, xb[attacked], yb[attacked], fooled_by)
                 else:
                     _, survived = pgd_attack(
                         target,
@@ -199,36 +271,112 @@ class AdversarialObjective:
                         restarts=self.restarts,
                         generator=generator,
                     )
-                    batch_robust[attacked] = survived
+                batch_robust[attacked] = survived
             clean[batch], robust[batch] = correct, batch_robust
             if report is not None:
-                report(float(robust[: batch.stop].float().mean()), batch.stop)
+                report(fraction(robust[: batch.stop]), batch.stop)
 
         target.for_batches(len(y), step)
-        value = float(robust.float().mean())
-        details = {
+        value = fraction(robust)
+        details: dict[str, Any] = {
             "robust_accuracy": value,
-            "clean_accuracy": float(clean.float().mean()),
+            "clean_accuracy": fraction(clean),
             "n": len(y),
             "attack": self.attack,
+            "attack_version": self.version,
             "norm": self.norm,
             "eps": self.eps,
             "steps": self.steps,
-            "step_size": self.effective_step_size,
             "restarts": self.restarts,
             "per_class": per_class_accuracy(robust, y, target.num_classes),
         }
+        if autoattack is None:
+            details["step_size"] = self.effective_step_size
+        else:  # how many samples each attack took from the ones before it left robust
+            details["fooled_by"] = fooled_by
         return ObjectiveResult(
             self.name, value, details, time.perf_counter() - start, target.clock.seconds - clock_start, correct=robust
         )
 
-    def _autoattack(self, target: EvalTarget):
+    def build_autoattack(self, target: EvalTarget, x: torch.Tensor | None = None) -> list[tuple[str, Any]]:
+        """The torchattacks attacks of this AutoAttack, in order, with the original's settings."""
         try:
             import torchattacks
         except ImportError:
             raise InputError(
                 "attack='autoattack' needs torchattacks: pip install 'ct-tune[attacks]' (or use attack='pgd')"
             ) from None
+        if x is not None and x.dim() != 4:
+            raise InputError(f"attack='autoattack' needs image batches (N, C, H, W); got {x.dim()}-D inputs")
+        classes = target.num_classes
+        needs = {"apgd-dlr": 3, "apgd-t": 4, "fab-t": 2}  # the DLR losses read the 3rd (4th) largest logit
+        for name in self.attacks or ():
+            if classes < needs.get(name, 2):
+                raise InputError(f"AutoAttack's {name} needs at least {needs[name]} classes; this model has {classes}")
         norm = {"linf": "Linf", "l2": "L2"}[self.norm]
         model = _PixelModel(target).eval()
-        return torchattacks.AutoAttack(model, norm=norm, eps=self.eps, n_classes=target.num_classes, seed=self.seed)
+        common = {"norm": norm, "eps": self.eps, "seed": self.seed}
+        targets = min(self.n_target_classes or 1, classes - 1)
+        built: list[tuple[str, Any]] = []
+        for name in self.attacks or ():
+            if name in ("apgd-ce", "apgd-dlr"):
+                attack = torchattacks.APGD(
+                    model, steps=self.steps, n_restarts=self.restarts, loss=name[5:], rho=0.75, **common
+                )
+            elif name == "apgd-t":
+                attack = torchattacks.APGDT(
+                    model, steps=self.steps, n_restarts=1, rho=0.75, n_classes=classes, **common
+                )
+                attack.n_target_classes = targets
+            elif name in ("fab", "fab-t"):
+                targeted = name == "fab-t"
+                attack = torchattacks.FAB(
+                    model,
+                    steps=self.steps,
+                    n_restarts=1 if targeted else self.restarts,
+                    multi_targeted=targeted,
+                    n_classes=classes,
+                    **common,
+                )
+                attack.n_target_classes = targets
+            else:  # square, as the original runs it: p_init 0.8, margin loss, no rescaled schedule
+                attack = torchattacks.Square(
+                    model,
+                    n_queries=self.n_queries,
+                    n_restarts=1,
+                    p_init=0.8,
+                    loss="margin",
+                    resc_schedule=False,
+                    **common,
+                )
+            built.append((name, attack))
+        return built
+
+    def _run_autoattack(
+        self,
+        target: EvalTarget,
+        attacks: list[tuple[str, Any]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        fooled_by: dict[str, int],
+    ) -> torch.Tensor:
+        """Each attack on the samples still robust after the ones before it; the robust mask. A sample
+        counts as fooled only by an input inside the eps ball (FAB and Square check it, APGD projects)."""
+        robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
+        tolerance = 1e-5 if self.norm == "linf" else 1e-4
+        devices = [x.device] if x.device.type == "cuda" else []
+        for name, attack in attacks:
+            alive = robust.nonzero().squeeze(1)
+            if len(alive) == 0:
+                break
+            # torchattacks reseeds torch's global generator in every call: keep the caller's untouched
+            with torch.random.fork_rng(devices=devices), target.clock.measure():
+                x_adv = attack(x[alive], y[alive])
+            with torch.no_grad(), target.clock.measure():
+                fooled = target.logits(x_adv).argmax(1) != y[alive]
+            delta = (x_adv - x[alive]).flatten(1)
+            size = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
+            fooled &= size <= self.eps + tolerance
+            robust[alive[fooled]] = False
+            fooled_by[name] += int(fooled.sum())
+        return robust

@@ -62,6 +62,12 @@ class ComputeClock:
             self.seconds += time.perf_counter() - start
 
 
+def fraction(mask: torch.Tensor) -> float:
+    """The share of true entries as a Python float from the count: 0.886, not float32's 0.88599997."""
+    n = mask.numel()
+    return int(mask.sum()) / n if n else float("nan")
+
+
 def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
     """Accuracy of each class (None for a class absent from the evaluated samples)."""
     totals = torch.bincount(labels, minlength=num_classes)

@@ -21,7 +21,7 @@ from ct_tune._errors import StorageLost
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._bench import Bench
 from ct_tune.search._budget import Budget, DatabaseGone
-from ct_tune.search._record import TrialRecorder, refresh_study_plots, stale_trial_callback
+from ct_tune.search._record import TrialRecorder, objective_tags, refresh_study_plots, stale_trial_callback
 from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
@@ -54,6 +54,9 @@ class LoopSettings:
     refresh_plots: bool = True
     on_trial: Callable[[dict[str, Any]], None] | None = None  # progress: called after each trial
     keep_going: Callable[[], bool] | None = None  # checked before each round: False stops the loop
+    # Whether this loop sets the study's parent run RUNNING and ends it. A launch (``run_study``) does
+    # that itself around all its workers; a worker started some other way (a cluster executor) does it.
+    owns_parent_run: bool = True
 
 
 @dataclass
@@ -142,6 +145,8 @@ class TrialLoop:
             device=bench.device,
             trials_per_batch=self.batch,
             lowest_beta=spec.search.lowest,
+            run_tags=objective_tags(self.evaluator.objectives),
+            units=self.study.units,
         )
         logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
@@ -162,7 +167,8 @@ class TrialLoop:
     # The loop
     def run(self) -> WorkerSummary:
         parent = self.study.parent_run_id
-        self.tracker.set_status(parent, "RUNNING")
+        if self.settings.owns_parent_run:
+            self.tracker.set_status(parent, "RUNNING")
         status: str | None = "FINISHED"
         try:
             with self._interrupts.installed():
@@ -194,7 +200,8 @@ class TrialLoop:
             raise
         finally:
             if status is not None:
-                self.tracker.set_status(parent, status)
+                if self.settings.owns_parent_run:
+                    self.tracker.set_status(parent, status)
                 if self.settings.refresh_plots:
                     self.refresh_plots(force=True)
                 self.tracker.flush()

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.objectives import ObjectiveResult
-from ct_tune.search._space import C_PARAM, beta_param
+from ct_tune.search._space import BETA_PREFIX, C_PARAM
 from ct_tune.stores import count_states, database_reason, is_database_error
 from ct_tune.tracking import Tracker, beta_profile_figure, study_figures
 from ct_tune.tracking._keys import (
     ATTR_RUN_ID,
+    TAG_ATTACK,
     TAG_DEVICE,
     TAG_FAILURE,
     TAG_KIND,
@@ -36,7 +37,15 @@ if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
 
-__all__ = ["TrialRecorder", "memory_metrics", "open_runs_of", "refresh_study_plots", "stale_trial_callback"]
+__all__ = [
+    "TrialRecorder",
+    "memory_metrics",
+    "mlflow_beta_params",
+    "objective_tags",
+    "open_runs_of",
+    "refresh_study_plots",
+    "stale_trial_callback",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +64,14 @@ class TrialRecorder:
     device: Any  # torch.device, for the memory metrics
     trials_per_batch: int = 1
     lowest_beta: float = 0.7  # the plots' axis floor
+    run_tags: Mapping[str, str] = field(default_factory=dict)  # on every trial run (``objective_tags``)
+    units: Sequence[str] = ()  # in network order (the study's); default: the order of the betas given
 
     def open(self, trial: optuna.Trial, betas: Mapping[str, float], c: float, kind: str, *, sampler_seed: int) -> str:
         """Open the trial's child run and store its id on the trial; returns the run id."""
-        params: dict[str, Any] = {beta_param(unit): value for unit, value in betas.items()}
+        params: dict[str, Any] = mlflow_beta_params(betas, self.units)
         params.update({C_PARAM: c, "trial_number": trial.number, "sampler": self.sampler, "sampler_seed": sampler_seed})
-        tags = {TAG_WORKER: str(self.worker), TAG_DEVICE: self.device_label, TAG_KIND: kind}
+        tags = {**self.run_tags, TAG_WORKER: str(self.worker), TAG_DEVICE: self.device_label, TAG_KIND: kind}
         if self.trials_per_batch > 1:
             tags[TAG_TRIALS_PER_BATCH] = str(self.trials_per_batch)
         run_id = self.tracker.start_trial_run(
@@ -117,6 +128,22 @@ class TrialRecorder:
         except Exception as error:
             logger.warning("trial %d: could not finish MLflow run %s: %s", trial_number, run_id, database_reason(error))
         return metrics
+
+
+def mlflow_beta_params(betas: Mapping[str, float], units: Sequence[str] = ()) -> dict[str, float]:
+    """A trial's betas as MLflow params named ``beta.<k>.<unit>``, k the unit's zero-padded index in
+    network order: MLflow's runs table sorts params by name, so ``beta.02.layer1.0`` comes before
+    ``beta.10.layer3.1`` as the network has them (Optuna's own names stay ``beta.<unit>``)."""
+    order = list(units) or list(betas)
+    width = max(2, len(str(len(order) - 1)))
+    index = {unit: k for k, unit in enumerate(order)}
+    return {f"{BETA_PREFIX}{index[unit]:0{width}d}.{unit}": value for unit, value in betas.items()}
+
+
+def objective_tags(objectives: Sequence[Any]) -> dict[str, str]:
+    """Tags naming what the objectives ran: the attack and its version (``ct_tune.attack``)."""
+    versions = [objective.version for objective in objectives if objective.name == "adversarial"]
+    return {TAG_ATTACK: versions[0]} if versions else {}
 
 
 def stale_trial_callback(

@@ -140,6 +140,7 @@ class WorkerSettings:
     grace: int | None = None
     sys_path: list[str] = field(default_factory=list)  # the launcher's import path: user packages import here too
     cwd: str | None = None  # the launcher's directory: a worker elsewhere (Ray, SLURM) works from it when it exists
+    owns_parent_run: bool = True  # sets the study's parent run RUNNING, then ends it (False: a launcher does)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,6 +216,10 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     )
     left = None if target is None else target - finished
     lost = False
+    # The parent run spans the launches: RUNNING from before the first worker starts until after the
+    # last one ends and its runs are closed, then ended with this launch's end time.
+    tracker.set_status(study.parent_run_id, "RUNNING")
+    status = "FAILED"
     try:
         if options.executor == "slurm":
             summary = _submit(study, options, target, deadline, left, progress)
@@ -222,15 +227,20 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
             summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
         else:
             summary = _launch(study, plans, options, target, deadline, left, progress, ray_cpus)
+        # submitted SLURM jobs run on: their workers end the parent run (owns_parent_run)
+        status = "RUNNING" if options.executor == "slurm" and not options.wait else "FINISHED"
     except KeyboardInterrupt as stop:  # the CLI prints the line, once
+        status = "KILLED"
         raise KeyboardInterrupt(str(stop) or INTERRUPTED.format(name=study.name)) from None
     except StorageLost:
         lost = True
         raise
     finally:
         progress.close()
-        if not lost:  # a lost database: the next launch closes them
+        if not lost:  # a lost database: the next launch closes them, and ends the parent run
             _close_orphans_at_the_end(study)
+            with quiet_loggers("mlflow", level=logging.CRITICAL):
+                tracker.set_status(study.parent_run_id, status)
     return summary
 
 
@@ -261,6 +271,7 @@ def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, targ
             heartbeat_interval=options.heartbeat,
             grace_period=options.grace_period,
             on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
+            owns_parent_run=False,  # run_study spans it
         )
         worker = TrialLoop(study, bench, tracker, settings).run()
     return RunSummary(
@@ -292,6 +303,7 @@ def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Cal
             grace=options.grace_period,
             sys_path=list(sys.path),
             cwd=os.getcwd(),
+            owns_parent_run=options.executor == "slurm" and not options.wait,  # jobs that outlive the launch
         ).to_dict()
 
     return settings

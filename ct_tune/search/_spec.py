@@ -297,7 +297,7 @@ class ProbeSpec(_Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
     feature_layer: str | None = None
     l2: float = Field(default=1e-3, ge=0)
-    max_iter: int = Field(default=100, gt=0)
+    max_iter: int = Field(default=300, gt=0)
 
 
 class AdversarialSpec(_Strict):
@@ -306,14 +306,49 @@ class AdversarialSpec(_Strict):
     attack: Literal["pgd", "autoattack"] = "pgd"
     norm: Literal["linf", "l2"] = "linf"
     eps: float = Field(default=8 / 255, ge=0)
-    steps: int = Field(default=10, ge=0)
+    steps: int | None = Field(default=None, ge=0)  # PGD 10, AutoAttack 100
     step_size: float | None = Field(default=None, gt=0)
     random_start: bool = True
     restarts: int = Field(default=1, ge=1)
     n: int = Field(default=1000, gt=0)
     seed: int = 0
+    # AutoAttack only (default: the original's standard version)
+    attacks: list[Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]] | None = Field(
+        default=None, min_length=1
+    )
+    n_queries: int | None = Field(default=None, gt=0)
+    n_target_classes: int | None = Field(default=None, ge=1)
 
     _fractions = field_validator("eps", "step_size", mode="before")(_number)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attack_defaults(cls, data: Any) -> Any:
+        """The chosen attack's defaults written out, so that ``spec.json`` says what ran."""
+        if not isinstance(data, dict):
+            return data
+        from ct_tune.objectives._adversarial import PGD_STEPS, STANDARD_AUTOATTACK
+
+        filled = dict(data)
+        if filled.get("attack") == "autoattack":
+            for key in ("attacks", "steps", "n_queries", "n_target_classes"):
+                if filled.get(key) is None:
+                    value = STANDARD_AUTOATTACK[key]
+                    filled[key] = list(value) if isinstance(value, tuple) else value
+        elif filled.get("steps") is None:
+            filled["steps"] = PGD_STEPS
+        return filled
+
+    @model_validator(mode="after")
+    def _attack_settings(self) -> AdversarialSpec:
+        """The settings that belong to the other attack are refused here, in the objective's words."""
+        from ct_tune.objectives import make_objective
+
+        try:
+            make_objective("adversarial", **self.model_dump(exclude={"name", "direction"}))
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        return self
 
 
 ObjectiveSpec = Annotated[AccuracySpec | ProbeSpec | AdversarialSpec, Field(discriminator="name")]

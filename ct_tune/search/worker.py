@@ -68,6 +68,7 @@ def run_worker(
             refresh_plots=False,  # the launcher draws the study's plots once at the end
             on_trial=lambda line: emit("trial", **line),
             keep_going=keep_going,
+            owns_parent_run=settings.owns_parent_run,  # a launcher spans the parent run over its workers
         )
         trials = TrialLoop(study, bench, tracker, loop)
         emit("ready", device=bench.device_label, pid=os.getpid(), host=socket.gethostname())

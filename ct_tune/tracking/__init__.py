@@ -6,7 +6,14 @@ no parent run); ``_keys`` is the one table of tag and attribute names linking ML
 """
 
 from ct_tune.tracking._plots import beta_distribution_figure, beta_profile_figure, study_figures
-from ct_tune.tracking._tracker import RUN_STATUS, Tracker, default_artifact_location, experiment_name, mlflow_key
+from ct_tune.tracking._tracker import (
+    RUN_STATUS,
+    Tracker,
+    default_artifact_location,
+    experiment_name,
+    metric_value,
+    mlflow_key,
+)
 from ct_tune.tracking._ui import UIServer, start_ui
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "beta_profile_figure",
     "default_artifact_location",
     "experiment_name",
+    "metric_value",
     "mlflow_key",
     "start_ui",
     "study_figures",

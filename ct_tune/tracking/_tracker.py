@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ct_tune.stores import database_reason, open_mlflow_client, sqlite_path
 from ct_tune.tracking._keys import (
+    TAG_EXPERIMENT_KIND,
     TAG_FAILURE,
     TAG_HOST,
     TAG_NOTE,
@@ -32,6 +34,8 @@ from ct_tune.tracking._keys import (
     TAG_STUDY,
     TAG_TRIAL,
 )
+
+import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,6 +51,18 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 def mlflow_key(name: str) -> str:
     """An MLflow-safe key for a unit name (MLflow allows letters, digits, _ - . / and spaces)."""
     return name.replace("relu()", "relu_inline").replace("#", "-")
+
+
+def metric_value(value: Any) -> float:
+    """A value that is exactly a float32 (a tensor's mean, a float32 loss) as the shortest decimal that
+    float32 reads back as the same number: 0.886, not 0.8859999775886536. Other floats are kept."""
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > 3.4e38:  # beyond float32: kept as it is
+        return number
+    single = np.float32(number)
+    if float(single) == number:
+        return float(str(single))  # numpy prints a float32 as its shortest round-tripping decimal
+    return number
 
 
 def experiment_name(study_name: str) -> str:
@@ -83,7 +99,9 @@ class Tracker:
             return experiment.experiment_id
         if not create:
             return None
-        return self.client.create_experiment(name, artifact_location=self.artifact_location)
+        # MLflow 3's UI opens an experiment without this tag as a GenAI one (traces first): ct-tune's are runs.
+        tags = {TAG_EXPERIMENT_KIND: "custom_model_development"}
+        return self.client.create_experiment(name, artifact_location=self.artifact_location, tags=tags)
 
     def create_study_run(
         self, experiment_id: str, study_name: str, params: Mapping[str, Any], spec: Mapping[str, Any]
@@ -96,13 +114,18 @@ class Tracker:
         run_id = run.info.run_id
         self.log(run_id, params=params)
         self.client.log_dict(run_id, dict(spec), "spec.json")
-        self.client.set_terminated(run_id, "FINISHED")
+        # Created, not yet run: no end time until a launch ends (``set_status``), so the run spans the study.
+        self.client.update_run(run_id, status="SCHEDULED")
         return run_id
 
     def set_status(self, run_id: str, status: str) -> None:
-        """RUNNING while workers run, FINISHED (or KILLED) after."""
+        """RUNNING while a launch runs; FINISHED, KILLED or FAILED with the end time when it ends (MLflow
+        cannot clear an end time: while a later launch runs, the run shows the previous launch's end)."""
         try:
-            self.client.update_run(run_id, status=status)
+            if status in ("RUNNING", "SCHEDULED"):
+                self.client.update_run(run_id, status=status)
+            else:
+                self.client.set_terminated(run_id, status, end_time=int(time.time() * 1000))
         except Exception as error:  # the study goes on without the status
             logger.warning("could not set MLflow run %s to %s: %s", run_id, status, database_reason(error))
 
@@ -194,8 +217,8 @@ class Tracker:
         now = int(time.time() * 1000)
         param_items = [Param(mlflow_key(k), _param_value(v)) for k, v in (params or {}).items()]
         tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        metric_items = [Metric(mlflow_key(k), float(v), now, step) for k, v in (metrics or {}).items()]
-        metric_items += [Metric(mlflow_key(k), float(v), now, int(s)) for k, v, s in history]
+        metric_items = [Metric(mlflow_key(k), metric_value(v), now, step) for k, v in (metrics or {}).items()]
+        metric_items += [Metric(mlflow_key(k), metric_value(v), now, int(s)) for k, v, s in history]
         while param_items or tag_items or metric_items:
             batch_params, param_items = param_items[:100], param_items[100:]
             batch_tags, tag_items = tag_items[:100], tag_items[100:]

@@ -25,7 +25,7 @@ from ct_tune._errors import InputError
 from ct_tune.stores import open_mlflow_client, redact
 from ct_tune.tracking._tracker import default_artifact_location
 
-__all__ = ["UIServer", "start_ui"]
+__all__ = ["UIServer", "experiment_url", "start_ui"]
 
 STARTUP_SECONDS = 120
 STOP_SECONDS = 10  # SIGTERM to the server's group, then SIGKILL
@@ -99,13 +99,19 @@ def start_ui(
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, env=env, process_group=0)
     base = f"http://{host}:{port}"
-    server = UIServer(process, f"{base}/#/experiments/{experiment_id}" if experiment_id else base, redact(tracking_uri))
+    server = UIServer(process, experiment_url(base, experiment_id) if experiment_id else base, redact(tracking_uri))
     try:
         _wait_until_up(process, base)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table. MLflow 3's UI opens an experiment in its GenAI mode (traces first)
+    unless the URL asks for the machine-learning workflow; ``/runs`` is that mode's runs table."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _check_address(host: str, port: int) -> None:

@@ -16,6 +16,7 @@ from ct_tune.objectives import (
     make_objective,
     pgd_attack,
 )
+from ct_tune.objectives._probe import FeatureTap, fit_linear_probe
 
 import numpy as np
 import pytest
@@ -243,6 +244,22 @@ def test_probe_matches_scikit_learn_logistic_regression_on_digits_features():
     theirs = float(np.mean(clf.predict(scaler.transform(val_f)) == data.val_y.numpy()))
     assert abs(ours - theirs) <= 0.02, (ours, theirs)
     assert ours > 0.9
+
+
+def test_probe_fit_does_not_move_with_float_noise_in_its_features():
+    """A thread count or CPU changes the features' last bits; the fit runs to its optimum, so the
+    predictions stay (the early-stopped float32 fit moved the quickstart's baseline by 0.2 points)."""
+    target, data = digits_target(), digits_data()
+    tap = FeatureTap(target.net, "fc")
+    train, val = (ProbeObjective._features(target, tap, x) for x in (data.train_x, data.val_x))
+    probe = fit_linear_probe(train, data.train_y, 10, l2=1e-3, max_iter=300)
+    assert probe.weight.dtype == torch.float64 and probe.iterations < 300  # converged, not cut off
+    predictions = probe.logits(val).argmax(1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        noisy = train * (1 + 1e-6 * torch.randn(train.shape, generator=generator))
+        again = fit_linear_probe(noisy, data.train_y, 10, l2=1e-3, max_iter=300)
+        assert torch.equal(again.logits(val).argmax(1), predictions)
 
 
 def test_probe_with_an_explicit_feature_layer_and_bad_layers():

@@ -9,11 +9,17 @@ import time
 import warnings
 from pathlib import Path
 
-from ct_tune.objectives import ObjectiveResult
-from ct_tune.search._record import TrialRecorder, memory_metrics, stale_trial_callback
+from ct_tune.objectives import AccuracyObjective, AdversarialObjective, ObjectiveResult
+from ct_tune.search._record import (
+    TrialRecorder,
+    memory_metrics,
+    mlflow_beta_params,
+    objective_tags,
+    stale_trial_callback,
+)
 from ct_tune.stores import open_optuna_storage
 from ct_tune.tracking import Tracker
-from ct_tune.tracking._keys import ATTR_RUN_ID, TAG_DEVICE, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_WORKER
+from ct_tune.tracking._keys import ATTR_RUN_ID, TAG_ATTACK, TAG_DEVICE, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_WORKER
 
 import optuna
 import pytest
@@ -59,10 +65,10 @@ def test_open_and_close_a_trials_run(stores):
     assert study.trials[0].user_attrs[ATTR_RUN_ID] == run_id
     run = tracker.client.get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags[TAG_STATE] == "RUNNING"
-    assert run.data.params == {
-        "beta.stem": "0.9",
-        "beta.layer1.0": "0.75",
-        "beta.features.relu_inline-2": "1.0",
+    assert run.data.params == {  # zero-padded network order: MLflow's runs table sorts params by name
+        "beta.00.stem": "0.9",
+        "beta.01.layer1.0": "0.75",
+        "beta.02.features.relu_inline-2": "1.0",
         "c": "0.5",
         "trial_number": "0",
         "sampler": "tpe",
@@ -185,3 +191,21 @@ def test_memory_metrics_on_the_cpu():
     vm_rss_mb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
     assert metrics["worker_rss_mb"] == pytest.approx(vm_rss_mb, rel=0.05)
     assert memory_metrics(None) == {"worker_rss_mb": pytest.approx(vm_rss_mb, rel=0.05)}
+
+
+def test_beta_params_sort_in_network_order_and_runs_name_the_attack(tmp_path):
+    units = [f"layer{i // 10}.{i % 10}" for i in range(120)]  # more than 100 units: three digits
+    names = list(mlflow_beta_params(dict.fromkeys(reversed(units), 0.9), units))
+    assert names[0] == "beta.119.layer11.9" and sorted(names) == [f"beta.{i:03d}.{u}" for i, u in enumerate(units)]
+
+    tracker = Tracker(fresh_sqlite("mlflow", tmp_path / "mlruns"))
+    objectives = [AccuracyObjective(), AdversarialObjective(attack="autoattack")]
+    recorder = recorder_on(tracker, run_tags=objective_tags(objectives), units=["stem", "layer1.0"])
+    run_id = recorder.open(optuna.create_study().ask(), {"layer1.0": 0.8, "stem": 0.9}, 0.5, "sampled", sampler_seed=1)
+    run = tracker.client.get_run(run_id)
+    assert run.data.tags[TAG_ATTACK] == objectives[1].version and "autoattack-standard" in objectives[1].version
+    assert {k: v for k, v in run.data.params.items() if k.startswith("beta.")} == {
+        "beta.00.stem": "0.9",
+        "beta.01.layer1.0": "0.8",
+    }
+    assert objective_tags([AccuracyObjective()]) == {}

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from tests._fresh import tiny_study
 from tests.conftest import write_spec
-from tests.helpers import mlflow_runs, optuna_trials
+from tests.helpers import mlflow_runs, optuna_trials, run_betas
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,8 @@ def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_c
     parents, children = mlflow_runs(tmp_path, "e2e")
     assert len(parents) == 1
     assert len(children) == 6
+    parent = parents[0].info  # spans the launch: ended after its last trial, not when it was created
+    assert parent.status == "FINISHED" and parent.end_time >= max(run.info.end_time for run in children)
     trials = {t["number"]: t for t in optuna_trials(tmp_path, "e2e")}
     assert len(trials) == 6
     for run in children:
@@ -74,8 +76,10 @@ def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_c
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["ct_tune.state"] == optuna_trial["state"]
         assert optuna_trial["user_attrs"]["mlflow_run_id"] == run.info.run_id
-        for unit in UNITS:
-            assert float(run.data.params[f"beta.{unit}"]) == optuna_trial["params"][f"beta.{unit}"]
+        assert run_betas(run) == {f"beta.{unit}": optuna_trial["params"][f"beta.{unit}"] for unit in UNITS}
+        assert [k for k in run.data.params if k.startswith("beta.")] == sorted(
+            f"beta.{i:02d}.{unit}" for i, unit in enumerate(UNITS)
+        )  # MLflow sorts them by name: in network order
         if optuna_trial["state"] == "COMPLETE":
             assert run.data.metrics["accuracy"] == pytest.approx(optuna_trial["value"]["accuracy"])
     # optuna-dashboard (a standard tool) reads the same study through its web API.

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
-from ct_tune.tracking import RUN_STATUS, Tracker, default_artifact_location, experiment_name, mlflow_key
-from ct_tune.tracking._keys import TAG_FAILURE, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL
+from ct_tune.tracking import RUN_STATUS, Tracker, default_artifact_location, experiment_name, metric_value, mlflow_key
+from ct_tune.tracking._keys import (
+    TAG_EXPERIMENT_KIND,
+    TAG_FAILURE,
+    TAG_NOTE,
+    TAG_PARENT_RUN,
+    TAG_ROLE,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
 
 import pytest
 from matplotlib.figure import Figure
@@ -76,7 +87,8 @@ def test_study_parent_run_holds_params_spec_and_note(tracker):
     spec = {"search": {"granularity": "block"}, "objectives": [{"name": "accuracy"}, {"name": "probe"}]}
     run_id = tracker.create_study_run(experiment, "s", {"study": "s", "n_units": 4, "c": 0.5}, spec)
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "study-s"
+    assert run.info.status == "SCHEDULED" and run.info.end_time is None  # created, not yet run
+    assert run.info.run_name == "study-s"
     assert run.data.params == {"study": "s", "n_units": "4", "c": "0.5"}
     assert run.data.tags[TAG_ROLE] == "study" and run.data.tags[TAG_STUDY] == "s"
     assert "block betas, objectives: accuracy, probe" in run.data.tags[TAG_NOTE]
@@ -86,8 +98,33 @@ def test_study_parent_run_holds_params_spec_and_note(tracker):
 
     tracker.set_status(run_id, "RUNNING")
     assert tracker.client.get_run(run_id).info.status == "RUNNING"
+    time.sleep(0.3)  # a launch: the run ends when it ends, not when it was created
     tracker.set_status(run_id, "KILLED")
-    assert tracker.client.get_run(run_id).info.status == "KILLED"
+    first = tracker.client.get_run(run_id).info
+    assert first.status == "KILLED" and first.end_time - first.start_time >= 300
+    tracker.set_status(run_id, "RUNNING")  # resumed: the next launch's end is the run's end
+    time.sleep(0.05)
+    tracker.set_status(run_id, "FINISHED")
+    second = tracker.client.get_run(run_id).info
+    assert second.status == "FINISHED" and second.end_time > first.end_time
+
+
+def test_experiments_open_on_runs_not_traces(tracker):
+    experiment = tracker.client.get_experiment(tracker.experiment_id("kind", create=True))
+    assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_float32_values_are_logged_as_the_decimal_they_stand_for(tracker):
+    import torch
+
+    accuracy = torch.tensor([True] * 886 + [False] * 114).float().mean()  # float32: 0.88599997758...
+    assert float(accuracy) != 0.886 and metric_value(accuracy) == 0.886 == metric_value(float(accuracy))
+    assert metric_value(1 / 3) == 1 / 3 and metric_value(12.5) == 12.5  # float64 values stay as they are
+    assert math.isnan(metric_value(float("nan"))) and metric_value(1e300) == 1e300
+    run_id = tracker.create_study_run(tracker.experiment_id("noise", create=True), "noise", {}, {})
+    tracker.log(run_id, metrics={"probe": accuracy}, history=[("probe.running", float(accuracy), 500)])
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert metrics == {"probe": 0.886, "probe.running": 0.886}
 
 
 def test_trial_run_opened_and_finished(tracker):

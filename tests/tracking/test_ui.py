@@ -46,7 +46,10 @@ def test_ui_serves_the_study_experiment(cli_fast, tmp_path, digits_checkpoint):
         first = proc.stdout.readline()
         assert first, proc.stderr.read()
         payload = json.loads(first)
-        assert payload["url"] == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+        assert (
+            payload["url"]
+            == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        )
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
         with urllib.request.urlopen(api, timeout=30) as response:
             assert json.load(response)["experiment"]["name"] == "ct-tune/watched"
@@ -54,6 +57,19 @@ def test_ui_serves_the_study_experiment(cli_fast, tmp_path, digits_checkpoint):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+def test_the_url_is_a_route_of_the_installed_mlflow_ui():
+    """The runs table's route and the workflow switch exist in the MLflow UI that ships with the package
+    (a newer MLflow that renames them fails here, not in front of a user)."""
+    import mlflow
+
+    bundle = "".join(
+        path.read_text(errors="ignore")
+        for path in (Path(mlflow.__file__).parent / "server/js/build/static/js").glob("main.*.js")
+    )
+    assert '"/experiments/:experimentId/runs"' in bundle
+    assert 'MACHINE_LEARNING="machine_learning"' in bundle and '.get("workflowType")' in bundle
 
 
 def test_ui_refuses_a_busy_port(cli_fast, tmp_path):
