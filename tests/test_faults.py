@@ -71,6 +71,17 @@ def child_runs(stores: Stores, name: str) -> list:
     return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
 
 
+def wait_until_inside_a_trial(stores: Stores, name: str, *, worker: int, seconds: float = 180) -> None:
+    """Until ``worker`` is inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING."""
+    deadline = time.monotonic() + seconds
+    while not any(
+        run.data.tags.get("ct_tune.worker") == str(worker) and run.info.status == "RUNNING"
+        for run in child_runs(stores, name)
+    ):
+        assert time.monotonic() < deadline, f"worker {worker} never started a trial"
+        time.sleep(0.2)
+
+
 def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
     """Optuna and MLflow tell the same story, trial by trial; nothing is RUNNING. Returns the trials."""
     trials = trials_of(stores, name)
@@ -131,14 +142,7 @@ def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp
     while len(pids) < 2:
         match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
         pids[int(match.group(1))] = int(match.group(2))
-    # Kill worker 1 inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING.
-    deadline = time.monotonic() + 120
-    while not any(
-        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
-        for run in child_runs(stores, "crash")
-    ):
-        assert time.monotonic() < deadline, "worker 1 never started a trial"
-        time.sleep(0.2)
+    wait_until_inside_a_trial(stores, "crash", worker=1)
     os.kill(pids[1], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr  # the other workers finished the budget

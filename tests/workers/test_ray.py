@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.postgres import PASSWORD
-from tests.test_faults import assert_agree, child_runs, create, read_until, start
+from tests.test_faults import assert_agree, create, read_until, start, wait_until_inside_a_trial
 
 pytestmark = pytest.mark.cluster
 
@@ -31,13 +30,7 @@ def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fas
     while len(pids) < 2:
         match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
         pids[int(match.group(1))] = int(match.group(2))
-    deadline = time.monotonic() + 120
-    while not any(
-        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
-        for run in child_runs(stores, "actors")
-    ):  # worker 1 is inside a trial
-        assert time.monotonic() < deadline, "worker 1 never started a trial"
-        time.sleep(0.2)
+    wait_until_inside_a_trial(stores, "actors", worker=1)
     os.kill(pids[1], signal.SIGKILL)
     restarted = int(read_until(proc, r"worker 1 ready .*\(pid (\d+)\)", seen).group(1))
     assert restarted != pids[1]  # Ray started a new actor process, which joined the study again

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import write_spec
 from tests.postgres import PASSWORD
-from tests.test_faults import assert_agree, child_runs, create, read_until, start
+from tests.test_faults import assert_agree, child_runs, create, read_until, start, wait_until_inside_a_trial
 
 pytestmark = pytest.mark.cluster
 
@@ -38,13 +38,7 @@ def test_a_local_job_array_runs_the_exact_budget_and_a_killed_task_costs_one_ret
     seen: list[str] = []
     job = read_until(proc, r"submitted 1 job\(s\) \(2 worker\(s\)\): (\d+)", seen).group(1)
     log = tmp_path / "logs" / "array" / "slurm" / job / f"{job}_1_log.err"
-    deadline = time.monotonic() + 180
-    while not any(
-        run.data.tags.get("ct_tune.worker") == "1" and run.info.status == "RUNNING"
-        for run in child_runs(stores, "array")
-    ):  # worker 1 is inside a trial
-        assert time.monotonic() < deadline, "worker 1 never started a trial"
-        time.sleep(0.2)
+    wait_until_inside_a_trial(stores, "array", worker=1)
     pid = int(re.search(r"worker ready on .*\(pid (\d+)", log.read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=600)
