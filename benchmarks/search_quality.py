@@ -140,6 +140,7 @@ class Seed:
         self.benches: dict[str, Bench] = {}
         self.evaluations = 0
         self.outcomes: dict[str, Outcome] = {}
+        self._histories: dict[str, list[Candidate]] = {}  # a first stage's val history, for the stage after it
 
     def spec(self, granularity: str, ranges: dict | None = None):
         search: dict[str, Any] = {"granularity": granularity, "enqueue_baseline": not ranges}
@@ -261,10 +262,7 @@ class Seed:
         self.outcomes[method] = outcome
         return outcome
 
-    _histories: dict[str, list[Candidate]]
-
     def _history(self, name: str, make: Callable[[], list[Candidate]]) -> list[Candidate]:
-        self._histories = getattr(self, "_histories", {})
         self._histories[name] = make()
         return self._histories[name]
 
