@@ -42,7 +42,11 @@ def test_tags_are_valid_mlflow_keys_and_only_the_intended_ones_are_mlflows_own()
 
     for value in TAGS.values():
         _validate_tag_name(value)
-    assert sorted(v for v in TAGS.values() if v.startswith("mlflow.")) == ["mlflow.note.content", "mlflow.parentRunId"]
+    assert sorted(v for v in TAGS.values() if v.startswith("mlflow.")) == [
+        "mlflow.experimentKind",  # on the experiment: MLflow's UI opens its runs table, not GenAI traces
+        "mlflow.note.content",
+        "mlflow.parentRunId",
+    ]
     ours = [v for v in TAGS.values() if not v.startswith(("mlflow.", "optuna."))]
     assert all(v.startswith("ct_tune.") for v in ours)
 
