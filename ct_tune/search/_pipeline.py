@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ct_tune._errors import InputError
-from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean, compare
+from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean
 from ct_tune.search._pipeline_spec import (
     PipelineSpec,
     StageSpec,
@@ -33,7 +33,7 @@ from ct_tune.search._pipeline_spec import (
     warm_start_params,
     warm_start_ranges,
 )
-from ct_tune.search._report import Reference, StudyReport
+from ct_tune.search._report import Reference, StudyReport, interval_bounds, versus
 from ct_tune.search._run import RunOptions
 from ct_tune.search._spec import StudySpec
 from ct_tune.search._study import Study, new_study, open_study, study_exists
@@ -301,20 +301,6 @@ def _trained_row(
     mine = {name: result.correct.cpu().numpy().astype(float) for name, result in results.items()}
     settings = {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": SEED}
 
-    def versus(reference: Reference | None) -> dict[str, Any] | None:
-        if reference is None:
-            return None
-        found = {}
-        for name in mine:
-            if name in reference.correct:
-                found[name] = compare(a=mine[name], b=reference.correct[name], **settings).to_dict()
-                if name in val and name in reference.val:
-                    found[name]["val_diff"] = val[name] - reference.val[name]
-        return found
-
-    def _interval(interval: Any) -> dict[str, float]:
-        return {"low": interval.low, "high": interval.high, "n": interval.n}
-
     return {
         "stage": stage,
         "granularity": f"trained {training.settings.granularity}",
@@ -323,9 +309,9 @@ def _trained_row(
         "is_baseline": False,
         "val": val,
         "test": test,
-        "test_ci": {name: _interval(bootstrap_mean(scores=vector, **settings)) for name, vector in mine.items()},
-        "vs_relu": versus(relu),
-        "vs_global": versus(best_global),
+        "test_ci": {name: interval_bounds(bootstrap_mean(scores=v, **settings)) for name, v in mine.items()},
+        "vs_relu": versus(mine, relu, values=val, own=(stage, None), settings=settings),
+        "vs_global": versus(mine, best_global, values=val, own=(stage, None), settings=settings),
         "val_test_gap": {name: val[name] - test[name] for name in test if name in val},
         "test_details": {name: result.details for name, result in results.items()},
         "betas": profile.betas,

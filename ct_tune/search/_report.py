@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["Reference", "StudyReport", "report_study"]
+__all__ = ["Reference", "StudyReport", "interval_bounds", "report_study", "versus"]
 
 BASELINE, CHOSEN, GLOBAL = "baseline", "chosen", "best global"
 
@@ -158,6 +158,7 @@ def report_study(
     for trial, role in listed:
         results = scored[trial.number]
         mine = correct[trial.number]
+        own = (study.name, trial.number)
         test = {name: result.value for name, result in results.items()}
         row: dict[str, Any] = {
             "number": trial.number,
@@ -165,9 +166,11 @@ def report_study(
             "is_baseline": role == BASELINE,
             "val": dict(trial.values),
             "test": test,
-            "test_ci": {name: _interval(bootstrap_mean(scores=vector, **settings)) for name, vector in mine.items()},
-            "vs_relu": _versus(trial, mine, relu_ref, study.name, settings),
-            "vs_global": None if role == BASELINE else _versus(trial, mine, reference, study.name, settings),
+            "test_ci": {name: interval_bounds(bootstrap_mean(scores=v, **settings)) for name, v in mine.items()},
+            "vs_relu": versus(mine, relu_ref, values=trial.values, own=own, settings=settings),
+            "vs_global": None
+            if role == BASELINE
+            else versus(mine, reference, values=trial.values, own=own, settings=settings),
             "val_test_gap": {name: trial.values[name] - test[name] for name in test if name in trial.values},
             "test_details": {name: result.details for name, result in results.items()},
             "betas": trial.betas,
@@ -277,7 +280,8 @@ def _reselect(study: Study, bench: Bench, k: int, seed: int) -> tuple[TrialResul
     return picked, info
 
 
-def _interval(interval: Interval) -> dict[str, float]:
+def interval_bounds(interval: Interval) -> dict[str, float]:
+    """An interval as a report row holds it."""
     return {"low": interval.low, "high": interval.high, "n": interval.n}
 
 
@@ -290,23 +294,25 @@ def _same_samples(given: Reference | None, digest: str, note: str) -> tuple[Refe
     return given, f"{given.label} (trial {given.number})"
 
 
-def _versus(
-    trial: TrialResult,
+def versus(
     mine: Mapping[str, np.ndarray],
     reference: Reference | None,
-    study: str,
+    *,
+    values: Mapping[str, float],
+    own: tuple[str, Any],
     settings: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]] | None:
-    """This trial against a reference, objective by objective (None against itself): the test comparison,
-    and the val difference the search saw (``val_diff``), to set beside it."""
-    if reference is None or (reference.study, reference.number) == (study, trial.number):
+    """A profile (``own``: its study and trial number) against a reference, objective by objective (None
+    against itself): the test comparison, and the val difference the search saw (``val_diff``), to set
+    beside it."""
+    if reference is None or (reference.study, reference.number) == own:
         return None
     found = {}
     for name in mine:
         if name in reference.correct:
             found[name] = compare(a=mine[name], b=reference.correct[name], **settings).to_dict()
-            if name in trial.values and name in reference.val:
-                found[name]["val_diff"] = trial.values[name] - reference.val[name]
+            if name in values and name in reference.val:
+                found[name]["val_diff"] = values[name] - reference.val[name]
     return found
 
 
