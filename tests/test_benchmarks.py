@@ -52,3 +52,29 @@ def test_summary_says_within_noise_only_when_the_interval_holds_zero(bench) -> N
     assert summary["noisy"]["probe"]["within_noise"] is True
     assert summary["alone"]["probe"]["within_noise"] is None
     assert summary["steady"]["probe"]["paired_low"] == pytest.approx(0.0116 - 0.02)
+
+
+def test_autoattack_is_summarised_over_the_seeds_it_checked(bench, capsys) -> None:
+    """AutoAttack runs only where PGD showed a gain: its summary counts those seeds, and the table lists only
+    the methods it checked."""
+
+    def robust(seed: int, gain: float, checked: bool) -> dict:
+        record = {**_record(seed, gain), "pgd": _record(seed, gain)["probe"]}
+        del record["probe"]
+        if checked:
+            record["autoattack"] = {"test": 0.3, "vs_relu": {"diff": gain / 2, "ci_low": -0.05, "ci_high": 0.05}}
+        return record
+
+    rows = {
+        "relu": [robust(s, 0.0, checked=s < 2) for s in range(3)],
+        "tpe-block": [robust(0, 0.02, True), robust(1, 0.01, True), robust(2, -0.01, False)],
+        "grid": [robust(s, -0.01, False) for s in range(3)],
+    }
+    summary = bench.summarise(rows)
+    assert summary["tpe-block"]["pgd"]["seeds"] == 3
+    assert summary["tpe-block"]["autoattack"]["seeds"] == 2
+    assert summary["tpe-block"]["autoattack"]["gain"] == pytest.approx(0.0075)
+    assert "autoattack" not in summary["grid"]
+    bench.print_table("mnist5k-robust", summary)
+    table = capsys.readouterr().out.split("\nautoattack\n")[1]
+    assert "tpe-block" in table and "relu" in table and "grid" not in table
