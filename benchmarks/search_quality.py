@@ -8,10 +8,11 @@ Tasks (the small built-in ResNet; 8x8 images):
 * ``mnist5k-digits``: pretrained on mnist5k, a linear probe on digits;
 * ``mnist5k-robust``: pretrained on mnist5k (one checkpoint per split seed, so no test image was trained on),
   its own classifier: clean accuracy and PGD-10 robust accuracy (Linf 8/255); betas are chosen on val PGD
-  robust accuracy. Every chosen profile whose PGD test accuracy beats ReLU's is attacked with standard
-  AutoAttack (it includes the gradient-free Square attack), and so is ReLU, on the same test samples, with
-  PGD on those samples beside it: a PGD gain AutoAttack does not confirm is gradient masking. Its full
-  budget is smaller than the transfers' (``ROBUST``): every val evaluation runs the attack.
+  robust accuracy. Per seed, the chosen profile with the largest PGD test gain over ReLU (if one gained) is
+  attacked with standard AutoAttack (it includes the gradient-free Square attack), and so is ReLU, on the
+  same test samples, with PGD on those samples beside it: a PGD gain AutoAttack does not confirm is
+  gradient masking. Its full budget is smaller than the transfers' (``ROBUST``): every val evaluation runs
+  the attack.
 
 Methods: ``relu``; ``grid`` (the paper's: ReLU and beta 0.70..0.99); ``tpe-global`` / ``tpe-stage`` /
 ``tpe-block`` (TPE from the ReLU baseline); ``grid-block`` (the grid, then per-block TPE warm-started
