@@ -473,7 +473,13 @@ def close_orphan_runs(study: Study) -> int:
     experiment = study.mlflow.get("experiment_id")
     if experiment is None:
         return 0
-    runs = tracker.runs(experiment, filter_string=f"tags.`{TAG_STATE}` = 'RUNNING'")
+    # Two searches, as MLflow's filters have no OR: a run tagged RUNNING, and a run whose state tag was
+    # written but whose status was not (the store stopped between the two calls that finish a run).
+    runs = {
+        run.info.run_id: run
+        for query in (f"tags.`{TAG_STATE}` = 'RUNNING'", "attributes.status = 'RUNNING'")
+        for run in tracker.runs(experiment, filter_string=query)
+    }.values()
     if not runs:
         return 0
     trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
@@ -484,7 +490,9 @@ def close_orphan_runs(study: Study) -> int:
         running = trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING)
         if running and named in (None, run.info.run_id):
             continue
-        if trial is not None and named == run.info.run_id and trial.state != TrialState.FAIL:
+        if trial is not None and named == run.info.run_id and run.data.tags.get(TAG_STATE) == trial.state.name:
+            tracker.close_run(run.info.run_id, state=trial.state.name)  # its values are logged: only the status
+        elif trial is not None and named == run.info.run_id and trial.state != TrialState.FAIL:
             values = dict(zip(study.objective_names, trial.values or (), strict=False))
             tracker.close_run(run.info.run_id, state=trial.state.name, metrics=values)
         else:

@@ -115,8 +115,17 @@ def test_runs_left_running_are_closed(tmp_path, digits_checkpoint):
     optuna_study.tell(told, 0.875)
     unnamed = optuna_study.ask()  # its worker opened the run and is about to store its id: left alone
     unnamed_run = run_of(unnamed.number)
+    half = optuna_study.ask()  # the store stopped between the run's state tag (with its values) and its status
+    half_run = run_of(half.number)
+    half.set_user_attr(ATTR_RUN_ID, half_run)
+    optuna_study.tell(half, 0.5)
+    tracker.log(half_run, metrics={"accuracy": 0.5}, tags={TAG_STATE: "COMPLETE"})
+    assert tracker.client.get_run(half_run).info.status == "RUNNING"
 
-    assert close_orphan_runs(study) == 4
+    assert close_orphan_runs(study) == 5
+    run = tracker.client.get_run(half_run)
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_STATE] == "COMPLETE"
+    assert [m.value for m in tracker.client.get_metric_history(half_run, "accuracy")] == [0.5]  # not logged twice
     for run_id in (failed_run, stray_run, gone_run):
         run = tracker.client.get_run(run_id)
         assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "FAIL"
