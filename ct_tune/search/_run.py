@@ -473,18 +473,18 @@ def close_orphan_runs(study: Study) -> int:
     experiment = study.mlflow.get("experiment_id")
     if experiment is None:
         return 0
-    # Two searches, as MLflow's filters have no OR: a run tagged RUNNING, and a run whose state tag was
-    # written but whose status was not (the store stopped between the two calls that finish a run).
-    runs = {
-        run.info.run_id: run
-        for query in (f"tags.`{TAG_STATE}` = 'RUNNING'", "attributes.status = 'RUNNING'")
-        for run in tracker.runs(experiment, filter_string=query)
-    }.values()
+    # Two searches, as MLflow's filters have no OR: a run tagged RUNNING, and a trial run whose state tag
+    # was written but whose status was not (the store stopped between the two calls that finish a run).
+    # The second leaves out the study's parent run and any other run that is not a trial's.
+    runs = {run.info.run_id: run for run in tracker.runs(experiment, filter_string=f"tags.`{TAG_STATE}` = 'RUNNING'")}
+    for run in tracker.runs(experiment, filter_string="attributes.status = 'RUNNING'"):
+        if TAG_TRIAL in run.data.tags:
+            runs.setdefault(run.info.run_id, run)
     if not runs:
         return 0
     trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
     closed = 0
-    for run in runs:
+    for run in runs.values():
         trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
         named = None if trial is None else trial.user_attrs.get(ATTR_RUN_ID)
         running = trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING)

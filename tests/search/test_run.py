@@ -122,7 +122,11 @@ def test_runs_left_running_are_closed(tmp_path, digits_checkpoint):
     tracker.log(half_run, metrics={"accuracy": 0.5}, tags={TAG_STATE: "COMPLETE"})
     assert tracker.client.get_run(half_run).info.status == "RUNNING"
 
+    tracker.set_status(study.parent_run_id, "RUNNING")  # a launch is running: the study's run is no orphan
+
     assert close_orphan_runs(study) == 5
+    parent = tracker.client.get_run(study.parent_run_id)
+    assert parent.info.status == "RUNNING" and TAG_FAILURE not in parent.data.tags
     run = tracker.client.get_run(half_run)
     assert run.info.status == "FINISHED" and run.data.tags[TAG_STATE] == "COMPLETE"
     assert [m.value for m in tracker.client.get_metric_history(half_run, "accuracy")] == [0.5]  # not logged twice
