@@ -490,9 +490,10 @@ def close_orphan_runs(study: Study) -> int:
         running = trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING)
         if running and named in (None, run.info.run_id):
             continue
-        if trial is not None and named == run.info.run_id and run.data.tags.get(TAG_STATE) == trial.state.name:
+        adopted = trial is not None and named == run.info.run_id  # the run the trial names as its own
+        if adopted and run.data.tags.get(TAG_STATE) == trial.state.name:
             tracker.close_run(run.info.run_id, state=trial.state.name)  # its values are logged: only the status
-        elif trial is not None and named == run.info.run_id and trial.state != TrialState.FAIL:
+        elif adopted and trial.state != TrialState.FAIL:
             values = dict(zip(study.objective_names, trial.values or (), strict=False))
             tracker.close_run(run.info.run_id, state=trial.state.name, metrics=values)
         else:
