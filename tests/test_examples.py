@@ -65,6 +65,8 @@ def test_the_example_through_the_cli_with_two_workers(project):
             "litcnn-mnist-cli",
             "--workers",
             "2",
+            "--n-trials",  # half the spec's budget: the API test above runs all of it
+            "4",
             "--oversubscribe",
             "--devices",
             "cpu",
@@ -73,7 +75,7 @@ def test_the_example_through_the_cli_with_two_workers(project):
         project,
     )
     status = json.loads(run([*command, "study", "status", "litcnn-mnist-cli", "--json"], project).stdout)
-    assert status["trials"]["COMPLETE"] == 8 and status["trials"]["RUNNING"] == 0
+    assert status["trials"]["COMPLETE"] == 4 and status["trials"]["RUNNING"] == 0
     report = json.loads(run([*command, "study", "report", "litcnn-mnist-cli", "--json"], project).stdout)
     assert report["test_samples"] == 1000 and report["trials"][-1]["is_baseline"]
     logs = "".join(path.read_text() for path in (project / "logs" / "litcnn-mnist-cli").glob("*.log"))
