@@ -46,14 +46,14 @@ STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
 
 
 class WarmStart(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     from_stage: str = Field(alias="from")
     width: float = Field(default=0.1, gt=0, le=1)  # each unit searches [best - width, best + width]
 
 
 class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     kind: Literal["search", "train"] = "search"
@@ -82,7 +82,7 @@ class StageSpec(BaseModel):
 
 
 class PipelineSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     base: dict[str, Any]

@@ -35,7 +35,7 @@ def paper_grid() -> list[float]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _number(value: Any) -> Any:

@@ -67,7 +67,7 @@ TRAINABLE_OBJECTIVES = ("probe", "accuracy")
 class TrainCTSettings(BaseModel):
     """How CT is trained (a spec's ``train:`` section); every default is the CT authors'."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     granularity: Literal["global", "stage", "block", "site", "channel"] = "channel"
     lr: float = Field(default=0.1, gt=0)  # Adam, CT parameters
@@ -363,7 +363,7 @@ SPEC_SECTIONS = ("name", "model", "data", "objective", "objectives", "run", "tra
 
 
 class _Range(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     low: float
     high: float
@@ -380,7 +380,7 @@ class TuneSpec(BaseModel):
     """An Optuna study over trained CT's own settings (a spec's ``tune:`` section): the settings named here
     are searched, the others stay as in ``train:``. Each trial is one training, scored by its best val epoch."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n_trials: int = Field(default=8, ge=1)
     seed: int = 0  # TPE's seed

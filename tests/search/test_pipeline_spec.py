@@ -96,6 +96,10 @@ def test_a_warm_started_stage_may_keep_its_baseline():
         (pipeline(), "stages: got []; list should have at least 1 item"),
         (pipeline({"name": "a", "serach": {}}), "unknown field 'stages.0.serach'"),
         (pipeline({"name": "a"}, {"name": "b", "warm_start": {"from": "a", "width": 0}}), "warm_start.width: got 0"),
+        (
+            pipeline({"name": "a"}, {"name": "b", "warm_start": {"from": "a", "width": float("nan")}}),
+            "warm_start.width: got nan; input should be a finite number",
+        ),
         ({"name": "p", "stages": [{"name": "a"}]}, "base: required field is missing"),
         (
             pipeline({"name": "a"}, {"name": "b", "search": {"granularity": "layer"}}),

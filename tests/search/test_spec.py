@@ -156,6 +156,8 @@ def test_shorthands_for_objectives_samplers_and_pruners():
             "run: precision fp16 applies on CUDA only, and device is cpu: set run.precision: fp32, or run.device",
         ),
         ({"name": ""}, "name: got ''; string should have at least 1 character"),
+        ({"search": {"c": float("nan")}}, "search.c: got nan; input should be a finite number"),
+        ({"budget": {"timeout": float("inf")}}, "budget.timeout: got inf; input should be a finite number"),
     ],
 )
 def test_every_error_is_one_line_naming_the_field(data, message):

@@ -39,6 +39,7 @@ def test_reparametrisation_keeps_beta_and_c_in_range_with_finite_gradients():
     [
         ({"lr": 0}, r"train\.lr: got 0; input should be greater than 0"),
         ({"lr": -0.1}, r"train\.lr: got -0\.1"),
+        ({"lr": float("inf")}, r"train\.lr: got inf; input should be a finite number"),
         ({"epochs": 0}, r"train\.epochs: got 0; input should be greater than or equal to 1"),
         ({"granularity": "layer"}, r"train\.granularity: got 'layer'"),
         ({"init_beta": 1.0}, r"train\.init_beta: got 1\.0"),
