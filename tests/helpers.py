@@ -113,8 +113,10 @@ def optuna_trials(root: Path, study: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def start_cli(cwd: Path, *args: str) -> subprocess.Popen:
-    """``ct-tune ARGS`` started in ``cwd`` as its own process, output piped, for tests that signal it."""
+def start_cli(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Popen:
+    """``ct-tune ARGS`` started in ``cwd`` as its own process, output piped, for tests that signal it;
+    ``own_group``: it leads a process group of its own and its workers, which ``os.killpg`` signals as a
+    terminal's Ctrl-C does."""
     from tests.conftest import SOURCE_ROOT
 
     env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
@@ -125,4 +127,5 @@ def start_cli(cwd: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )

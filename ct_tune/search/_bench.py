@@ -124,7 +124,24 @@ def prepare_data(spec: StudySpec) -> None:
 
 
 def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
-    """The spec's model, built for the data's classes and channels (a class_path model decides its own)."""
+    """The spec's model, built for the data's classes and channels (a class_path model decides its own).
+
+    Built under a fixed seed, so a model without a checkpoint or pretrained weights (a smoke test, a head
+    a checkpoint leaves out) gets the same weights in every worker, and the caller's RNG is left alone.
+    """
+    model = spec.model
+    if model.name and not (model.checkpoint or model.weights or model.pretrained):
+        logger.warning(
+            "model %s has no checkpoint or pretrained weights: it is scored with random weights (seed 0); "
+            "give model.checkpoint (or weights / pretrained) to tune a trained network",
+            model.name,
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build_model(spec, data)
+
+
+def _build_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
     from ct_tune.models import create_model, load_checkpoint, load_user_model
 
     model = spec.model
@@ -280,8 +297,8 @@ class Bench:
             problems.append("the model applies ReLU at other places (another architecture)")
         if meta.get("weights_fingerprint") and meta["weights_fingerprint"] != self.weights_fingerprint:
             problems.append(
-                "the model's weights differ (a checkpoint replaced on disk, or a model without a checkpoint "
-                "or weights, which gets new random weights in every process)"
+                "the model's weights differ (a checkpoint replaced on disk, or a model class whose weights "
+                "do not follow torch's seed)"
             )
         recorded = (meta.get("data") or {}).get("fingerprint")
         if recorded and recorded != self.data.fingerprint:

@@ -9,6 +9,8 @@ from pathlib import Path
 import ct_tune
 from ct_tune import InputError
 from ct_tune.search import RunSummary, StudyReport, TrialResult
+from ct_tune.search._bench import open_data, open_model
+from ct_tune.search._spec import spec_from_dict
 
 import optuna
 import pytest
@@ -177,6 +179,29 @@ def test_python_api_names_are_keyword_only_after_the_first():
         parameters = list(inspect.signature(method).parameters.values())[1:]
         assert all(p.kind is p.KEYWORD_ONLY for p in parameters), method.__name__
     assert list(inspect.signature(ct_tune.Study.export).parameters)[1] == "path"
+
+
+def test_a_model_without_weights_is_built_alike_in_every_process_and_said_so(tmp_path, monkeypatch, caplog):
+    """No checkpoint: random weights under a fixed seed, so the run's bench matches the creating one."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    spec = {"model": {"name": "cifar_resnet_small"}, "data": {"name": "digits"}, "budget": {"n_trials": 1}}
+    with caplog.at_level("WARNING", logger="ct_tune"):
+        study = ct_tune.create_study(spec, name="untrained", **stores(tmp_path))
+    assert "model cifar_resnet_small has no checkpoint or pretrained weights" in caplog.text
+    torch.manual_seed(1234)
+    study.run(progress=False)  # opens the model again, after the caller's RNG has moved
+    assert {state: n for state, n in study.counts().items() if n} == {"COMPLETE": 1}
+
+    parsed = spec_from_dict(spec)
+    data = open_data(parsed, prepare=False)
+    state = torch.random.get_rng_state()
+    first, second = open_model(parsed, data), open_model(parsed, data)
+    assert torch.equal(torch.random.get_rng_state(), state)  # building it leaves the caller's RNG alone
+    weights = [model.net.state_dict() for model in (first, second)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_a_checkpoint_replaced_on_disk_is_refused(tmp_path, digits_checkpoint, monkeypatch):
