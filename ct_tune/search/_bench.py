@@ -129,16 +129,17 @@ def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
     Built under a fixed seed, so a model without a checkpoint or pretrained weights (a smoke test, a head
     a checkpoint leaves out) gets the same weights in every worker, and the caller's RNG is left alone.
     """
-    model = spec.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loaded = _build_model(spec, data)
+    model = spec.model  # said once it is built: a bad model name is its own one-line error
     if model.name and not (model.checkpoint or model.weights or model.pretrained):
         logger.warning(
             "model %s has no checkpoint or pretrained weights: it is scored with random weights (seed 0); "
             "give model.checkpoint (or weights / pretrained) to tune a trained network",
             model.name,
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return _build_model(spec, data)
+    return loaded
 
 
 def _build_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
