@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune.search._space import beta_param, uniform_params
-from ct_tune.search._spec import StudySpec, describe_validation_error, parse_yaml, spec_from_dict
+from ct_tune.search._spec import StrictSpec, StudySpec, describe_validation_error, parse_yaml, spec_from_dict
 from ct_tune.search._trained import TrainCTSpec
 from ct_tune.steering import Groups, Trace, group_sites
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 __all__ = [
@@ -45,16 +45,14 @@ __all__ = [
 STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
 
 
-class WarmStart(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+class WarmStart(StrictSpec):
+    model_config = ConfigDict(populate_by_name=True)  # merged with StrictSpec's
 
     from_stage: str = Field(alias="from")
     width: float = Field(default=0.1, gt=0, le=1)  # each unit searches [best - width, best + width]
 
 
-class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class StageSpec(StrictSpec):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     kind: Literal["search", "train"] = "search"
     train: dict[str, Any] | None = None  # kind train: the settings of ``train_ct``
@@ -81,9 +79,7 @@ class StageSpec(BaseModel):
         return self
 
 
-class PipelineSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class PipelineSpec(StrictSpec):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     base: dict[str, Any]
     stages: list[StageSpec] = Field(min_length=1)

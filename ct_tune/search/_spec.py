@@ -34,7 +34,9 @@ def paper_grid() -> list[float]:
     return [round(0.70 + 0.01 * i, 2) for i in range(30)]
 
 
-class _Strict(BaseModel):
+class StrictSpec(BaseModel):
+    """Every spec section: unknown keys, changes after parsing, inf and nan are refused."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -50,14 +52,14 @@ def _number(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------
 # What is searched
-class ClassSpec(_Strict):
+class ClassSpec(StrictSpec):
     """A class of the user's, as LightningCLI configs name it: ``class_path`` + ``init_args``."""
 
     class_path: str = Field(min_length=1)
     init_args: dict[str, Any] = Field(default_factory=dict)
 
 
-class Normalization(_Strict):
+class Normalization(StrictSpec):
     """Per-channel mean and std: ``(pixels - mean) / std`` is what a network (or a data loader) works in."""
 
     mean: list[float] = Field(min_length=1)
@@ -75,7 +77,7 @@ class Normalization(_Strict):
         return list(self.mean), list(self.std)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictSpec):
     """One of: ``name`` (built-in, torchvision, ``timm/<name>`` or a ``package.module:function`` factory),
     ``class_path`` (the user's own ``nn.Module`` or ``LightningModule``), or a ct-tune ``checkpoint`` alone.
     ``checkpoint`` with ``name`` or ``class_path`` gives that architecture its weights (a state dict, or a
@@ -116,7 +118,7 @@ class ModelSpec(_Strict):
         return self.class_path or self.name or self.checkpoint or "?"
 
 
-class BatchKeys(_Strict):
+class BatchKeys(StrictSpec):
     """The keys of dict batches: which entry is the input and which the class label."""
 
     input: str = Field(min_length=1)
@@ -127,7 +129,7 @@ _BUILTIN_ONLY = ("data_dir", "download", "val_fraction", "test_fraction")
 _USER_ONLY = ("init_args", "batch_keys", "normalization", "num_classes")
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictSpec):
     """One of: ``name`` (a built-in dataset, ``digits`` by default), ``class_path`` (the user's
     ``LightningDataModule``), or ``train`` / ``val`` / ``test`` (one ``Dataset`` class per split)."""
 
@@ -196,7 +198,7 @@ class DataSpec(_Strict):
         return self.name or self.class_path or (self.val.class_path if self.val else "?")
 
 
-class BetaRange(_Strict):
+class BetaRange(StrictSpec):
     low: float = Field(default=0.70, gt=0, le=1)
     high: float = Field(default=1.00, gt=0, le=1)
     step: float | None = Field(default=None, gt=0)
@@ -223,7 +225,7 @@ class BetaRange(_Strict):
         return inside and (self.step is None or _on_grid(value - self.low, self.step))
 
 
-class CRange(_Strict):
+class CRange(StrictSpec):
     low: float = Field(default=0.0, ge=0, le=1)
     high: float = Field(default=1.0, ge=0, le=1)
 
@@ -238,7 +240,7 @@ def _on_grid(distance: float, step: float) -> bool:
     return abs(distance / step - round(distance / step)) < 1e-6
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictSpec):
     granularity: Literal["global", "stage", "block", "site", "custom"] = "block"
     # custom: one unit per entry, {unit: module-path prefix or list of prefixes}; the longest prefix wins
     groups: dict[str, str | list[str]] | None = None
@@ -286,13 +288,13 @@ class SearchSpec(_Strict):
 
 # ------------------------------------------------------------------------------------------------
 # What is scored
-class AccuracySpec(_Strict):
+class AccuracySpec(StrictSpec):
     name: Literal["accuracy"]
     direction: Literal["maximize", "minimize"] = "maximize"
     top_k: int = Field(default=5, gt=0)
 
 
-class ProbeSpec(_Strict):
+class ProbeSpec(StrictSpec):
     name: Literal["probe"]
     direction: Literal["maximize", "minimize"] = "maximize"
     feature_layer: str | None = None
@@ -300,7 +302,7 @@ class ProbeSpec(_Strict):
     max_iter: int = Field(default=300, gt=0)
 
 
-class AdversarialSpec(_Strict):
+class AdversarialSpec(StrictSpec):
     name: Literal["adversarial"]
     direction: Literal["maximize", "minimize"] = "maximize"
     attack: Literal["pgd", "autoattack"] = "pgd"
@@ -356,7 +358,7 @@ ObjectiveSpec = Annotated[AccuracySpec | ProbeSpec | AdversarialSpec, Field(disc
 
 # ------------------------------------------------------------------------------------------------
 # How the search runs
-class TPESpec(_Strict):
+class TPESpec(StrictSpec):
     name: Literal["tpe"]
     seed: int = 0
     n_startup_trials: int = Field(default=10, ge=0)
@@ -365,14 +367,14 @@ class TPESpec(_Strict):
     group: bool = False
 
 
-class GPSpec(_Strict):
+class GPSpec(StrictSpec):
     name: Literal["gp"]
     seed: int = 0
     n_startup_trials: int = Field(default=10, ge=0)
     deterministic_objective: bool = True  # a trial's score has no noise: same betas, same score
 
 
-class CmaEsSpec(_Strict):
+class CmaEsSpec(StrictSpec):
     name: Literal["cmaes"]
     seed: int = 0
     n_startup_trials: int = Field(default=1, ge=0)
@@ -388,19 +390,19 @@ class CmaEsSpec(_Strict):
         return self
 
 
-class RandomSpec(_Strict):
+class RandomSpec(StrictSpec):
     name: Literal["random"]
     seed: int = 0
 
 
-class GridSpec(_Strict):
+class GridSpec(StrictSpec):
     """Every combination of the beta grid (``search.beta.step``, default 0.01) over the units."""
 
     name: Literal["grid"]
     seed: int = 0
 
 
-class NSGA2Spec(_Strict):
+class NSGA2Spec(StrictSpec):
     name: Literal["nsga2"]
     seed: int = 0
     population_size: int = Field(default=50, gt=1)
@@ -412,18 +414,18 @@ class NSGA2Spec(_Strict):
 SamplerSpec = Annotated[TPESpec | GPSpec | CmaEsSpec | RandomSpec | GridSpec | NSGA2Spec, Field(discriminator="name")]
 
 
-class NoPrunerSpec(_Strict):
+class NoPrunerSpec(StrictSpec):
     name: Literal["none"]
 
 
-class MedianPrunerSpec(_Strict):
+class MedianPrunerSpec(StrictSpec):
     name: Literal["median"]
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)  # steps are evaluated samples
     interval_steps: int = Field(default=1, gt=0)
 
 
-class PercentilePrunerSpec(_Strict):
+class PercentilePrunerSpec(StrictSpec):
     name: Literal["percentile"]
     percentile: float = Field(default=25.0, gt=0, lt=100)
     n_startup_trials: int = Field(default=5, ge=0)
@@ -431,13 +433,13 @@ class PercentilePrunerSpec(_Strict):
     interval_steps: int = Field(default=1, gt=0)
 
 
-class HyperbandPrunerSpec(_Strict):
+class HyperbandPrunerSpec(StrictSpec):
     name: Literal["hyperband"]
     min_resource: int = Field(default=1, gt=0)
     reduction_factor: int = Field(default=3, gt=1)
 
 
-class SuccessiveHalvingPrunerSpec(_Strict):
+class SuccessiveHalvingPrunerSpec(StrictSpec):
     name: Literal["successive_halving"]
     min_resource: int | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=4, gt=1)
@@ -450,7 +452,7 @@ PrunerSpec = Annotated[
 ]
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(StrictSpec):
     n_trials: int | None = Field(default=50, gt=0)  # total over all workers
     timeout: float | None = Field(default=None, gt=0)  # seconds per `study run`; "1h30m" accepted
 
@@ -460,7 +462,7 @@ class BudgetSpec(_Strict):
         return parse_duration(value) if isinstance(value, str) else value
 
 
-class RunSpec(_Strict):
+class RunSpec(StrictSpec):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # reduced precision applies on CUDA only
     batch_size: int = Field(default=256, gt=0)  # rows per forward pass (batched trials: samples x K)
@@ -489,7 +491,7 @@ class RunSpec(_Strict):
         return self
 
 
-class StudySpec(_Strict):
+class StudySpec(StrictSpec):
     """A whole search: what model, what data, what space, what score, which sampler, how long."""
 
     name: str | None = Field(default=None, min_length=1)

@@ -36,12 +36,12 @@ from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune.search._bench import Bench
-from ct_tune.search._spec import describe_validation_error, spec_from_dict
+from ct_tune.search._spec import StrictSpec, describe_validation_error, spec_from_dict
 from ct_tune.steering import BetaProfile, ChannelCT, SteeringHandle, channel_dim, steer_traced
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 __all__ = [
@@ -64,10 +64,8 @@ TRAIN_GRANULARITIES = ("global", "stage", "block", "site", "channel")
 TRAINABLE_OBJECTIVES = ("probe", "accuracy")
 
 
-class TrainCTSettings(BaseModel):
+class TrainCTSettings(StrictSpec):
     """How CT is trained (a spec's ``train:`` section); every default is the CT authors'."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     granularity: Literal["global", "stage", "block", "site", "channel"] = "channel"
     lr: float = Field(default=0.1, gt=0)  # Adam, CT parameters
@@ -362,9 +360,7 @@ def _head(
 SPEC_SECTIONS = ("name", "model", "data", "objective", "objectives", "run", "train", "tune", "storage", "tracking_uri")
 
 
-class _Range(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class _Range(StrictSpec):
     low: float
     high: float
     log: bool = False
@@ -376,11 +372,9 @@ class _Range(BaseModel):
         return self
 
 
-class TuneSpec(BaseModel):
+class TuneSpec(StrictSpec):
     """An Optuna study over trained CT's own settings (a spec's ``tune:`` section): the settings named here
     are searched, the others stay as in ``train:``. Each trial is one training, scored by its best val epoch."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n_trials: int = Field(default=8, ge=1)
     seed: int = 0  # TPE's seed
