@@ -19,8 +19,7 @@ import random
 import time
 from pathlib import Path
 
-from ct_tune.search._bench import Bench, objectives_of
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.bench import Bench, bench_spec
 from ct_tune.steering import _fused
 
 import torch
@@ -32,18 +31,15 @@ PROFILES = 8
 
 def measure(checkpoint: Path, data: str, objective: str, rounds: int, batch_size: int) -> dict[int, float]:
     """Best trials/s per K over the rounds (other load on the machine only ever slows a round down)."""
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": str(checkpoint)},
-            "data": {"name": data},
-            "search": {"granularity": "block", "enqueue_baseline": False},
-            "objectives": [objective],
-            "run": {"device": "cpu", "batch_size": batch_size},
-        }
+    spec = bench_spec(
+        model={"checkpoint": str(checkpoint)},
+        data={"name": data},
+        objectives=[objective],
+        run={"device": "cpu", "batch_size": batch_size},
     )
-    bench = Bench.open(spec)
+    bench = Bench.open(spec, granularity="block")
     try:
-        evaluator = bench.evaluator("val", objectives_of(spec))
+        evaluator = bench.evaluator("val")
         rng = random.Random(0)
         profiles = [({unit: rng.uniform(0.7, 1.0) for unit in bench.units}, 0.5) for _ in range(PROFILES)]
         for k in KS:  # warm-up: tensors materialised, first-call costs

@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 
 from ct_tune.models import create_model
-from ct_tune.search._pipeline_spec import load_pipeline, stage_spec
+from ct_tune.pipelines import load_pipeline
+from ct_tune.pipelines._spec import stage_spec
 from ct_tune.search._samplers import build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import units

@@ -15,8 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from ct_tune.search._bench import Bench, objectives_of
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.bench import Bench, bench_spec
 
 from _common import pretrained_checkpoint
 
@@ -36,17 +35,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained_checkpoint(Path(scratch), args.data)
-        spec = spec_from_dict(
-            {
-                "model": {"checkpoint": str(checkpoint)},
-                "data": {"name": args.data},
-                "search": {"granularity": "block", "enqueue_baseline": False},
-                "objectives": OBJECTIVES,
-                "run": {"device": "cpu", "batch_size": args.batch_size},
-            }
+        spec = bench_spec(
+            model={"checkpoint": str(checkpoint)},
+            data={"name": args.data},
+            objectives=OBJECTIVES,
+            run={"device": "cpu", "batch_size": args.batch_size},
         )
-        bench = Bench.open(spec)
-        evaluators = {o.name: bench.evaluator("val", [o]) for o in objectives_of(spec)}
+        bench = Bench.open(spec, granularity="block")
+        evaluators = {o.name: bench.evaluator("val", [o]) for o in spec.objectives}
         for evaluator in evaluators.values():  # warm-up: materialise tensors, first-call costs
             evaluator.evaluate()
         bench.handle.update({unit: 0.9 for unit in bench.units})

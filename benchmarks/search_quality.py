@@ -46,14 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import ct_tune  # noqa: F401  (first: makes torchvision importable)
+from ct_tune.bench import Bench
+from ct_tune.evidence import compare
 from ct_tune.objectives import make_objective
-from ct_tune.search._bench import Bench
-from ct_tune.search._evidence import compare
-from ct_tune.search._pipeline_spec import map_profile, warm_start_ranges
+from ct_tune.pipelines import map_profile, warm_start_ranges
+from ct_tune.search import paper_grid, spec_from_dict
 from ct_tune.search._samplers import build_sampler
 from ct_tune.search._space import beta_param, param_names, suggest, uniform_params
-from ct_tune.search._spec import AdversarialSpec, paper_grid, spec_from_dict
-from ct_tune.search._trained import train_ct
+from ct_tune.trained import train_ct
 
 import optuna
 import torch
@@ -121,8 +121,9 @@ def pgd_objective(budget: Budget, n: int | None = None) -> dict[str, Any]:
 def adversarial_objective(pgd: dict[str, Any], **changes: Any):
     """The PGD objective with ``changes`` (``attack="autoattack"``: the standard version, the original's
     settings), validated as ``objectives: [{name: adversarial, ...}]`` is in a spec."""
-    spec = AdversarialSpec.model_validate({**pgd, **changes}).model_dump(exclude={"name", "direction"})
-    return make_objective("adversarial", **spec)
+    settings = {**pgd, **changes}
+    settings.pop("name")
+    return make_objective("adversarial", **settings)
 
 
 @dataclass
@@ -189,7 +190,8 @@ class Seed:
 
     def bench(self, granularity: str) -> Bench:
         if granularity not in self.benches:
-            self.benches[granularity] = Bench.open(self.spec(granularity), device="cpu")
+            spec = self.spec(granularity)
+            self.benches[granularity] = Bench.open(spec, **spec.grouping, device="cpu")
         return self.benches[granularity]
 
     def _apply(self, candidate: Candidate) -> Bench:

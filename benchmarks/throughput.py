@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import ct_tune
+from ct_tune.bench import Bench
 from ct_tune.data import create_datamodule
 from ct_tune.models import create_model
 from ct_tune.objectives._probe import default_feature_layer, fit_linear_probe
-from ct_tune.search import Bench, paper_grid
+from ct_tune.search import paper_grid
 from ct_tune.search._loop import LoopSettings, TrialLoop
 
 import torch
@@ -113,7 +114,7 @@ def ct_tune_study(root: Path, checkpoint: Path, data_name: str, objective: str, 
     started = time.perf_counter()
     storage, tracking = f"sqlite:///{root}/{name}-optuna.db", f"sqlite:///{root}/{name}-mlflow.db"
     study = ct_tune.create_study(spec, name=name, storage=storage, tracking_uri=tracking)
-    with Bench.open(study.spec, device="cpu") as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device="cpu") as bench:
         setup = time.perf_counter() - started
         run_started = time.perf_counter()
         TrialLoop(study, bench, study.tracker, LoopSettings(target_total=len(BETAS), refresh_plots=False)).run()

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import ct_tune
-from ct_tune.search import Bench
+from ct_tune.bench import Bench
 from ct_tune.search._loop import LoopSettings, TrialLoop
 
 from _common import pretrained_checkpoint
@@ -50,7 +50,7 @@ def memory_over_trials(root: Path, checkpoint: Path, objective: str, trials: int
     study = make_study(root, checkpoint, objective, trials, "memory")
     rss: list[float] = []
     settings = LoopSettings(target_total=trials, refresh_plots=False, on_trial=lambda line: rss.append(line["rss_mb"]))
-    with Bench.open(study.spec, device="cpu") as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device="cpu") as bench:
         TrialLoop(study, bench, study.tracker, settings).run()
     return rss
 

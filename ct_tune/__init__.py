@@ -9,14 +9,17 @@ Public API (everything else is internal and may change):
 - ``create_study``, ``load_study``, ``Study``: search betas with Optuna, tracked in MLflow, from Python
   exactly as ``ct-tune study ...`` does; ``run_pipeline`` runs several studies in order.
 
-Subpackages, one concept each: ``steering``, ``models``, ``data``, ``objectives``, ``search``,
-``tracking``, ``stores``, ``workers``, ``training``; ``cli`` only parses and renders.
+Subpackages, one concept each, lowest layer first: ``steering``, ``models``, ``stores``, ``evidence``;
+``data``, ``objectives``, ``tracking``, ``workers``; ``bench`` (what a process loads to score profiles) and
+``training`` (pretraining); ``search`` (one Optuna study) and ``trained`` (CT trained by gradient);
+``pipelines`` (stages in order, the quickstart); ``cli`` only parses and renders.
 """
 
 from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
 from ct_tune._errors import CTTuneError, InputError, StorageLost, WorkerFailed
 from ct_tune._version import __version__
-from ct_tune.search import Study, create_study, load_study, run_pipeline
+from ct_tune.pipelines import run_pipeline
+from ct_tune.search import Study, create_study, load_study
 from ct_tune.steering import GRANULARITIES, BetaProfile, SteeringHandle, apply_profile, ct, steer, units
 
 __all__ = [

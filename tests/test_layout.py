@@ -1,5 +1,7 @@
-"""The package layout the design promises: one subpackage per concept, public names re-exported from private
-modules, no import circle, a CLI that only parses and renders, and `import ct_tune` that stays light."""
+"""The package layout the design promises: one subpackage per concept in layers (each imports only from the
+layers below it, and only their public names), public names re-exported from private modules, no import
+circle, functions that fit on a screen, a CLI that only parses and renders, and `import ct_tune` that stays
+light."""
 
 from __future__ import annotations
 
@@ -16,7 +18,19 @@ import pytest
 from tests.conftest import SOURCE_ROOT
 
 PACKAGE = SOURCE_ROOT / "ct_tune"
-SUBPACKAGES = ["steering", "models", "data", "objectives", "search", "tracking", "stores", "workers", "training"]
+# Lowest first: a package imports only from packages of a lower layer (and from the top-level ``ct_tune._*``
+# modules every package shares); ``ct_tune/__init__.py`` is the facade over all of them.
+LAYERS = [
+    ("steering", "models", "stores", "evidence"),
+    ("data", "objectives", "tracking", "workers"),
+    ("bench", "training"),
+    ("search", "trained"),
+    ("pipelines",),
+    ("cli",),
+]
+RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
+SUBPACKAGES = [package for layer in LAYERS for package in layer if package != "cli"]
+MAX_FUNCTION_LINES = 80
 
 
 def module_name(path: Path) -> str:
@@ -27,7 +41,7 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
-def imported(path: Path) -> set[str]:
+def imported(path: Path, source: str | None = None) -> set[str]:
     """ct_tune modules a file imports, at any depth (lazy imports in functions count), except TYPE_CHECKING."""
     found: set[str] = set()
 
@@ -51,9 +65,33 @@ def imported(path: Path) -> set[str]:
                 if isinstance(children, list):
                     visit(children)
 
-    visit(ast.parse(path.read_text()).body)
+    visit(ast.parse(path.read_text() if source is None else source).body)
     found.discard(module_name(path))
     return found
+
+
+def package_of(module: str) -> str | None:
+    """The subpackage a module belongs to (None for ``ct_tune`` itself and its top-level modules)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in RANK else None
+
+
+def layering_problems(module: str, targets: set[str]) -> list[str]:
+    """What is wrong with ``module`` importing ``targets``: a package of its own layer or above, or a private
+    module of another package."""
+    source = package_of(module)
+    if source is None:
+        return []
+    problems = []
+    for target in sorted(targets):
+        sink = package_of(target)
+        if sink is None or sink == source:
+            continue
+        if RANK[sink] >= RANK[source]:
+            problems.append(f"{module} imports {target}: {sink} is not in a layer below {source}")
+        if any(part.startswith("_") for part in target.split(".")[2:]):
+            problems.append(f"{module} imports {target}, a private module of {sink}: import its public names")
+    return problems
 
 
 def test_no_import_circle_between_modules_or_packages():
@@ -87,17 +125,52 @@ def test_no_import_circle_between_modules_or_packages():
     assert circle(packages) is None, circle(packages)
 
 
-def test_workers_know_nothing_of_studies_and_the_cli_only_calls_public_names():
+def test_packages_import_only_public_names_of_lower_layers():
+    problems = [problem for name, path in MODULES.items() for problem in layering_problems(name, imported(path))]
+    assert not problems, "\n".join(problems)
+    assert set(RANK) == {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        ("ct_tune.steering._evil", "from ct_tune.search import Study", "search is not in a layer below steering"),
+        ("ct_tune.search._evil", "from ct_tune.trained import train_ct", "trained is not in a layer below search"),
+        ("ct_tune.pipelines._evil", "from ct_tune.search._study import Study", "a private module of search"),
+        ("ct_tune.cli._evil", "def f():\n    from ct_tune.bench._bench import Bench", "a private module of bench"),
+    ],
+)
+def test_the_layer_rules_catch_a_deliberate_violation(module, source, expected):
+    path = SOURCE_ROOT / Path(*module.split(".")).with_suffix(".py")
+    assert any(expected in problem for problem in layering_problems(module, imported(path, source)))
+
+
+def test_the_cli_only_calls_the_library():
     for name, path in MODULES.items():
-        targets = imported(path)
-        if name.startswith("ct_tune.workers"):
-            assert not any(t.startswith("ct_tune.search") for t in targets), name
         if name.startswith("ct_tune.cli"):
-            private = [t for t in targets if "._" in t and not t.startswith("ct_tune.cli")]
-            assert not private, (name, private)
             source = path.read_text()
             for library in ("optuna", "mlflow", "lightning", "torch"):
                 assert f"import {library}" not in source and f"from {library}" not in source, (name, library)
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, long
+
+
+def test_names_that_moved_out_of_search_still_resolve_there():
+    import ct_tune.search
+
+    for name, home in ct_tune.search._MOVED.items():
+        assert getattr(ct_tune.search, name) is getattr(importlib.import_module(home), name), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        ct_tune.search.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize("package", ["ct_tune", *(f"ct_tune.{p}" for p in SUBPACKAGES)])

@@ -1,6 +1,7 @@
-"""What a process loads once for a study: the model on its device, the data, the steering handle and the
-evaluators. ``create_study`` opens one to find the units and record what the study was made with; every
-worker, ``Study.report`` and ``ct-tune evaluate`` open one to score profiles.
+"""What a process loads once to score beta profiles: the model on its device, the data, the steering handle
+and the evaluators, from a ``BenchSpec``. ``create_study`` opens one to find the units and record what the
+study was made with; every worker, ``Study.report``, ``ct-tune evaluate`` and trained CT open one to score
+profiles.
 
 A study records three fingerprints at creation (its *identity*): the ReLU call sites, the weights and the
 data split. A bench opened later for the same study compares its own and refuses to score with any that
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
-from ct_tune.data._user import ComponentSpec, UserData
-from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective, make_objective
-from ct_tune.search._spec import StudySpec
-from ct_tune.steering import SteeringHandle, Trace, checked_trace, group_sites, steer_traced
+from ct_tune.bench._spec import BenchSpec
+from ct_tune.data import ComponentSpec, UserData
+from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective
+from ct_tune.steering import Groups, SteeringHandle, Trace, checked_trace, group_sites, steer_traced
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ct_tune.data import CTDataModule
     from ct_tune.models import LoadedModel
 
-__all__ = ["Bench", "hash_weights", "objectives_of", "open_data", "open_model", "prepare_data", "resolve_device"]
+__all__ = ["Bench", "hash_weights", "open_data", "open_model", "prepare_data", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def check_split_matches_pretraining(model: LoadedModel, data: CTDataModule) -> N
         )
 
 
-def open_data(spec: StudySpec, *, prepare: bool) -> CTDataModule | UserData:
+def open_data(spec: BenchSpec, *, prepare: bool) -> CTDataModule | UserData:
     """The spec's data: a built-in dataset split three ways, or the user's DataModule or Datasets."""
     from ct_tune.data import create_datamodule
 
@@ -117,13 +118,13 @@ def open_data(spec: StudySpec, *, prepare: bool) -> CTDataModule | UserData:
     return UserData.from_datasets({s: ComponentSpec(c.class_path, c.init_args) for s, c in splits.items()}, **settings)
 
 
-def prepare_data(spec: StudySpec) -> None:
+def prepare_data(spec: BenchSpec) -> None:
     """A user DataModule's ``prepare_data``, once per machine: what a launch runs before its workers start."""
     if spec.data.class_path:
         open_data(spec, prepare=True)
 
 
-def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
+def open_model(spec: BenchSpec, data: CTDataModule | UserData) -> LoadedModel:
     """The spec's model, built for the data's classes and channels (a class_path model decides its own).
 
     Built under a fixed seed, so a model without a checkpoint or pretrained weights (a smoke test, a head
@@ -142,7 +143,7 @@ def open_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
     return loaded
 
 
-def _build_model(spec: StudySpec, data: CTDataModule | UserData) -> LoadedModel:
+def _build_model(spec: BenchSpec, data: CTDataModule | UserData) -> LoadedModel:
     from ct_tune.models import create_model, load_checkpoint, load_user_model
 
     model = spec.model
@@ -193,28 +194,36 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def objectives_of(spec: StudySpec) -> list[Objective]:
-    return [make_objective(o.name, **o.model_dump(exclude={"name", "direction"})) for o in spec.objectives]
-
-
 @dataclass
 class Bench:
     """A model and its data, loaded once and kept; betas change through ``handle.update``."""
 
-    spec: StudySpec
+    spec: BenchSpec
     model: LoadedModel
     data: CTDataModule | UserData
     device: torch.device
     trace: Trace
     weights_fingerprint: str
     normalize: Callable[[torch.Tensor], torch.Tensor]  # pixels to what the network is fed
+    granularity: str = "global"  # how the ReLU sites group into units (one beta each)
+    groups: Groups | None = None  # the units of granularity custom
     handle: SteeringHandle | None = None
     seconds_to_load: float = 0.0
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, spec: StudySpec, *, device: str | None = None, steer: bool = True, prepare: bool = True) -> Bench:
-        """Load model and data, find the ReLU sites; with ``steer`` attach CT at beta = 1 (plain ReLU).
+    def open(
+        cls,
+        spec: BenchSpec,
+        *,
+        granularity: str = "global",
+        groups: Groups | None = None,
+        device: str | None = None,
+        steer: bool = True,
+        prepare: bool = True,
+    ) -> Bench:
+        """Load model and data, find the ReLU sites and group them into units at ``granularity`` (``groups``
+        for custom); with ``steer`` attach CT at beta = 1 (plain ReLU). ``device`` overrides ``run.device``.
 
         ``prepare`` runs a user DataModule's ``prepare_data`` first (once per machine: the processes that
         create, launch or report do; the workers a launch starts do not).
@@ -224,8 +233,8 @@ class Bench:
         data = open_data(spec, prepare=prepare)
         model = open_model(spec, data)
         if isinstance(data, UserData):
-            data.tensors("val")  # read now: the study's identity includes what trials score
-            if any(o.needs_train for o in objectives_of(spec)):
+            data.tensors("val")  # read now: a study's identity includes what trials score
+            if any(o.needs_train for o in spec.objectives):
                 data.tensors("train")
             if any(o.name == "adversarial" for o in spec.objectives):
                 data.check_pixel_range("val")
@@ -236,15 +245,16 @@ class Bench:
         model.to(resolved).eval()
         normalize = input_normalizer(model, data)
         trace = checked_trace(model.net, normalize(example_input(data, resolved)))
-        bench = cls(spec, model, data, resolved, trace, weights, normalize)
+        bench = cls(spec, model, data, resolved, trace, weights, normalize, granularity, groups)
         bench._check_logits()
         if steer:
-            search = spec.search
-            bench.handle = steer_traced(
-                model.net, 1.0, c=0.5, granularity=search.granularity, trace=bench.trace, groups=search.groups
-            )
+            bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=granularity, trace=trace, groups=groups)
         bench.seconds_to_load = time.perf_counter() - started
         return bench
+
+    def example(self) -> torch.Tensor:
+        """One input as the network is fed it (normalised, on the device): a forward pass to look inside."""
+        return self.normalize(example_input(self.data, self.device))
 
     @property
     def num_classes(self) -> int:
@@ -255,7 +265,7 @@ class Bench:
         if not any(o.name in ("accuracy", "adversarial") for o in self.spec.objectives):
             return
         with torch.no_grad():
-            output = self.model.net(self.normalize(example_input(self.data, self.device)))
+            output = self.model.net(self.example())
         if not isinstance(output, torch.Tensor) or output.dim() != 2:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise InputError(
@@ -270,8 +280,8 @@ class Bench:
 
     @property
     def units(self) -> list[str]:
-        search = self.spec.search
-        return list(dict.fromkeys(group_sites(self.model.net, self.trace, search.granularity, search.groups).values()))
+        """The unit names in network order, at the bench's granularity."""
+        return list(dict.fromkeys(group_sites(self.model.net, self.trace, self.granularity, self.groups).values()))
 
     @property
     def device_label(self) -> str:
@@ -312,7 +322,7 @@ class Bench:
 
     def evaluator(self, split: str = "val", objectives: Sequence[Objective] | None = None) -> Evaluator:
         """An evaluator on ``split`` (val for studies; test only for the final report), built once."""
-        objectives = list(objectives) if objectives is not None else objectives_of(self.spec)
+        objectives = list(objectives) if objectives is not None else list(self.spec.objectives)
         key = f"{split}:{[repr(o) for o in objectives]}"
         if key not in self._evaluators:
             val_x, val_y = self.data.tensors(split, device=self.device)  # type: ignore[arg-type]

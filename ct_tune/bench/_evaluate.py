@@ -1,7 +1,7 @@
 """Scoring one profile outside a study (what a trial does inside), and listing a model's units.
 
-Both take the model and data sections of a study spec, so that what they load is exactly what a study
-with the same sections would load: the same split, the same input size, the same units.
+Both take the sections of a bench spec (a study spec's model, data, objectives and run), so that what they
+load is exactly what a study with the same sections would load: the same split, input size and units.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.search._bench import Bench
-from ct_tune.search._spec import spec_from_dict
-from ct_tune.steering import CUSTOM, GRANULARITIES, BetaProfile, Groups, find_layout, group_sites
+from ct_tune.bench._bench import Bench
+from ct_tune.bench._spec import bench_spec
+from ct_tune.steering import CUSTOM, GRANULARITIES, BetaProfile, Groups, check_granularity, find_layout, group_sites
 
 __all__ = ["evaluate_profile", "model_units"]
 
@@ -36,17 +36,9 @@ def evaluate_profile(
         raise InputError("give exactly one of beta or profile")
     if profile is not None:
         granularity, groups = profile.unit_granularity, profile.groups
-    spec = spec_from_dict(
-        {
-            "model": dict(model),
-            "data": dict(data),
-            "search": {"granularity": granularity, "groups": groups, "enqueue_baseline": False},
-            "objectives": list(objectives),
-            "run": dict(run or {}),
-        },
-        source="arguments",
-    )
-    with Bench.open(spec) as bench:
+    check_granularity(granularity, groups)
+    spec = bench_spec(model=model, data=data, objectives=objectives, run=run)
+    with Bench.open(spec, granularity=granularity, groups=groups) as bench:
         assert bench.handle is not None
         if profile is not None:
             if profile.fingerprint and profile.fingerprint != bench.trace.fingerprint:
@@ -64,7 +56,7 @@ def evaluate_profile(
             "model": bench.model.describe(),
             "data": bench.data.describe(),
             "split": "val",
-            "granularity": spec.search.granularity,
+            "granularity": granularity,
             "betas": applied,
             "c": c,
             "results": {name: result.to_dict() for name, result in results.items()},
@@ -76,15 +68,9 @@ def model_units(
 ) -> dict[str, Any]:
     """The units of a model at ``granularity`` (one beta each; ``groups`` for custom), the ReLU sites of each,
     the unit counts at every granularity and the layout rule that found the stages."""
-    spec = spec_from_dict(
-        {
-            "model": dict(model),
-            "data": dict(data),
-            "search": {"granularity": granularity, "groups": groups, "enqueue_baseline": False},
-        },
-        source="arguments",
-    )
-    with Bench.open(spec, device="cpu", steer=False) as bench:
+    check_granularity(granularity, groups)
+    spec = bench_spec(model=model, data=data)
+    with Bench.open(spec, granularity=granularity, groups=groups, device="cpu", steer=False) as bench:
         net, trace = bench.model.net, bench.trace
         units: dict[str, list[str]] = {}
         for site, unit in group_sites(net, trace, granularity, groups).items():

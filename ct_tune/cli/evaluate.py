@@ -107,7 +107,7 @@ def _objectives(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _evaluate(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.search import evaluate_profile
+    from ct_tune.bench import evaluate_profile
     from ct_tune.steering import BetaProfile
 
     profile = BetaProfile.load(args.profile) if args.profile else None

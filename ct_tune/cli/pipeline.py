@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.search import run_pipeline
+    from ct_tune.pipelines import run_pipeline
 
     executor = executor_options(args)
     executor.pop("wait", None)  # every stage is waited for: the next one starts from it
@@ -56,17 +56,17 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
         rows.append(
             [
                 _label(row),
-                f"{row['stage']} #{row['number']}",
-                *(row["val"].get(n) for n in names),
+                f"{row.stage} #{row.number}",
+                *(row.val.get(n) for n in names),
                 *evidence_cells(row, names),
-                profile_text(row["betas"], limit=8),
+                profile_text(row.betas, limit=8),
             ]
         )
     columns = ["profile", "trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
     print_table(f"pipeline {result.name}", columns, rows)
-    payload = {**result.evidence, "trials": result.report}
-    payload["global_reference"] = {"note": _against(result.evidence.get("global_reference", {}))}
-    print_evidence(payload, names, label=_label)
+    evidence = result.evidence
+    note = _against(evidence.get("global_reference", {}))
+    print_evidence(result.report, names, label=_label, evidence=evidence.get("evidence", {}), global_note=note)
     if result.profile_path:
         shown = _short(result.profile_path)
         print(f"best profile: {shown}   (ct_tune.apply_profile(model, {shown!r}))")
@@ -76,8 +76,8 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
     print(f"dashboards: ct-tune ui --tracking-uri '{result.tracking_uri}'")
 
 
-def _label(row: dict[str, Any]) -> str:
-    return "ReLU baseline" if row["is_baseline"] else f"best {row['granularity']}"
+def _label(row: Any) -> str:
+    return "ReLU baseline" if row.is_baseline else f"best {row.granularity}"
 
 
 def _against(notes: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
 
 def _quickstart(args: argparse.Namespace) -> CommandResult:
     from ct_tune.cli.pipeline import render_pipeline
-    from ct_tune.search import checked_quickstart, quickstart_pipeline, run_quickstart
+    from ct_tune.pipelines import checked_quickstart, quickstart_pipeline, run_quickstart
 
     if args.print_pipeline:
         checked_quickstart(args.name, trials=args.trials, workers=args.workers, oversubscribe=args.oversubscribe)

@@ -293,15 +293,22 @@ def _report(args: argparse.Namespace) -> CommandResult:
         for row in report.trials:
             rows.append(
                 [
-                    f"{row['number']}{roles.get(row['role'], '')}",
-                    *(row["val"].get(n) for n in names),
+                    f"{row.number}{roles.get(row.role, '')}",
+                    *(row.val.get(n) for n in names),
                     *evidence_cells(row, names),
-                    profile_text(row["betas"], limit=6),
+                    profile_text(row.betas, limit=6),
                 ]
             )
         columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
         print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
-        print_evidence(report.to_dict(), names, label=lambda row: f"trial {row['number']}{roles.get(row['role'], '')}")
+        print_evidence(
+            report.trials,
+            names,
+            label=lambda row: f"trial {row.number}{roles.get(row.role, '')}",
+            evidence=report.evidence,
+            global_note=report.global_reference.get("note", ""),
+            relu_note=report.relu_reference.get("note", ""),
+        )
         if report.reselection:
             print(f"reselected trial {report.reselection['picked']}: {report.reselection['why']}")
             ranks = ", ".join(

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.search import TrainCTSpec, run_train_ct
+    from ct_tune.trained import TrainCTSpec, run_train_ct
 
     keys = ("granularity", "lr", "head_lr", "init_beta", "init_c", "epochs", "lr_step", "batch_size", "patience")
     overrides = {key: getattr(args, key) for key in (*keys, "seed")}
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
             )
 
     if args.tune:
-        from ct_tune.search import tune_train_ct
+        from ct_tune.trained import tune_train_ct
 
         say = (lambda text: print(text, file=sys.stderr)) if verbose else None
         payload = tune_train_ct(spec, storage=args.storage, tracking_uri=args.tracking_uri, out=args.out, say=say)

@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
 
 
 def _units(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.search import model_units
+    from ct_tune.bench import model_units
 
     payload = model_units(
         model=model_section(args),

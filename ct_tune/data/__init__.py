@@ -21,12 +21,15 @@ from ct_tune.data._catalogue import (
     list_datasets,
     resolve_data_dir,
 )
+from ct_tune.data._user import ComponentSpec, UserData
 
 __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "SPLITS",
     "CTDataModule",
+    "ComponentSpec",
+    "UserData",
     "check_dataset_name",
     "create_datamodule",
     "default_data_dir",

@@ -340,30 +340,8 @@ def create_datamodule(
     val_fraction = None if official_val else (info.val_fraction if val_fraction is None else val_fraction)
     test_fraction = None if official_test else (info.test_fraction if test_fraction is None else test_fraction)
     _check_fractions(val_fraction, test_fraction)
-
-    carve = {}
-    if test_fraction is not None:
-        carve["test"] = test_fraction  # first, so the test split never depends on val_fraction
-    if val_fraction is not None:
-        carve["val"] = val_fraction
-    parts = stratified_partition(train_pool.labels, carve, seed=seed, salt="split", rest="train")
-    splits: dict[str, tuple[str, np.ndarray]] = {"train": ("train", parts["train"])}
-    for split in ("val", "test"):
-        if split in source.pools:
-            splits[split] = (split, np.arange(source.pools[split].labels.size, dtype=np.int64))
-        else:
-            splits[split] = ("train", parts[split])
-    for split, size in (("train", train_size), ("val", val_size), ("test", test_size)):
-        if size is None:
-            continue
-        if size < 1:
-            raise InputError(f"{split}_size must be at least 1, not {size}")
-        pool, indices = splits[split]
-        labels = source.pools[pool].labels[indices]
-        splits[split] = (pool, stratified_subset(indices, labels, size, seed=seed, salt=f"subset:{split}"))
-    for split in SPLITS:
-        if splits[split][1].size == 0:
-            raise InputError(f"dataset {name}: the {split} split is empty; use larger fractions or sizes")
+    sizes = {"train": train_size, "val": val_size, "test": test_size}
+    splits = _splits(name, source, val_fraction, test_fraction, sizes, seed)
     settings = {
         "name": name,
         "seed": seed,
@@ -385,6 +363,42 @@ def create_datamodule(
     )
     logger.debug("%r from %s, fingerprint %s", module, source.location, module.fingerprint)
     return module
+
+
+def _splits(
+    name: str,
+    source: Source,
+    val_fraction: float | None,
+    test_fraction: float | None,
+    sizes: dict[str, int | None],
+    seed: int,
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Each split as (pool, indices into it): official pools as they are, the rest carved from the train pool
+    by seeded stratified fractions, then the seeded stratified subsets ``sizes`` ask for."""
+    carve = {}
+    if test_fraction is not None:
+        carve["test"] = test_fraction  # first, so the test split never depends on val_fraction
+    if val_fraction is not None:
+        carve["val"] = val_fraction
+    parts = stratified_partition(source.pools["train"].labels, carve, seed=seed, salt="split", rest="train")
+    splits: dict[str, tuple[str, np.ndarray]] = {"train": ("train", parts["train"])}
+    for split in ("val", "test"):
+        if split in source.pools:
+            splits[split] = (split, np.arange(source.pools[split].labels.size, dtype=np.int64))
+        else:
+            splits[split] = ("train", parts[split])
+    for split, size in sizes.items():
+        if size is None:
+            continue
+        if size < 1:
+            raise InputError(f"{split}_size must be at least 1, not {size}")
+        pool, indices = splits[split]
+        labels = source.pools[pool].labels[indices]
+        splits[split] = (pool, stratified_subset(indices, labels, size, seed=seed, salt=f"subset:{split}"))
+    for split in SPLITS:
+        if splits[split][1].size == 0:
+            raise InputError(f"dataset {name}: the {split} split is empty; use larger fractions or sizes")
+    return splits
 
 
 def _check_fractions(val_fraction: float | None, test_fraction: float | None) -> None:

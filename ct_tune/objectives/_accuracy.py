@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
+from ct_tune._specs import StrictSpec
+from ct_tune.objectives._base import Direction, ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
 import torch
+from pydantic import Field
 
 
-@dataclass(frozen=True)
-class AccuracyObjective:
+class AccuracyObjective(StrictSpec):
     """Top-1 accuracy on the val set (the value), with top-5 and per-class accuracy as details."""
 
-    name: ClassVar[str] = "accuracy"
+    name: Literal["accuracy"] = "accuracy"
+    direction: Direction = "maximize"
     needs_train: ClassVar[bool] = False
-    top_k: int = 5
+    top_k: int = Field(default=5, gt=0)
 
     def evaluate(self, target: EvalTarget, data: EvalData, report: ReportFn | None = None) -> ObjectiveResult:
         start = time.perf_counter()

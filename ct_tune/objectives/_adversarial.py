@@ -18,24 +18,22 @@ Every setting can be changed (``attacks``, ``steps``, ``restarts``, ``n_queries`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ct_tune._errors import InputError
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
+from ct_tune._specs import StrictSpec, parse_fraction
+from ct_tune.objectives._base import Direction, ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-NORMS = ("linf", "l2")
-ATTACKS = ("pgd", "autoattack")
 PGD_STEPS = 10
-# The attacks of AutoAttack, as the original package names them; "standard" is its version='standard'
-# for L-inf and L2 (fra31/auto-attack, ``AutoAttack.set_version``).
-AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+# "standard" is the original package's version='standard' for L-inf and L2 (fra31/auto-attack,
+# ``AutoAttack.set_version``).
 STANDARD_AUTOATTACK: dict[str, Any] = {
     "attacks": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "steps": 100,
@@ -150,60 +148,61 @@ class _PixelModel(nn.Module):
         return self.target.logits(x)
 
 
-@dataclass(frozen=True)
-class AdversarialObjective:
-    """Robust accuracy on a fixed, seeded subset of val under PGD or AutoAttack (standard by default)."""
+AutoAttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
 
-    name: ClassVar[str] = "adversarial"
+
+class AdversarialObjective(StrictSpec):
+    """Robust accuracy on a fixed, seeded subset of val under PGD or AutoAttack (standard by default).
+
+    The chosen attack's defaults are written into the settings when they are made, so that a study's
+    ``spec.json`` says what ran; the settings of the other attack are refused."""
+
+    name: Literal["adversarial"] = "adversarial"
+    direction: Direction = "maximize"
     needs_train: ClassVar[bool] = False
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = 8 / 255
-    steps: int | None = None  # PGD 10; AutoAttack 100 (the original's, for APGD and FAB)
-    step_size: float | None = None  # PGD only; default 2.5 * eps / steps (Madry et al.)
-    random_start: bool = True  # PGD only (APGD always starts at a random point)
-    restarts: int = 1  # PGD; AutoAttack: of apgd-ce, apgd-dlr and fab (targeted attacks and Square run once)
-    n: int = 1000
-    seed: int = 0
     attack: Literal["pgd", "autoattack"] = "pgd"
-    attacks: tuple[str, ...] | None = None  # AutoAttack only; default the standard four, in order
-    n_queries: int | None = None  # AutoAttack's Square; default 5000
-    n_target_classes: int | None = None  # AutoAttack's APGD-T and FAB-T; default 9 (at most classes - 1)
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(default=8 / 255, ge=0)  # '8/255' is accepted
+    steps: int | None = Field(default=None, ge=0)  # PGD 10; AutoAttack 100 (the original's, for APGD and FAB)
+    step_size: float | None = Field(default=None, gt=0)  # PGD only; default 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True  # PGD only (APGD always starts at a random point)
+    restarts: int = Field(default=1, ge=1)  # PGD; AutoAttack: of apgd-ce, apgd-dlr and fab (the others run once)
+    n: int = Field(default=1000, gt=0)
+    seed: int = 0
+    # AutoAttack only; default the standard four, in order
+    attacks: tuple[AutoAttackName, ...] | None = Field(default=None, min_length=1)
+    n_queries: int | None = Field(default=None, gt=0)  # AutoAttack's Square; default 5000
+    n_target_classes: int | None = Field(default=None, ge=1)  # APGD-T and FAB-T; default 9 (at most classes - 1)
 
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise InputError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
-        if self.attack not in ATTACKS:
-            raise InputError(f"unknown attack {self.attack!r}; choose one of: {', '.join(ATTACKS)}")
-        autoattack = {"attacks": self.attacks, "n_queries": self.n_queries, "n_target_classes": self.n_target_classes}
+    _fractions = field_validator("eps", "step_size", mode="before")(parse_fraction)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attack_defaults(cls, data: Any) -> Any:
+        """The chosen attack's defaults written out (PGD's steps; the standard AutoAttack's settings)."""
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        autoattack = filled.get("attack") == "autoattack"
+        defaults = STANDARD_AUTOATTACK if autoattack else {"steps": PGD_STEPS}
+        for key in ("attacks", "steps", "n_queries", "n_target_classes") if autoattack else ("steps",):
+            if filled.get(key) is None:
+                filled[key] = defaults[key]
+        return filled
+
+    @model_validator(mode="after")
+    def _settings_of_its_attack(self) -> AdversarialObjective:
         if self.attack == "pgd":
-            given = [key for key, value in autoattack.items() if value is not None]
+            given = [key for key in ("attacks", "n_queries", "n_target_classes") if getattr(self, key) is not None]
             if given:
-                raise InputError(f"{given[0]} is an AutoAttack setting; set attack: autoattack or remove it")
-            object.__setattr__(self, "steps", PGD_STEPS if self.steps is None else self.steps)
-        else:
-            if self.step_size is not None:
-                raise InputError("step_size is a PGD setting (AutoAttack's APGD sets its own); remove it")
-            if not self.random_start:
-                raise InputError("random_start is a PGD setting (AutoAttack's APGD always starts at random); remove it")
-            attacks = STANDARD_AUTOATTACK["attacks"] if self.attacks is None else self.attacks
-            if isinstance(attacks, str) or not attacks:
-                raise InputError(f"attacks is a list of one or more of: {', '.join(AUTOATTACK_ATTACKS)}")
-            unknown = [name for name in attacks if name not in AUTOATTACK_ATTACKS]
-            if unknown:
-                raise InputError(
-                    f"unknown AutoAttack attack {unknown[0]!r}; choose from: {', '.join(AUTOATTACK_ATTACKS)}"
-                )
-            if len(set(attacks)) != len(attacks):
-                raise InputError(f"attacks lists an attack twice ({', '.join(attacks)}); name each once")
-            defaults = STANDARD_AUTOATTACK
-            for key, value in (("attacks", tuple(attacks)), ("steps", self.steps), ("n_queries", self.n_queries)):
-                object.__setattr__(self, key, defaults[key] if value is None else value)
-            if self.n_target_classes is None:
-                object.__setattr__(self, "n_target_classes", defaults["n_target_classes"])
-            if self.n_queries < 1 or self.n_target_classes < 1:
-                raise InputError("AutoAttack settings need n_queries >= 1 and n_target_classes >= 1")
-        if self.eps < 0 or self.steps < 0 or self.restarts < 1 or self.n < 1:
-            raise InputError("attack settings need eps >= 0, steps >= 0, restarts >= 1 and n >= 1")
+                raise ValueError(f"{given[0]} is an AutoAttack setting; set attack: autoattack or remove it")
+        elif self.step_size is not None:
+            raise ValueError("step_size is a PGD setting (AutoAttack's APGD sets its own); remove it")
+        elif not self.random_start:
+            raise ValueError("random_start is a PGD setting (AutoAttack's APGD always starts at random); remove it")
+        if self.attacks is not None and len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"attacks lists an attack twice ({', '.join(self.attacks)}); name each once")
+        return self
 
     @property
     def standard(self) -> bool:

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+Direction = Literal["maximize", "minimize"]  # how a study optimises an objective
 
 # Called after each chunk of the evaluation set with (running value, samples seen so far). A study
 # passes one that reports to Optuna and raises optuna.TrialPruned when the pruner says so.
@@ -73,11 +75,6 @@ def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes:
     totals = torch.bincount(labels, minlength=num_classes)
     hits = torch.bincount(labels[correct], minlength=num_classes)
     return [(h / t) if t else None for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
-
-
-def chunks(n: int, chunk_size: int) -> Iterator[slice]:
-    for start in range(0, n, chunk_size):
-        yield slice(start, min(start + chunk_size, n))
 
 
 def autocast(device: torch.device, precision: str):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from ct_tune._errors import InputError
+from ct_tune._specs import validated
 from ct_tune.objectives._accuracy import AccuracyObjective
 from ct_tune.objectives._adversarial import AdversarialObjective
 from ct_tune.objectives._base import ObjectiveResult, ReportFn
@@ -16,12 +16,17 @@ from ct_tune.objectives._target import EvalData, EvalTarget
 if TYPE_CHECKING:
     from ct_tune.steering import SteeringHandle
 
-__all__ = ["OBJECTIVES", "Evaluator", "Objective", "make_objective"]
+from pydantic import Field
+
+__all__ = ["OBJECTIVES", "Evaluator", "Objective", "ObjectiveSpec", "make_objective"]
 
 Objective = AccuracyObjective | ProbeObjective | AdversarialObjective
+# An objective as a spec lists it (``objectives: [{name: adversarial, eps: 8/255}]``): its settings are the
+# objective itself, one schema for both.
+ObjectiveSpec = Annotated[Objective, Field(discriminator="name")]
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (AccuracyObjective, ProbeObjective, AdversarialObjective)
+    cls.model_fields["name"].default: cls for cls in (AccuracyObjective, ProbeObjective, AdversarialObjective)
 }
 
 
@@ -30,11 +35,11 @@ def make_objective(name: str, **settings: Any) -> Objective:
     cls = OBJECTIVES.get(name)
     if cls is None:
         raise InputError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
-    allowed = [f.name for f in fields(cls)]
+    allowed = [field for field in cls.model_fields if field != "name"]
     unknown = [key for key in settings if key not in allowed]
     if unknown:
         raise InputError(f"objective {name!r} has no setting {unknown[0]!r}; settings: {', '.join(allowed)}")
-    return cls(**settings)
+    return validated(cls, {"name": name, **settings}, source=f"objective {name!r}")
 
 
 class Evaluator:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ct_tune._errors import InputError
-from ct_tune.objectives._base import ObjectiveResult, ReportFn, fraction, per_class_accuracy
+from ct_tune._specs import StrictSpec
+from ct_tune.objectives._base import Direction, ObjectiveResult, ReportFn, fraction, per_class_accuracy
 from ct_tune.objectives._target import EvalData, EvalTarget
 from ct_tune.steering import split, stack
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 
@@ -116,15 +118,15 @@ def fit_linear_probe(
     return LinearProbe(weight.detach(), bias.detach(), mean, std, int(iterations))
 
 
-@dataclass(frozen=True)
-class ProbeObjective:
+class ProbeObjective(StrictSpec):
     """Val accuracy of a linear probe fitted on train features of the (steered) network."""
 
-    name: ClassVar[str] = "probe"
+    name: Literal["probe"] = "probe"
+    direction: Direction = "maximize"
     needs_train: ClassVar[bool] = True
     feature_layer: str | None = None  # module whose *input* is the feature; default: the final classifier
-    l2: float = 1e-3
-    max_iter: int = 300  # the quickstart's baseline converges in about 140
+    l2: float = Field(default=1e-3, ge=0)
+    max_iter: int = Field(default=300, gt=0)  # the quickstart's baseline converges in about 140
 
     def evaluate(self, target: EvalTarget, data: EvalData, report: ReportFn | None = None) -> ObjectiveResult:
         if data.train_x is None or data.train_y is None:

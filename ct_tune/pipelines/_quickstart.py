@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.search._pipeline import PipelineResult, delete_pipeline_studies, run_pipeline
-from ct_tune.search._pipeline_spec import PipelineSpec
+from ct_tune.pipelines._run import PipelineResult, delete_pipeline_studies, run_pipeline
+from ct_tune.pipelines._spec import PipelineSpec
 from ct_tune.workers import available_cores, check_cores, plan_workers
 
 __all__ = ["QUICKSTART_CHECKPOINT", "quickstart_pipeline", "run_quickstart"]

@@ -21,40 +21,24 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ct_tune._errors import InputError
-from ct_tune.search._evidence import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean
-from ct_tune.search._pipeline_spec import (
+from ct_tune.bench import Bench
+from ct_tune.evidence import ReportRow
+from ct_tune.pipelines._report import report_pipeline
+from ct_tune.pipelines._spec import (
     PipelineSpec,
     StageSpec,
     load_pipeline,
-    map_profile,
     pipeline_from_dict,
     stage_spec,
     train_stage_spec,
-    warm_start_params,
-    warm_start_ranges,
 )
-from ct_tune.search._report import Reference, StudyReport, interval_bounds, versus
-from ct_tune.search._run import RunOptions
-from ct_tune.search._spec import StudySpec
-from ct_tune.search._study import Study, new_study, open_study, study_exists
-from ct_tune.search._trained import TrainCTSpec, log_trained_ct, score_trained_on_test
+from ct_tune.pipelines._warm import WarmStartProfiles, warm_start_profiles, warm_start_ranges
+from ct_tune.search import RunOptions, Study, StudySpec, new_study, open_study, study_exists
 from ct_tune.steering import BetaProfile
-from ct_tune.stores import (
-    check_two_databases,
-    open_optuna_storage,
-    redact,
-    resolve_storage,
-    resolve_tracking_uri,
-)
+from ct_tune.stores import check_two_databases, open_optuna_storage, redact, resolve_storage, resolve_tracking_uri
 from ct_tune.tracking import Tracker
-from ct_tune.tracking._keys import (
-    ATTR_KIND,
-    ATTR_PIPELINE,
-    TAG_PIPELINE,
-    TAG_PREVIOUS_STAGE_RUN,
-    TAG_STAGE,
-    TAG_STAGE_INDEX,
-)
+from ct_tune.tracking.keys import ATTR_PIPELINE, TAG_PIPELINE, TAG_PREVIOUS_STAGE_RUN, TAG_STAGE, TAG_STAGE_INDEX
+from ct_tune.trained import TrainCTSpec, log_trained_ct
 from ct_tune.workers import RayOptions, SlurmOptions, check_cores, plan_workers
 
 __all__ = ["PipelineResult", "StageOutcome", "as_pipeline", "delete_pipeline_studies", "run_pipeline"]
@@ -77,7 +61,7 @@ class StageOutcome:
 class PipelineResult:
     name: str
     stages: list[StageOutcome]
-    report: list[dict[str, Any]]  # the ReLU baseline once, then the best trial(s) of each reported stage
+    report: list[ReportRow]  # the ReLU baseline once, then the best trial(s) of each reported stage
     profile_path: str | None  # the last stage's best profile, exported (None for a Pareto front)
     tracking_uri: str  # redacted
     objective_names: list[str]
@@ -88,7 +72,7 @@ class PipelineResult:
         return {
             "pipeline": self.name,
             "stages": [stage.__dict__ for stage in self.stages],
-            "report": self.report,
+            "report": [row.to_dict() for row in self.report],
             **self.evidence,
             "profile": self.profile_path,
             "tracking_uri": self.tracking_uri,
@@ -104,6 +88,28 @@ def as_pipeline(pipeline: PipelineLike) -> PipelineSpec:
     if isinstance(pipeline, (str, os.PathLike)):
         return load_pipeline(pipeline)
     raise InputError(f"a pipeline is a YAML file, a mapping or a PipelineSpec; got {type(pipeline).__name__}")
+
+
+@dataclass
+class _Run:
+    """One run of a pipeline: what every stage is handed, and what the stages made so far."""
+
+    spec: PipelineSpec
+    options: RunOptions
+    storage: str | None
+    tracking_uri: str | None
+    profile_dir: Path
+    tell: Callable[[str], None]
+    study_run: dict[str, Any]  # what ``Study.run`` takes besides the options (executor, slurm, ray, ...)
+    searches: dict[str, StudySpec] = field(default_factory=dict)
+    trainings: dict[str, TrainCTSpec] = field(default_factory=dict)
+    studies: dict[str, Study] = field(default_factory=dict)
+    trained: dict[str, BetaProfile] = field(default_factory=dict)
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    tracker: Tracker | None = None
+
+    def label(self, index: int, stage: str) -> str:
+        return f"stage {index + 1}/{len(self.spec.stages)} {stage}"
 
 
 def run_pipeline(
@@ -126,9 +132,26 @@ def run_pipeline(
 ) -> PipelineResult:
     """Create (or resume) and run each stage, then report the chosen stages on the test split.
 
-    ``workers`` / ``devices`` / ``heartbeat`` / ``grace`` / ``log_dir`` / ``oversubscribe`` / ``executor``
-    / ``slurm`` / ``ray`` are those of ``Study.run`` and apply to every stage (a SLURM stage is waited for:
-    the next one starts from it); ``say`` receives the progress lines (default: stderr).
+    Args:
+        pipeline: a pipeline file (YAML), its mapping, or a ``PipelineSpec``.
+        workers: worker processes per stage (as ``Study.run``; None: one per GPU of ``devices``).
+        devices: ``auto``, ``cpu`` or a list like ``cuda:0,cuda:1`` (default: each stage's ``run.device``).
+        storage: the Optuna storage URL (default: ``$CT_TUNE_STORAGE``, the pipeline's, then
+            ``sqlite:///studies/optuna.db``).
+        tracking_uri: the MLflow store (default: ``$MLFLOW_TRACKING_URI``, the pipeline's, then
+            ``sqlite:///mlruns/mlflow.db``).
+        progress: a progress bar per stage (on a terminal).
+        heartbeat: seconds between a running trial's heartbeats.
+        grace: seconds without a heartbeat before a trial counts as dead (default: max(60, 3 x heartbeat)).
+        log_dir: where worker processes log (default: ``logs/<study>``).
+        profile_dir: where the final profile and trained stages' profiles are written.
+        say: receives the progress lines (default: stderr).
+        oversubscribe: allow more CPU workers than cores.
+        executor: ``local``, ``slurm`` or ``ray`` (a SLURM stage is waited for: the next starts from it).
+        slurm: ``SlurmOptions`` or a mapping of its fields (executor ``slurm``).
+        ray: ``RayOptions`` or a mapping of its fields (executor ``ray``).
+
+    Nothing is created before every stage's spec and the worker options are known to be valid.
     """
     spec = as_pipeline(pipeline)
     options = RunOptions(
@@ -139,265 +162,163 @@ def run_pipeline(
         log_dir=None if log_dir is None else str(log_dir),
         progress=progress,
     )
+    study_run = {"oversubscribe": oversubscribe, "executor": executor, "slurm": slurm, "ray": ray}
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    specs = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "search"}
-    training = {stage.name: train_stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "train"}
-    options.check()
-    for stage_study in specs.values():  # bad workers/devices fail now, not after the first stage's study exists
-        if executor == "local":
-            plans = plan_workers(options.workers, options.devices or stage_study.run.device)
-            check_cores(plans, oversubscribe=oversubscribe)  # each stage's run prints the warning
-        check_two_databases(
-            resolve_storage(storage, stage_study.storage), resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
-        )
-    outcomes: list[StageOutcome] = []
-    studies: dict[str, Study] = {}
-    trained: dict[str, BetaProfile] = {}
-    tracker: Tracker | None = None
+    run = _Run(spec, options, storage, tracking_uri, Path(profile_dir), tell, study_run)
+    _check(run)
     for index, stage in enumerate(spec.stages):
         if stage.kind == "train":
-            tracker = tracker or Tracker(resolve_tracking_uri(tracking_uri, training[stage.name].tracking_uri))
-            outcome, trained[stage.name] = _train_stage(
-                spec, stage.name, index, training[stage.name], tracker, Path(profile_dir), tell
-            )
-            outcomes.append(outcome)
-            continue
-        plain = specs[stage.name]
-        storage_url = resolve_storage(storage, plain.storage)
-        tracker = tracker or Tracker(
-            resolve_tracking_uri(tracking_uri, plain.tracking_uri), artifact_location=plain.artifact_location
-        )
-        name = spec.study_name(stage.name)
-        optuna_storage = open_optuna_storage(storage_url)
-        if study_exists(optuna_storage, name):
-            study = open_study(name, storage_url, optuna_storage, tracker=tracker)
-            tell(f"stage {index + 1}/{len(spec.stages)} {stage.name}: study {name} exists, resuming")
+            _train_stage(run, stage.name, index)
         else:
-            study = _create_stage(
-                spec, stage, plain, index, storage_url, optuna_storage, tracker, studies, trained, tell
-            )
-        studies[stage.name] = study
-        summary = study.run(
-            workers=options.workers,
-            devices=options.devices,
-            progress=options.progress,
-            heartbeat=options.heartbeat,
-            grace=options.grace,
-            log_dir=options.log_dir,
-            oversubscribe=oversubscribe,
-            executor=executor,
-            slurm=slurm,
-            ray=ray,
-            wait=executor == "slurm",
-        )
-        outcomes.append(
-            StageOutcome(
-                stage.name,
-                name,
-                study.spec.search.granularity,
-                summary.reason,
-                summary.finished,
-                study.parent_run_id,
-                _plot_files(tracker, study.parent_run_id),
-            )
-        )
-    assert tracker is not None
+            _search_stage(run, stage, index)
     tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
-    reports, best_global, relu = _report_stages(spec, studies)
-    rows, baseline_row = [], None
-    for stage_name in spec.report_stages:
-        if stage_name in trained:
-            rows.append(_trained_row(stage_name, training[stage_name], trained[stage_name], best_global, relu))
-            continue
-        for row in reports[stage_name].trials:
-            row = {"stage": stage_name, "granularity": studies[stage_name].spec.search.granularity, **row}
-            if row["role"] == "chosen":
-                rows.append(row)
-            elif row["role"] == "baseline" and baseline_row is None:  # the ReLU baseline once, first in the table
-                baseline_row = row
-    rows = ([baseline_row] if baseline_row else []) + rows
-    searched = [name for name in spec.report_stages if name in reports]
-    first = reports[searched[0]] if searched else None
-    against = {name: reports[name].global_reference for name in searched}
-    evidence = {"evidence": first.evidence if first else {}, "global_reference": against}
-    last_name = spec.stages[-1].name
-    profile_path = None
-    if last_name in trained:
-        saved = trained[last_name].save(Path(profile_dir) / f"{spec.name}.json")
-        profile_path, objective_names = str(Path(saved).resolve()), [trained[last_name].metadata["objective"]]
-    else:
-        last = studies[last_name]
-        objective_names = last.objective_names
-        best = last.best()
-        if len(best) == 1:
-            saved = best[0].profile.save(Path(profile_dir) / f"{spec.name}.json")
-            profile_path = str(Path(saved).resolve())
+    report = report_pipeline(spec, run.studies, run.trained, run.trainings)
+    profile_path, objective_names = _export(run)
+    assert run.tracker is not None
+    tracking = redact(run.tracker.tracking_uri)
     return PipelineResult(
-        spec.name, outcomes, rows, profile_path, redact(tracker.tracking_uri), objective_names, evidence
+        spec.name, run.outcomes, report.rows, profile_path, tracking, objective_names, report.evidence
     )
 
 
-def _report_stages(
-    spec: PipelineSpec, studies: Mapping[str, Study]
-) -> tuple[dict[str, StudyReport], Reference | None, Reference | None]:
-    """Each reported search stage's report, with the best global profile and the ReLU baseline every later
-    stage (trained ones too) is compared with on the same test samples: the first global stage is reported
-    first, and its best is that best global profile, as its ReLU baseline is for stages without one."""
-    names = [name for name in spec.report_stages if name in studies]
-    glob = next((name for name in names if studies[name].spec.search.granularity == "global"), None)
-    reports: dict[str, StudyReport] = {}
-    best_global = relu = None
-    for name in ([glob] if glob else []) + [name for name in names if name != glob]:
-        reports[name] = studies[name].report(best_global=best_global, relu=relu)
-        if name == glob:
-            best_global = reports[name].reference(f"best of stage {name}")
-        relu = relu or reports[name].reference(f"ReLU baseline of stage {name}", role="baseline")
-    return reports, best_global, relu
+def _check(run: _Run) -> None:
+    """Every stage's spec, the worker options and the stores, before the first stage creates anything."""
+    spec, options = run.spec, run.options
+    run.searches = {stage.name: stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "search"}
+    run.trainings = {stage.name: train_stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "train"}
+    options.check()
+    for stage_study in run.searches.values():  # bad workers/devices fail now, not after a stage's study exists
+        if run.study_run["executor"] == "local":
+            plans = plan_workers(options.workers, options.devices or stage_study.run.device)
+            check_cores(plans, oversubscribe=run.study_run["oversubscribe"])  # each stage's run prints the warning
+        storage_url = resolve_storage(run.storage, stage_study.storage)
+        check_two_databases(storage_url, resolve_tracking_uri(run.tracking_uri, stage_study.tracking_uri))
 
 
-def _train_stage(
-    pipeline: PipelineSpec,
-    stage: str,
-    index: int,
-    training: TrainCTSpec,
-    tracker: Tracker,
-    profile_dir: Path,
-    tell: Callable[[str], None],
-) -> tuple[StageOutcome, BetaProfile]:
-    """Train (or reuse the profile an earlier run of the pipeline trained with the same settings)."""
-    name = pipeline.study_name(stage)
-    path = profile_dir / f"{name}.json"
-    label = f"stage {index + 1}/{len(pipeline.stages)} {stage}"
-    made_with = json.loads(json.dumps(training.identity()))
-    if path.is_file():
-        profile = BetaProfile.load(path)
-        meta = profile.metadata
-        if meta.get("pipeline_stage") == name and meta.get("made_with") == made_with and meta.get("run_id"):
-            tell(f"{label}: trained profile {path} exists with these settings, reusing it")
-            granularity = f"trained {training.settings.granularity}"
-            return StageOutcome(stage, name, granularity, "trained earlier", 0, meta["run_id"]), profile
-    tell(f"{label}: training CT ({training.settings.granularity}, {training.settings.epochs} epochs)")
-    result = training.train(on_epoch=lambda row: tell(f"  epoch {int(row['epoch'])}: val {row['val']:.4f}"))
-    logged = log_trained_ct(result, name=name, tracker=tracker)
-    tracker.log(logged["run_id"], tags={TAG_PIPELINE: pipeline.name, TAG_STAGE: stage, TAG_STAGE_INDEX: str(index)})
-    profile = result.profile
-    profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
-    profile.save(path)
-    tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
-    granularity = f"trained {training.settings.granularity}"
-    outcome = StageOutcome(stage, name, granularity, "trained", len(result.history), logged["run_id"])
-    return outcome, profile
+def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:
+    """Create (or resume) the stage's study and run it to its budget."""
+    plain = run.searches[stage.name]
+    storage_url = resolve_storage(run.storage, plain.storage)
+    uri = resolve_tracking_uri(run.tracking_uri, plain.tracking_uri)
+    run.tracker = run.tracker or Tracker(uri, artifact_location=plain.artifact_location)
+    name = run.spec.study_name(stage.name)
+    optuna_storage = open_optuna_storage(storage_url)
+    if study_exists(name, storage=optuna_storage):
+        study = open_study(name, storage_url=storage_url, storage=optuna_storage, tracker=run.tracker)
+        run.tell(f"{run.label(index, stage.name)}: study {name} exists, resuming")
+    else:
+        study = _create_stage(run, stage, index, storage_url, optuna_storage)
+    run.studies[stage.name] = study
+    options = run.options
+    summary = study.run(
+        workers=options.workers,
+        devices=options.devices,
+        progress=options.progress,
+        heartbeat=options.heartbeat,
+        grace=options.grace,
+        log_dir=options.log_dir,
+        wait=run.study_run["executor"] == "slurm",
+        **run.study_run,
+    )
+    plots = _plot_files(run.tracker, study.parent_run_id)
+    granularity = study.spec.search.granularity
+    run.outcomes.append(
+        StageOutcome(stage.name, name, granularity, summary.reason, summary.finished, study.parent_run_id, plots)
+    )
 
 
-def _trained_row(
-    stage: str, training: TrainCTSpec, profile: BetaProfile, best_global: Reference | None, relu: Reference | None
-) -> dict[str, Any]:
-    """A trained stage's line of the report: its val score and, once, its test score with its interval and
-    its paired comparisons with the pipeline's ReLU baseline and best global profile."""
-    results = score_trained_on_test(training, profile)
-    objective = profile.metadata["objective"]
-    val = {objective: profile.metadata["val"]}
-    test = {name: result.value for name, result in results.items()}
-    mine = {name: result.correct.cpu().numpy().astype(float) for name, result in results.items()}
-    settings = {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": SEED}
-
-    return {
-        "stage": stage,
-        "granularity": f"trained {training.settings.granularity}",
-        "number": f"epoch {profile.metadata['best_epoch']}",
-        "role": "chosen",
-        "is_baseline": False,
-        "val": val,
-        "test": test,
-        "test_ci": {name: interval_bounds(bootstrap_mean(scores=v, **settings)) for name, v in mine.items()},
-        "vs_relu": versus(mine, relu, values=val, own=(stage, None), settings=settings),
-        "vs_global": versus(mine, best_global, values=val, own=(stage, None), settings=settings),
-        "val_test_gap": {name: val[name] - test[name] for name in test if name in val},
-        "test_details": {name: result.details for name, result in results.items()},
-        "betas": profile.betas,
-        "c": profile.c,
-    }
-
-
-def _create_stage(
-    pipeline: PipelineSpec,
-    stage: StageSpec,
-    plain: StudySpec,
-    index: int,
-    storage_url: str,
-    optuna_storage: Any,
-    tracker: Tracker,
-    studies: dict[str, Study],
-    trained: Mapping[str, BetaProfile],
-    tell: Callable[[str], None],
-) -> Study:
-    from ct_tune.search._bench import Bench
-
-    with Bench.open(plain, device="cpu", steer=False) as bench:  # the units, and the sites to map profiles with
-        spec, profiles, c = plain, [], 0.5
-        if stage.warm_start is not None and stage.warm_start.from_stage in trained:
-            # Block (or stage, global) values from the trained channel values: the mean of each unit's sites.
-            source = trained[stage.warm_start.from_stage]
-            c = source.c
-            profiles.append(
-                map_profile(
-                    bench.model.net,
-                    bench.trace,
-                    source.betas,
-                    source.unit_granularity,
-                    plain.search.granularity,
-                    target_groups=plain.search.groups,
-                )
-            )
+def _create_stage(run: _Run, stage: StageSpec, index: int, storage_url: str, optuna_storage: Any) -> Study:
+    """A stage's new study: warm-started from an earlier stage when it says so, linked to the one before."""
+    plain = run.searches[stage.name]
+    spec, warm = plain, WarmStartProfiles()
+    with Bench.open(plain, **plain.grouping, device="cpu", steer=False) as bench:  # units, and sites to map with
+        if stage.warm_start is not None:
+            warm = warm_start_profiles(bench, plain, stage.warm_start.from_stage, run.studies, run.trained)
             beta = plain.search.beta
-            ranges = warm_start_ranges(profiles, stage.warm_start.width, beta.low, beta.high)
-            spec = stage_spec(pipeline, stage.name, ranges=ranges)
-        elif stage.warm_start is not None:
-            earlier = studies[stage.warm_start.from_stage]
-            chosen = earlier.best()
-            if not chosen:
-                raise InputError(
-                    f"stage {stage.warm_start.from_stage!r} has no completed trial to warm-start from; "
-                    "run it (or raise its budget)"
-                )
-            for trial in chosen:
-                c = trial.c
-                profiles.append(
-                    map_profile(
-                        bench.model.net,
-                        bench.trace,
-                        trial.betas,
-                        earlier.spec.search.granularity,
-                        plain.search.granularity,
-                        source_groups=earlier.spec.search.groups,
-                        target_groups=plain.search.groups,
-                    )
-                )
-            beta = plain.search.beta
-            ranges = warm_start_ranges(profiles, stage.warm_start.width, beta.low, beta.high)
-            spec = stage_spec(pipeline, stage.name, ranges=ranges)
+            ranges = warm_start_ranges(warm.profiles, stage.warm_start.width, beta.low, beta.high)
+            spec = stage_spec(run.spec, stage.name, ranges=ranges)
         units, meta = bench.units, bench.meta()
-    study = new_study(spec, pipeline.study_name(stage.name), storage_url, optuna_storage, tracker, units, meta)
-    for params in warm_start_params(spec, profiles, c):
-        study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: "warm-start"})
-    previous = studies.get(pipeline.stages[index - 1].name) if index else None  # None after a trained stage
+    assert run.tracker is not None
+    study = new_study(
+        spec,
+        name=run.spec.study_name(stage.name),
+        storage_url=storage_url,
+        storage=optuna_storage,
+        tracker=run.tracker,
+        units=units,
+        meta=meta,
+    )
+    for betas in warm.profiles:
+        study.enqueue(betas, c=warm.c, kind="warm-start")
+    _link(run, study, stage, index)
+    started = f", warm-started from {stage.warm_start.from_stage} ({len(warm.profiles)} profile(s))"
+    run.tell(
+        f"{run.label(index, stage.name)}: created study {study.name}, "
+        f"{len(study.units)} {spec.search.granularity} units{started if warm.profiles else ''}"
+    )
+    return study
+
+
+def _link(run: _Run, study: Study, stage: StageSpec, index: int) -> None:
+    """The study's ``ct_tune.pipeline`` attribute and its parent run's pipeline tags (the stage before it)."""
+    previous = run.studies.get(run.spec.stages[index - 1].name) if index else None  # None after a trained stage
     link = {
-        "name": pipeline.name,
+        "name": run.spec.name,
         "stage": stage.name,
         "index": index,
         "previous_study": previous.name if previous else None,
     }
     study.optuna_study.set_user_attr(ATTR_PIPELINE, link)
-    tags = {TAG_PIPELINE: pipeline.name, TAG_STAGE: stage.name, TAG_STAGE_INDEX: str(index)}
+    tags = {TAG_PIPELINE: run.spec.name, TAG_STAGE: stage.name, TAG_STAGE_INDEX: str(index)}
     if previous is not None:
         tags[TAG_PREVIOUS_STAGE_RUN] = previous.parent_run_id
-    tracker.log(study.parent_run_id, tags=tags)
-    warm = f", warm-started from {stage.warm_start.from_stage} ({len(profiles)} profile(s))" if profiles else ""
-    tell(
-        f"stage {index + 1}/{len(pipeline.stages)} {stage.name}: created study {study.name}, "
-        f"{len(study.units)} {spec.search.granularity} units{warm}"
-    )
-    return study
+    assert run.tracker is not None
+    run.tracker.log(study.parent_run_id, tags=tags)
+
+
+def _train_stage(run: _Run, stage: str, index: int) -> None:
+    """Train (or reuse the profile an earlier run of the pipeline trained with the same settings)."""
+    training = run.trainings[stage]
+    run.tracker = run.tracker or Tracker(resolve_tracking_uri(run.tracking_uri, training.tracking_uri))
+    name = run.spec.study_name(stage)
+    path = run.profile_dir / f"{name}.json"
+    label = run.label(index, stage)
+    granularity = f"trained {training.settings.granularity}"
+    made_with = json.loads(json.dumps(training.identity()))
+    if path.is_file():
+        profile = BetaProfile.load(path)
+        meta = profile.metadata
+        if meta.get("pipeline_stage") == name and meta.get("made_with") == made_with and meta.get("run_id"):
+            run.tell(f"{label}: trained profile {path} exists with these settings, reusing it")
+            run.trained[stage] = profile
+            run.outcomes.append(StageOutcome(stage, name, granularity, "trained earlier", 0, meta["run_id"]))
+            return
+    run.tell(f"{label}: training CT ({training.settings.granularity}, {training.settings.epochs} epochs)")
+    result = training.train(on_epoch=lambda row: run.tell(f"  epoch {int(row['epoch'])}: val {row['val']:.4f}"))
+    logged = log_trained_ct(result, name=name, tracker=run.tracker)
+    tags = {TAG_PIPELINE: run.spec.name, TAG_STAGE: stage, TAG_STAGE_INDEX: str(index)}
+    run.tracker.log(logged["run_id"], tags=tags)
+    profile = result.profile
+    profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
+    profile.save(path)
+    run.tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
+    run.trained[stage] = profile
+    run.outcomes.append(StageOutcome(stage, name, granularity, "trained", len(result.history), logged["run_id"]))
+
+
+def _export(run: _Run) -> tuple[str | None, list[str]]:
+    """The last stage's best profile, written to the profile folder (none for a Pareto front); the objective
+    names of the last stage."""
+    last = run.spec.stages[-1].name
+    path = run.profile_dir / f"{run.spec.name}.json"
+    if last in run.trained:
+        profile = run.trained[last]
+        return str(Path(profile.save(path)).resolve()), [profile.metadata["objective"]]
+    study = run.studies[last]
+    best = study.best()
+    if len(best) != 1:
+        return None, study.objective_names
+    return str(Path(best[0].profile.save(path)).resolve()), study.objective_names
 
 
 def delete_pipeline_studies(
@@ -413,9 +334,9 @@ def delete_pipeline_studies(
         storage_url = resolve_storage(storage, stage_study.storage)
         optuna_storage = open_optuna_storage(storage_url)
         name = spec.study_name(stage.name)
-        if study_exists(optuna_storage, name):
+        if study_exists(name, storage=optuna_storage):
             uri = resolve_tracking_uri(tracking_uri, stage_study.tracking_uri)
-            open_study(name, storage_url, optuna_storage, tracking_uri=uri).delete()
+            open_study(name, storage_url=storage_url, storage=optuna_storage, tracking_uri=uri).delete()
             deleted.append(name)
     return deleted
 

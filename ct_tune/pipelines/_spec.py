@@ -1,4 +1,4 @@
-"""Pipeline files: several studies run in order on the same model, data and stores (``_pipeline`` runs them).
+"""Pipeline files: several studies run in order on the same model, data and stores (``_run`` runs them).
 
 A pipeline file has a ``base`` (the parts of a study spec every stage shares: model, data, objectives,
 run, stores) and ``stages``; each stage is a full study named ``<pipeline>.<stage>``, built from the
@@ -7,7 +7,7 @@ earlier stage's result (``warm_start``): its best profile (every Pareto-optimal 
 objectives) is mapped onto the new units, enqueued as the first trials, and each unit's beta range is
 centred on it. ``report`` names the stages whose best trials are scored once on the test split at the end.
 
-A stage of ``kind: train`` trains CT's parameters instead of searching them (``ct_tune.search.train_ct``,
+A stage of ``kind: train`` trains CT's parameters instead of searching them (``ct_tune.trained.train_ct``,
 its settings in ``train:``); a later search stage may warm-start from it (block values are the means of
 the trained channel values of their sites).
 Stages are linked by tags (the study's ``ct_tune.pipeline`` attribute, the MLflow parent runs'
@@ -19,29 +19,18 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from ct_tune._errors import InputError
-from ct_tune.search._space import beta_param, uniform_params
-from ct_tune.search._spec import StrictSpec, StudySpec, describe_validation_error, parse_yaml, spec_from_dict
-from ct_tune.search._trained import TrainCTSpec
-from ct_tune.steering import Groups, Trace, group_sites
+from ct_tune._specs import StrictSpec, parse_yaml, validated
+from ct_tune.search import StudySpec, spec_from_dict
+from ct_tune.trained import TrainCTSpec
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
-from torch import nn
+from pydantic import ConfigDict, Field, model_validator
 
-__all__ = [
-    "PipelineSpec",
-    "load_pipeline",
-    "map_profile",
-    "pipeline_from_dict",
-    "stage_spec",
-    "train_stage_spec",
-    "warm_start_params",
-    "warm_start_ranges",
-]
+__all__ = ["PipelineSpec", "StageSpec", "load_pipeline", "pipeline_from_dict", "stage_spec", "train_stage_spec"]
 STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
 
 
@@ -119,10 +108,7 @@ def pipeline_from_dict(data: Any, *, source: str = "pipeline") -> PipelineSpec:
     """Validate a pipeline, including every stage's study spec; errors are one line."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: a pipeline is a YAML mapping with name, base and stages")
-    try:
-        pipeline = PipelineSpec.model_validate(data)
-    except ValidationError as error:
-        raise InputError(f"{source}: {describe_validation_error(error)}") from None
+    pipeline = validated(PipelineSpec, data, source=source)
     for stage in pipeline.stages:  # every stage must be a valid study before anything runs
         if stage.kind == "train":
             train_stage_spec(pipeline, stage.name, source=source)
@@ -189,52 +175,3 @@ def train_stage_spec(pipeline: PipelineSpec, stage: str, *, source: str = "pipel
     if base.get("tracking_uri"):
         data["tracking_uri"] = base["tracking_uri"]
     return TrainCTSpec.from_dict(data, source=f"{source} stage {stage!r}")
-
-
-def map_profile(
-    net: nn.Module,
-    trace: Trace,
-    betas: Mapping[str, float],
-    source: str,
-    target: str,
-    *,
-    source_groups: Groups | None = None,
-    target_groups: Groups | None = None,
-) -> dict[str, float]:
-    """A profile at granularity ``source`` expressed at ``target``: each target unit takes the mean beta of
-    its ReLU sites (global -> block copies the value; block -> stage averages the blocks of a stage); the
-    groups are those of a ``custom`` granularity."""
-    source_units = group_sites(net, trace, source, source_groups)
-    target_units = group_sites(net, trace, target, target_groups)
-    collected: dict[str, list[float]] = {}
-    for site, unit in target_units.items():
-        collected.setdefault(unit, []).append(float(betas.get(source_units[site], 1.0)))
-    return {unit: sum(values) / len(values) for unit, values in collected.items()}
-
-
-def warm_start_ranges(
-    profiles: Sequence[Mapping[str, float]], width: float, low: float, high: float
-) -> dict[str, dict[str, float]]:
-    """Per-unit ranges covering every warm-start profile +- ``width``, inside the stage's [low, high]."""
-    ranges = {}
-    for unit in profiles[0]:
-        values = [profile[unit] for profile in profiles]
-        lo, hi = max(low, min(values) - width), min(high, max(values) + width)
-        if hi <= lo:  # the earlier best sits at the edge of this stage's range
-            lo, hi = max(low, hi - 2 * width), min(high, lo + 2 * width)
-        ranges[unit] = {"low": round(lo, 6), "high": round(hi, 6)}
-    return ranges
-
-
-def warm_start_params(spec: StudySpec, profiles: Sequence[Mapping[str, float]], c: float) -> list[dict[str, float]]:
-    """Enqueueable params for the warm-start profiles, clipped into the stage's ranges."""
-    params_list = []
-    for profile in profiles:
-        params = uniform_params(1.0, spec, list(profile))
-        for unit, value in profile.items():
-            beta = spec.search.range_of(unit)
-            params[beta_param(unit)] = min(max(value, beta.low), beta.high)
-        if "c" in params:
-            params["c"] = c
-        params_list.append(params)
-    return params_list

@@ -1,22 +1,20 @@
-"""Searching betas: study specs, the ``Study`` object, the trial loop, pipelines and the final report.
+"""Searching betas: one Optuna study (its spec, the ``Study`` object, launches, the trial loop, the report).
 
 ``create_study`` / ``load_study`` give a :class:`Study` (Optuna's storage is its truth, MLflow follows);
 ``Study.run`` runs trials in this process or in worker processes (``python -m ct_tune.search.worker``);
-``run_pipeline`` runs several studies in order; ``train_ct`` trains CT's betas by gradient instead;
-``Study.report`` is the only reader of the test split (``bootstrap_mean`` / ``compare`` / ``mcnemar`` are
-the statistics it reports with).
-Every ``ct-tune study`` / ``pipeline`` / ``quickstart`` / ``evaluate`` / ``units`` command is one call here.
+``Study.report`` is the only reader of the test split. Every ``ct-tune study`` command is one call here.
+
+The bench a study scores on is ``ct_tune.bench``, the statistics of a report ``ct_tune.evidence``, trained CT
+``ct_tune.trained`` and pipelines ``ct_tune.pipelines``; the names they had here before still resolve.
 """
 
-from ct_tune.search._bench import Bench
-from ct_tune.search._evaluate import evaluate_profile, model_units
-from ct_tune.search._evidence import bootstrap_mean, compare, mcnemar
-from ct_tune.search._pipeline import PipelineResult, StageOutcome, delete_pipeline_studies, run_pipeline
-from ct_tune.search._pipeline_spec import PipelineSpec, load_pipeline, pipeline_from_dict
-from ct_tune.search._quickstart import QUICKSTART_CHECKPOINT, checked_quickstart, quickstart_pipeline, run_quickstart
-from ct_tune.search._report import Reference, StudyReport
+import importlib
+from typing import Any
+
+from ct_tune.search._progress import TrialLine
+from ct_tune.search._report import StudyReport
 from ct_tune.search._run import RunOptions, RunSummary
-from ct_tune.search._spec import StudySpec, load_spec, paper_grid, parse_duration, spec_from_dict
+from ct_tune.search._spec import BetaRange, StudySpec, load_spec, paper_grid, parse_duration, spec_from_dict
 from ct_tune.search._study import (
     Study,
     StudyStatus,
@@ -25,56 +23,63 @@ from ct_tune.search._study import (
     delete_study,
     list_studies,
     load_study,
-)
-from ct_tune.search._trained import (
-    TrainCTSettings,
-    TrainCTSpec,
-    TrainedCT,
-    log_trained_ct,
-    run_train_ct,
-    train_ct,
-    tune_train_ct,
+    new_study,
+    open_study,
+    study_exists,
 )
 
 __all__ = [
-    "QUICKSTART_CHECKPOINT",
-    "Bench",
-    "PipelineResult",
-    "PipelineSpec",
-    "Reference",
+    "BetaRange",
     "RunOptions",
     "RunSummary",
-    "StageOutcome",
     "Study",
     "StudyReport",
     "StudySpec",
     "StudyStatus",
-    "TrainCTSettings",
-    "TrainCTSpec",
-    "TrainedCT",
+    "TrialLine",
     "TrialResult",
-    "bootstrap_mean",
-    "checked_quickstart",
-    "compare",
     "create_study",
-    "delete_pipeline_studies",
     "delete_study",
-    "evaluate_profile",
     "list_studies",
-    "load_pipeline",
     "load_spec",
     "load_study",
-    "log_trained_ct",
-    "mcnemar",
-    "model_units",
+    "new_study",
+    "open_study",
     "paper_grid",
     "parse_duration",
-    "pipeline_from_dict",
-    "quickstart_pipeline",
-    "run_pipeline",
-    "run_quickstart",
-    "run_train_ct",
     "spec_from_dict",
-    "train_ct",
-    "tune_train_ct",
+    "study_exists",
 ]
+
+# Names that lived here before each concept got its own package: resolved on first use (an import here
+# would make ``search`` depend on the packages built on it), so ``ct_tune.search.train_ct`` keeps working.
+_MOVED = {
+    **dict.fromkeys(("Bench", "evaluate_profile", "model_units"), "ct_tune.bench"),
+    **dict.fromkeys(("Reference", "bootstrap_mean", "compare", "mcnemar"), "ct_tune.evidence"),
+    **dict.fromkeys(
+        ("TrainCTSettings", "TrainCTSpec", "TrainedCT", "log_trained_ct", "run_train_ct", "train_ct", "tune_train_ct"),
+        "ct_tune.trained",
+    ),
+    **dict.fromkeys(
+        (
+            "QUICKSTART_CHECKPOINT",
+            "PipelineResult",
+            "PipelineSpec",
+            "StageOutcome",
+            "checked_quickstart",
+            "delete_pipeline_studies",
+            "load_pipeline",
+            "pipeline_from_dict",
+            "quickstart_pipeline",
+            "run_pipeline",
+            "run_quickstart",
+        ),
+        "ct_tune.pipelines",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'ct_tune.search' has no attribute {name!r}")

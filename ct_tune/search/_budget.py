@@ -14,7 +14,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.stores import count_states, database_reason, is_database_error
-from ct_tune.tracking._keys import ATTR_DISCARDED
+from ct_tune.tracking.keys import ATTR_DISCARDED
 
 if TYPE_CHECKING:
     import optuna

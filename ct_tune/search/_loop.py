@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import StorageLost
+from ct_tune.bench import Bench
 from ct_tune.objectives import ObjectiveResult
-from ct_tune.search._bench import Bench
 from ct_tune.search._budget import Budget, DatabaseGone
+from ct_tune.search._progress import TrialLine
 from ct_tune.search._record import TrialRecorder, objective_tags, refresh_study_plots, stale_trial_callback
 from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
 from ct_tune.stores import database_cause, database_reason, is_database_error
 from ct_tune.tracking import Tracker
-from ct_tune.tracking._keys import ATTR_KIND
+from ct_tune.tracking.keys import ATTR_KIND
 from ct_tune.workers import Heartbeats, InterruptGuard, heartbeat_interval
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     import optuna
 
-__all__ = ["LoopSettings", "TrialLoop", "WorkerSummary", "describe_trial"]
+__all__ = ["LoopSettings", "TrialLoop", "WorkerSummary"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LoopSettings:
     grace_period: int | None = None
     poll_seconds: float = 2.0
     refresh_plots: bool = True
-    on_trial: Callable[[dict[str, Any]], None] | None = None  # progress: called after each trial
+    on_trial: Callable[[TrialLine], None] | None = None  # progress: called after each trial
     keep_going: Callable[[], bool] | None = None  # checked before each round: False stops the loop
     # Whether this loop sets the study's parent run RUNNING and ends it. A launch (``run_study``) does
     # that itself around all its workers; a worker started some other way (a cluster executor) does it.
@@ -61,14 +62,26 @@ class LoopSettings:
 
 @dataclass
 class WorkerSummary:
+    """What one worker did; a worker process sends it to its launcher (without its trials, sent one by one)."""
+
     finished: int = 0  # trials this worker finished (COMPLETE + PRUNED)
     failed: int = 0
     discarded: int = 0
     reason: str = ""
-    trials: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[TrialLine] = field(default_factory=list)
     # Seconds per kind of work, summed over this worker's trials: "evaluate" (scoring the model),
     # "tracking" (MLflow calls), "optuna" (sampling, storage reads and writes, heartbeats).
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
+
+    def counts(self) -> dict[str, Any]:
+        """Everything but the trials: a worker's last event."""
+        return {key: getattr(self, key) for key in ("finished", "failed", "discarded", "reason", "seconds")}
+
+    @classmethod
+    def from_counts(cls, data: Mapping[str, Any]) -> WorkerSummary:
+        return cls(
+            **{key: data[key] for key in ("finished", "failed", "discarded", "reason", "seconds") if key in data}
+        )
 
 
 class _Pruned(Exception):
@@ -298,7 +311,7 @@ class TrialLoop:
         for line in lines:  # once every trial is ended: a dead launcher's pipe cannot leave one RUNNING
             if self.settings.on_trial is not None:
                 self.settings.on_trial(line)
-        if self.settings.refresh_plots and any(line["state"] == "COMPLETE" for line in lines):
+        if self.settings.refresh_plots and any(line.state == "COMPLETE" for line in lines):
             self.refresh_plots()
         if raised is not None:
             raise raised
@@ -376,7 +389,7 @@ class TrialLoop:
         except optuna.exceptions.UpdateFinishedTrialError:  # ended elsewhere between Optuna's check and write
             return self.study.storage.get_trial(trial._trial_id).state
 
-    def _end(self, begun: _Begun, outcome: _Outcome, seconds: float) -> dict[str, Any]:
+    def _end(self, begun: _Begun, outcome: _Outcome, seconds: float) -> TrialLine:
         """End one trial: Optuna first, then its MLflow run with the state Optuna holds; returns its progress
         line. A crash between the two leaves a RUNNING run that the next launch closes (``close_orphan_runs``)."""
         from optuna.trial import TrialState
@@ -408,17 +421,17 @@ class TrialLoop:
         self.summary.seconds["tracking"] += self._trial_tracking
         self._round_evaluate += self._trial_evaluate
         self._round_tracking += self._trial_tracking
-        line = {
-            "number": trial.number,
-            "state": held,
-            "seconds": seconds,
-            "values": {n: r.value for n, r in results.items()},
-            "betas": begun.betas,
-            "c": begun.c,
-            "rss_mb": metrics.get("worker_rss_mb"),
-            "ended": time.time(),
-        }
-        if held in ("COMPLETE", "PRUNED"):
+        line = TrialLine(
+            number=trial.number,
+            state=held,
+            seconds=seconds,
+            values={n: r.value for n, r in results.items()},
+            betas=begun.betas,
+            c=begun.c,
+            rss_mb=metrics.get("worker_rss_mb"),
+            ended=time.time(),
+        )
+        if line.finished:
             self.summary.finished += 1
         else:
             self.summary.failed += 1
@@ -434,12 +447,3 @@ class TrialLoop:
             return
         self._last_plots = now
         refresh_study_plots(self.study, self.tracker, wait=force)
-
-
-def describe_trial(line: Mapping[str, Any], objective_names: list[str], units_shown: int = 6) -> str:
-    """One human line per finished trial, for the live log."""
-    values = ", ".join(f"{n}={line['values'][n]:.4f}" for n in objective_names if n in line["values"])
-    betas = line["betas"]
-    shown = ", ".join(f"{unit}={beta:.3f}" for unit, beta in list(betas.items())[:units_shown])
-    more = f", ... (+{len(betas) - units_shown})" if len(betas) > units_shown else ""
-    return f"trial {line['number']:>4} {line['state']:<8} {values or '-':<30} {line['seconds']:6.1f}s  {shown}{more}"

@@ -19,7 +19,7 @@ from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._space import BETA_PREFIX, C_PARAM
 from ct_tune.stores import count_states, database_reason, is_database_error
 from ct_tune.tracking import Tracker, beta_profile_figure, study_figures
-from ct_tune.tracking._keys import (
+from ct_tune.tracking.keys import (
     ATTR_RUN_ID,
     TAG_ATTACK,
     TAG_DEVICE,

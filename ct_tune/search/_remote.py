@@ -17,18 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
-from ct_tune.search._progress import Progress
+from ct_tune.search._progress import Progress, TrialLine
 from ct_tune.stores import STORAGE_ENV, TRACKING_ENV, is_tracking_server, redact, sqlite_path, without_password
-from ct_tune.workers import WorkerPlan
-from ct_tune.workers._ray import RayOptions, connected, launch_on_ray, plan_actors
-from ct_tune.workers._slurm import SlurmOptions, SubmittedJob, job_state, submit_array
+from ct_tune.tracking.keys import ATTR_JOBS
+from ct_tune.workers import (
+    RayOptions,
+    SlurmOptions,
+    SubmittedJob,
+    WorkerPlan,
+    connected,
+    job_state,
+    launch_on_ray,
+    plan_actors,
+    submit_array,
+)
 
 if TYPE_CHECKING:
     from ct_tune.search._study import Study
     from ct_tune.workers import LaunchResult
 
 __all__ = [
-    "ATTR_JOBS",
     "EXECUTORS",
     "check_shared_stores",
     "follow_jobs",
@@ -40,7 +48,6 @@ __all__ = [
 
 EXECUTORS = ("local", "slurm", "ray")
 REMOTE_ENTRY = "ct_tune.search.worker:run_remote"  # what a SLURM task or a Ray actor calls
-ATTR_JOBS = "ct_tune.jobs"  # Optuna study attribute: the SLURM jobs submitted for the study
 JOBS_SHOWN = 20
 FOLLOW_SECONDS = 5.0
 
@@ -133,7 +140,7 @@ def recorded_jobs(study: Study) -> list[dict[str, Any]]:
     return [{**job, "state": job_state(job)} for job in jobs]
 
 
-def follow_jobs(study: Study, jobs: list[SubmittedJob], progress: Progress, describe: Callable) -> list[dict]:
+def follow_jobs(study: Study, jobs: list[SubmittedJob], progress: Progress) -> list[dict]:
     """Show every trial that ends, read from the storage, until no job is pending or running any more;
     the jobs' final states."""
     from optuna.trial import TrialState
@@ -148,14 +155,10 @@ def follow_jobs(study: Study, jobs: list[SubmittedJob], progress: Progress, desc
                 continue
             seen.add(trial.number)
             result = study.result_of(trial)
-            line = {
-                "number": trial.number,
-                "state": trial.state.name,
-                "seconds": result.seconds or 0.0,
-                "values": result.values,
-                "betas": result.betas,
-            }
-            progress.trial(line, describe(line, study.objective_names))
+            line = TrialLine(
+                trial.number, trial.state.name, result.seconds or 0.0, result.values, result.betas, result.c
+            )
+            progress.trial(line, line.describe(study.objective_names))
         if not any(state in ("RUNNING", "PENDING", "REQUEUED", "CONFIGURING", "COMPLETING") for state in states):
             return [{**job, "state": state} for job, state in zip(records, states, strict=True)]
         time.sleep(FOLLOW_SECONDS)

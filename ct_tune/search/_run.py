@@ -1,10 +1,10 @@
 """Running a study: one launch, with one worker in this process or several worker processes.
 
 Before any worker starts, the launch does once what workers racing on it would duplicate: it turns the
-budget into an absolute number of finished trials, enqueues again the baseline/grid trials whose earlier
-attempt failed, and closes MLflow runs left RUNNING by workers that died. Then it runs the trial loop
-here (one worker) or starts ``python -m ct_tune.search.worker`` per planned worker and relays their
-trials to one progress view. Optuna and MLflow are told in the same order either way.
+budget into an absolute number of finished trials and repairs what earlier launches left (``_repair``).
+Then it runs the trial loop here (one worker), starts ``python -m ct_tune.search.worker`` per planned
+worker, places actors on Ray or submits a SLURM job array, and relays their trials to one progress view.
+Optuna and MLflow are told in the same order either way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError, StorageLost, WorkerFailed
 from ct_tune._quiet import quiet_loggers
-from ct_tune.search._progress import Progress
+from ct_tune.search._loop import WorkerSummary
+from ct_tune.search._progress import Progress, TrialLine
 from ct_tune.search._remote import (
     EXECUTORS,
     check_shared_stores,
@@ -31,34 +32,27 @@ from ct_tune.search._remote import (
     slurm_settings_note,
     submit_slurm,
 )
-from ct_tune.search._space import initial_trials
+from ct_tune.search._repair import close_orphan_runs, requeue_initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
-from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_STATE, TAG_TRIAL
 from ct_tune.workers import (
     EXIT_DATABASE_LOST,
+    LaunchResult,
     RayOptions,
     SlurmOptions,
     WorkerPlan,
     check_cores,
     check_log_dir,
+    import_ray,
+    import_submitit,
     launch,
+    local_cpus,
     plan_workers,
 )
-from ct_tune.workers._ray import import_ray, local_cpus
-from ct_tune.workers._slurm import import_submitit
 
 if TYPE_CHECKING:
     from ct_tune.search._study import Study
 
-__all__ = [
-    "INTERRUPTED",
-    "RunOptions",
-    "RunSummary",
-    "WorkerSettings",
-    "close_orphan_runs",
-    "requeue_initial_trials",
-    "run_study",
-]
+__all__ = ["INTERRUPTED", "RunOptions", "RunSummary", "WorkerSettings", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +162,59 @@ class RunSummary:
     workers: int = 0
     # seconds per kind of work, summed over workers: evaluate, tracking (MLflow), optuna
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
-    trials: list[dict[str, Any]] = field(default_factory=list)  # one line per trial of this launch
+    trials: list[TrialLine] = field(default_factory=list)  # one line per trial of this launch
     jobs: list[dict[str, Any]] = field(default_factory=list)  # SLURM jobs submitted (executor slurm)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "trials": [line.to_dict() for line in self.trials]}
+
+    @classmethod
+    def of_workers(
+        cls, study: str, workers: int, summaries: list[WorkerSummary], trials: list[TrialLine]
+    ) -> RunSummary:
+        """The launch's summary from its workers' (their reasons, counts and seconds added up)."""
+        seconds = {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0}
+        for summary in summaries:
+            for kind, value in summary.seconds.items():
+                seconds[kind] = seconds.get(kind, 0.0) + float(value)
+        return cls(
+            study,
+            ", ".join(sorted({s.reason for s in summaries if s.reason})) or "done",
+            finished=sum(s.finished for s in summaries),
+            failed=sum(s.failed for s in summaries),
+            discarded=sum(s.discarded for s in summaries),
+            workers=workers,
+            seconds=seconds,
+            trials=trials,
+        )
+
+
+@dataclass
+class _Launch:
+    """One launch, planned before anything is written: its workers and where the study should get to."""
+
+    options: RunOptions
+    plans: list[WorkerPlan]  # local workers (Ray adds its actors once placed)
+    finished: int  # trials finished before this launch
+    target: int | None  # finished trials to reach (None: no trial target)
+    timeout: float | None  # seconds
+    crowded: str | None  # the warning of a machine given more CPU workers than cores
+    ray_cpus: int = 0  # the CPUs of a Ray instance started here
+    progress: Progress | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def deadline(self) -> float | None:
+        """time.time() after which no trial starts."""
+        return None if self.timeout is None else self.started + self.timeout
+
+    @property
+    def left(self) -> int | None:
+        return None if self.target is None else self.target - self.finished
+
+    def say(self, text: str) -> None:
+        assert self.progress is not None
+        self.progress.write(text)
 
 
 def run_study(study: Study, options: RunOptions) -> RunSummary:
@@ -180,41 +222,13 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     options.check()
     if options.remote:
         check_shared_stores(study, options.executor)
-    spec = study.spec
-    local = options.executor == "local"
-    plans = plan_workers(options.workers, options.devices or spec.run.device) if local else []
-    states = study.counts()
-    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
-    target = finished + options.n_trials if options.n_trials is not None else spec.budget.n_trials
-    timeout = options.timeout if options.timeout is not None else spec.budget.timeout
-    if target is not None and finished >= target:
-        return RunSummary(study.name, f"budget already reached ({finished} trials); use --n-trials to run more")
-    if local and target is not None and target - finished < len(plans):  # a worker with no trial only costs a start
-        plans = plan_workers(target - finished, options.devices or spec.run.device)
-    crowded = check_cores(plans, oversubscribe=options.oversubscribe)  # before anything is written
-    ray_cpus = 0
-    if options.executor == "ray" and options.ray.address is None:  # a Ray instance here: the same rule
-        ray_cpus, crowded = local_cpus(options.ray, oversubscribe=options.oversubscribe)
-
-    # Done once, before any worker starts: workers racing on these would duplicate them.
+    planned = _plan(study, options)
+    if planned.target is not None and planned.finished >= planned.target:
+        reason = f"budget already reached ({planned.finished} trials); use --n-trials to run more"
+        return RunSummary(study.name, reason)
     tracker = study.tracker
-    requeued = requeue_initial_trials(study)
-    closed = close_orphan_runs(study)
-    progress = Progress(total=None if target is None else target - finished, bar=options.progress)
-    if crowded:
-        progress.write(crowded)
-    if requeued:
-        progress.write(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
-    if closed:
-        progress.write(f"closed {closed} MLflow run(s) left RUNNING by a worker that stopped")
-    deadline = None if timeout is None else time.time() + timeout
-    target_text = target if target is not None else "none"
-    placement = f"{len(plans)} worker(s)" if local else f"executor {options.executor}"
-    progress.write(
-        f"study {study.name}: {len(study.units)} {spec.search.granularity} units, {finished} trial(s) finished, "
-        f"target {target_text}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {placement}"
-    )
-    left = None if target is None else target - finished
+    planned.progress = Progress(total=planned.left, bar=options.progress)
+    _repair(study, planned)
     lost = False
     # The parent run spans the launches: RUNNING from before the first worker starts until after the
     # last one ends and its runs are closed, then ended with this launch's end time.
@@ -222,11 +236,11 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     status = "FAILED"
     try:
         if options.executor == "slurm":
-            summary = _submit(study, options, target, deadline, left, progress)
-        elif local and len(plans) == 1:
-            summary = _run_here(study, tracker, plans[0], options, target, deadline, progress)
+            summary = _submit(study, planned)
+        elif options.executor == "local" and len(planned.plans) == 1:
+            summary = _run_here(study, planned)
         else:
-            summary = _launch(study, plans, options, target, deadline, left, progress, ray_cpus)
+            summary = _launch(study, planned)
         # submitted SLURM jobs run on: their workers end the parent run (owns_parent_run)
         status = "RUNNING" if options.executor == "slurm" and not options.wait else "FINISHED"
     except KeyboardInterrupt as stop:  # the CLI prints the line, once
@@ -236,12 +250,50 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         lost = True
         raise
     finally:
-        progress.close()
+        planned.progress.close()
         if not lost:  # a lost database: the next launch closes them, and ends the parent run
             _close_orphans_at_the_end(study)
             with quiet_loggers("mlflow", level=logging.CRITICAL):
                 tracker.set_status(study.parent_run_id, status)
     return summary
+
+
+def _plan(study: Study, options: RunOptions) -> _Launch:
+    """The workers and the target of a launch; refuses a crowded machine before anything is written."""
+    spec = study.spec
+    local = options.executor == "local"
+    devices = options.devices or spec.run.device
+    plans = plan_workers(options.workers, devices) if local else []
+    states = study.counts()
+    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    target = finished + options.n_trials if options.n_trials is not None else spec.budget.n_trials
+    timeout = options.timeout if options.timeout is not None else spec.budget.timeout
+    if local and target is not None and 0 < target - finished < len(plans):  # a worker with no trial costs a start
+        plans = plan_workers(target - finished, devices)
+    crowded = check_cores(plans, oversubscribe=options.oversubscribe)
+    ray_cpus = 0
+    if options.executor == "ray" and options.ray.address is None:  # a Ray instance here: the same rule
+        ray_cpus, crowded = local_cpus(options.ray, oversubscribe=options.oversubscribe)
+    return _Launch(options, plans, finished, target, timeout, crowded, ray_cpus)
+
+
+def _repair(study: Study, planned: _Launch) -> None:
+    """Done once, before any worker starts (workers racing on these would duplicate them), and said."""
+    requeued = requeue_initial_trials(study)
+    closed = close_orphan_runs(study)
+    if planned.crowded:
+        planned.say(planned.crowded)
+    if requeued:
+        planned.say(f"enqueued {requeued} baseline/grid trial(s) again: their earlier attempt failed")
+    if closed:
+        planned.say(f"closed {closed} MLflow run(s) left RUNNING by a worker that stopped")
+    options, timeout = planned.options, planned.timeout
+    target = planned.target if planned.target is not None else "none"
+    placement = f"{len(planned.plans)} worker(s)" if options.executor == "local" else f"executor {options.executor}"
+    planned.say(
+        f"study {study.name}: {len(study.units)} {study.spec.search.granularity} units, {planned.finished} trial(s) "
+        f"finished, target {target}" + (f", timeout {timeout:.0f}s" if timeout else "") + f", {placement}"
+    )
 
 
 def _close_orphans_at_the_end(study: Study) -> None:
@@ -256,38 +308,32 @@ def _close_orphans_at_the_end(study: Study) -> None:
         logger.warning("closed %d MLflow run(s) left RUNNING by a worker that stopped", closed)
 
 
-def _run_here(study: Study, tracker, plan: WorkerPlan, options: RunOptions, target, deadline, progress) -> RunSummary:
-    from ct_tune.search._bench import Bench
-    from ct_tune.search._loop import LoopSettings, TrialLoop, describe_trial
+def _run_here(study: Study, planned: _Launch) -> RunSummary:
+    from ct_tune.bench import Bench
+    from ct_tune.search._loop import LoopSettings, TrialLoop
 
+    plan, options, progress = planned.plans[0], planned.options, planned.progress
+    assert progress is not None
     device = "cpu" if plan.device == "cpu" else f"cuda:{plan.visible_gpu}"
-    with Bench.open(study.spec, device=device) as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device=device) as bench:
         bench.check_identity(study.meta, study.name)
         progress.write(f"worker 0 on {bench.device_label}")
         names = study.objective_names
         settings = LoopSettings(
-            target_total=target,
-            deadline=deadline,
+            target_total=planned.target,
+            deadline=planned.deadline,
             heartbeat_interval=options.heartbeat,
             grace_period=options.grace_period,
-            on_trial=lambda line: progress.trial(line, describe_trial(line, names)),
+            on_trial=lambda line: progress.trial(line, line.describe(names)),
             owns_parent_run=False,  # run_study spans it
         )
-        worker = TrialLoop(study, bench, tracker, settings).run()
-    return RunSummary(
-        study.name,
-        worker.reason,
-        finished=worker.finished,
-        failed=worker.failed,
-        discarded=worker.discarded,
-        workers=1,
-        seconds=dict(worker.seconds),
-        trials=worker.trials,
-    )
+        worker = TrialLoop(study, bench, study.tracker, settings).run()
+    return RunSummary.of_workers(study.name, 1, [worker], worker.trials)
 
 
-def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Callable[[WorkerPlan], dict[str, Any]]:
+def _worker_settings(study: Study, planned: _Launch) -> Callable[[WorkerPlan], dict[str, Any]]:
     """What every worker is handed, whatever runs it."""
+    options = planned.options
 
     def settings(plan: WorkerPlan) -> dict[str, Any]:
         return WorkerSettings(
@@ -297,8 +343,8 @@ def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Cal
             worker=plan.index,
             device=plan.device,
             threads=plan.threads,
-            target_total=target,
-            deadline=deadline,
+            target_total=planned.target,
+            deadline=planned.deadline,
             heartbeat=options.heartbeat,
             grace=options.grace_period,
             sys_path=list(sys.path),
@@ -309,53 +355,59 @@ def _worker_settings(study: Study, options: RunOptions, target, deadline) -> Cal
     return settings
 
 
-def _launch(
-    study: Study, plans: list[WorkerPlan], options: RunOptions, target, deadline, left, progress, ray_cpus: int
-) -> RunSummary:
-    from ct_tune.search._bench import prepare_data
-    from ct_tune.search._loop import describe_trial
+def _launch(study: Study, planned: _Launch) -> RunSummary:
+    """Worker processes here, or actors on Ray; their trials relayed to the progress view."""
+    from ct_tune.bench import prepare_data
     from ct_tune.search._record import refresh_study_plots
 
     prepare_data(study.spec)  # once on this machine; the workers only set up
-
+    options, progress = planned.options, planned.progress
+    assert progress is not None
     names = study.objective_names
     log_dir = Path(options.log_dir or f"logs/{study.name}")
-    lines: list[dict[str, Any]] = []
+    lines: list[TrialLine] = []
 
     def on_event(index: int, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "ready":
             progress.write(f"worker {index} ready on {event.get('device')} (pid {event.get('pid')})")
         elif kind == "trial":
-            lines.append(event)
-            progress.trial(event, f"[w{index}] " + describe_trial(event, names))
+            line = TrialLine.from_dict(event)
+            lines.append(line)
+            progress.trial(line, f"[w{index}] " + line.describe(names))
 
-    settings = _worker_settings(study, options, target, deadline)
-    resume = f"ct-tune study run {study.name}"
+    settings = _worker_settings(study, planned)
     if options.executor == "ray":
         result = launch_ray(
             study,
             options.ray,
-            limit=left,
+            limit=planned.left,
             settings=settings,
             log_dir=log_dir,
             on_event=on_event,
             progress=progress,
-            on_plans=lambda placed: plans.extend(placed),
-            cpus=ray_cpus,
+            on_plans=lambda placed: planned.plans.extend(placed),
+            cpus=planned.ray_cpus,
         )
     else:
-        result = launch(WORKER_MODULE, plans, settings=settings, log_dir=log_dir, on_event=on_event)
-    if result.interrupted and options.executor == "ray":
+        result = launch(WORKER_MODULE, planned.plans, settings=settings, log_dir=log_dir, on_event=on_event)
+    _check_ended(study, planned, result)
+    refresh_study_plots(study, study.tracker)
+    summaries = [WorkerSummary.from_counts(summary) for summary in result.summaries.values()]
+    return RunSummary.of_workers(study.name, len(planned.plans), summaries, lines)
+
+
+def _check_ended(study: Study, planned: _Launch, result: LaunchResult) -> None:
+    """Raise what the launch's end means: Ctrl-C, a lost database, workers that failed before the target."""
+    if result.interrupted and planned.options.executor == "ray":
         happened = (
             "the actors were killed: their running trials fail by heartbeat on the next run"
             if result.killed
             else "the actors ended their running trials"
         )
-        raise KeyboardInterrupt(f"interrupted ({happened}). Resume with: {resume}")
+        raise KeyboardInterrupt(f"interrupted ({happened}). Resume with: ct-tune study run {study.name}")
     if result.interrupted:
         raise KeyboardInterrupt
-    summaries = result.summaries.values()
     lost = [i for i, code in result.exit_codes.items() if code == EXIT_DATABASE_LOST]
     if lost:
         raise StorageLost(
@@ -366,39 +418,23 @@ def _launch(
     if broken:
         finished_total = _finished(study)
         texts = [f"worker {i} {_exit_text(code)}; see {result.log_files[i]}" for i, code in broken.items()]
-        if target is None or finished_total < target:
-            raise WorkerFailed("; ".join(texts) + f" ({finished_total} of {target} trials finished)")
+        if planned.target is None or finished_total < planned.target:
+            raise WorkerFailed("; ".join(texts) + f" ({finished_total} of {planned.target} trials finished)")
         for text in texts:  # the others finished the budget (its trial was retried): the job is done
-            progress.write(f"warning: {text}")
-    refresh_study_plots(study, study.tracker)
-    reasons = {s.get("reason", "") for s in summaries}
-    seconds = {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0}
-    for summary in summaries:
-        for kind, value in (summary.get("seconds") or {}).items():
-            seconds[kind] = seconds.get(kind, 0.0) + float(value)
-    return RunSummary(
-        study.name,
-        ", ".join(sorted(r for r in reasons if r)) or "done",
-        finished=sum(s.get("finished", 0) for s in summaries),
-        failed=sum(s.get("failed", 0) for s in summaries),
-        discarded=sum(s.get("discarded", 0) for s in summaries),
-        workers=len(plans),
-        seconds=seconds,
-        trials=[{k: v for k, v in line.items() if k != "event"} for line in lines],
-    )
+            planned.say(f"warning: {text}")
 
 
-def _submit(study: Study, options: RunOptions, target, deadline, left, progress) -> RunSummary:
+def _submit(study: Study, planned: _Launch) -> RunSummary:
     """Submit the SLURM job array; with ``wait``, follow the study until the jobs end."""
-    from ct_tune.search._bench import prepare_data
-    from ct_tune.search._loop import describe_trial
+    from ct_tune.bench import prepare_data
 
     prepare_data(study.spec)  # once, here: the jobs read what it wrote (a shared disk on a cluster)
+    options, progress = planned.options, planned.progress
+    assert progress is not None
     log_dir = Path(options.log_dir or f"logs/{study.name}")
     before = study.counts()
-    jobs = submit_slurm(
-        study, options.slurm, limit=left, settings=_worker_settings(study, options, target, deadline), log_dir=log_dir
-    )
+    settings = _worker_settings(study, planned)
+    jobs = submit_slurm(study, options.slurm, limit=planned.left, settings=settings, log_dir=log_dir)
     workers = sum(len(job.workers) for job in jobs)
     ids = ", ".join(job.job_id for job in jobs)
     progress.write(f"submitted {len(jobs)} job(s) ({workers} worker(s)): {ids}; logs in {log_dir / 'slurm'}")
@@ -406,7 +442,7 @@ def _submit(study: Study, options: RunOptions, target, deadline, left, progress)
     records = [job.to_dict() for job in jobs]
     if not options.wait:
         return RunSummary(study.name, f"submitted {len(jobs)} job(s)", workers=workers, jobs=records)
-    records = follow_jobs(study, jobs, progress, describe_trial)
+    records = follow_jobs(study, jobs, progress)
     after = study.counts()
     done = sum(after.get(k, 0) - before.get(k, 0) for k in ("COMPLETE", "PRUNED"))
     states = ", ".join(sorted({job["state"].lower() for job in records}))
@@ -438,69 +474,3 @@ def _exit_text(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
-
-
-# --------------------------------------------------------------------------------------------------
-# What a launch repairs before its workers start
-def requeue_initial_trials(study: Study) -> int:
-    """Enqueue again the baseline / paper-grid trials that ended FAIL (a crash, a Ctrl-C), so that the
-    ReLU baseline is always part of the study. Returns how many were enqueued."""
-    from optuna.trial import TrialState
-
-    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    present = [
-        t.system_attrs.get("fixed_params", t.params)
-        for t in study.optuna_study.get_trials(deepcopy=False, states=alive)
-    ]
-    added = 0
-    for params, kind in initial_trials(study.spec, study.units):
-        if not any(_same_params(params, other) for other in present):
-            study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
-            present.append(params)
-            added += 1
-    return added
-
-
-def close_orphan_runs(study: Study) -> int:
-    """Close the MLflow runs left RUNNING by workers that stopped between Optuna's tell and MLflow (killed,
-    or the MLflow store was unreachable), so that MLflow follows Optuna: a run whose trial has ended takes
-    the trial's state (and its values, when it completed). A run whose trial is still RUNNING is left alone
-    unless the trial names another run: its worker may be alive, on another launch. Returns how many were
-    closed."""
-    from optuna.trial import TrialState
-
-    tracker = study.tracker
-    experiment = study.mlflow.get("experiment_id")
-    if experiment is None:
-        return 0
-    # Two searches, as MLflow's filters have no OR: a run tagged RUNNING, and a trial run whose state tag
-    # was written but whose status was not (the store stopped between the two calls that finish a run).
-    # The second leaves out the study's parent run and any other run that is not a trial's.
-    runs = {run.info.run_id: run for run in tracker.runs(experiment, filter_string=f"tags.`{TAG_STATE}` = 'RUNNING'")}
-    for run in tracker.runs(experiment, filter_string="attributes.status = 'RUNNING'"):
-        if TAG_TRIAL in run.data.tags:
-            runs.setdefault(run.info.run_id, run)
-    if not runs:
-        return 0
-    trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
-    closed = 0
-    for run in runs.values():
-        trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
-        named = None if trial is None else trial.user_attrs.get(ATTR_RUN_ID)
-        running = trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING)
-        if running and named in (None, run.info.run_id):
-            continue
-        adopted = trial is not None and named == run.info.run_id  # the run the trial names as its own
-        if adopted and run.data.tags.get(TAG_STATE) == trial.state.name:
-            tracker.close_run(run.info.run_id, state=trial.state.name)  # its values are logged: only the status
-        elif adopted and trial.state != TrialState.FAIL:
-            values = dict(zip(study.objective_names, trial.values or (), strict=False))
-            tracker.close_run(run.info.run_id, state=trial.state.name, metrics=values)
-        else:
-            tracker.close_run(run.info.run_id, state="FAIL", reason="its worker stopped before closing it")
-        closed += 1
-    return closed
-
-
-def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(abs(float(a[k]) - float(b[k])) < 1e-12 for k in a)

@@ -42,7 +42,7 @@ def distributions(spec: StudySpec, units: Sequence[str]) -> dict[str, optuna.dis
 def check_units(spec: StudySpec, units: Sequence[str]) -> None:
     """Refuse per-unit ranges naming units the model does not have (one line, listing the valid ones)."""
     from ct_tune._errors import InputError
-    from ct_tune.steering._sites import describe
+    from ct_tune.steering import describe
 
     unknown = [unit for unit in spec.search.ranges if unit not in units]
     if unknown:
@@ -80,6 +80,18 @@ def uniform_params(value: float, spec: StudySpec, units: Sequence[str]) -> dict[
     params: dict[str, float] = {beta_param(unit): value for unit in units}
     if isinstance(spec.search.c, CRange):
         params[C_PARAM] = 0.5 if spec.search.c.low <= 0.5 <= spec.search.c.high else spec.search.c.low
+    return params
+
+
+def profile_params(spec: StudySpec, betas: Mapping[str, float], c: float) -> dict[str, float]:
+    """Enqueueable params for a profile (units it leaves out stay ReLU), each beta clipped into its unit's
+    range; ``c`` where the study searches it."""
+    params = uniform_params(1.0, spec, list(betas))
+    for unit, value in betas.items():
+        beta = spec.search.range_of(unit)
+        params[beta_param(unit)] = min(max(value, beta.low), beta.high)
+    if C_PARAM in params:
+        params[C_PARAM] = c
     return params
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
 from ct_tune._version import __version__
-from ct_tune.search._space import check_units, initial_trials, profile_from_params
+from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
 from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
@@ -36,7 +36,7 @@ from ct_tune.stores import (
     without_password,
 )
 from ct_tune.tracking import Tracker
-from ct_tune.tracking._keys import (
+from ct_tune.tracking.keys import (
     ATTR_DISCARDED,
     ATTR_KIND,
     ATTR_META,
@@ -49,7 +49,8 @@ from ct_tune.tracking._keys import (
 from ct_tune.workers import RayOptions, SlurmOptions
 
 if TYPE_CHECKING:
-    from ct_tune.search._report import Reference, StudyReport
+    from ct_tune.evidence import Reference
+    from ct_tune.search._report import StudyReport
     from ct_tune.search._run import RunSummary
 
     import optuna
@@ -121,7 +122,8 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+def study_exists(name: str, *, storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the open Optuna ``storage`` holds a study of that name."""
     return any(summary.study_name == name for summary in storage.get_all_studies())
 
 
@@ -401,6 +403,12 @@ class Study:
         )
         return run_study(self, options)
 
+    def enqueue(self, betas: Mapping[str, float], *, c: float = 0.5, kind: str = "warm-start") -> None:
+        """Enqueue a profile as a coming trial (``kind`` labels it in MLflow): each beta clipped into its unit's
+        range, units it leaves out at 1 (ReLU), ``c`` where the study searches it."""
+        params = profile_params(self.spec, betas, c)
+        self.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
+
     def export(self, path: str | os.PathLike[str] | None = None, *, trial: int | None = None) -> BetaProfile:
         """The beta profile of the best trial (or ``trial``), written to ``path`` when one is given."""
         profile = self.chosen(trial).profile
@@ -484,7 +492,7 @@ def create_study(
     then the spec, then ``sqlite:///studies/optuna.db`` / ``sqlite:///mlruns/mlflow.db``). A study of the
     same name is an error unless ``resume_if_exists`` (then it must search the same space).
     """
-    from ct_tune.search._bench import Bench
+    from ct_tune.bench import Bench
 
     parsed, default_name = _as_spec(spec)
     name = name or default_name
@@ -497,52 +505,47 @@ def create_study(
     # wrong host, password, checkpoint or dataset leaves both stores as they were.
     check_reachable(storage_url, what="Optuna storage")
     check_reachable(tracking, what="MLflow tracking store")
-    with Bench.open(parsed, device="cpu", steer=False) as bench:
+    with Bench.open(parsed, **parsed.grouping, device="cpu", steer=False) as bench:
         units, meta = bench.units, bench.meta()
     optuna_storage = open_optuna_storage(storage_url)
     tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
-    return new_study(parsed, name, storage_url, optuna_storage, tracker, units, meta, resume_if_exists=resume_if_exists)
+    return new_study(
+        parsed,
+        name=name,
+        storage_url=storage_url,
+        storage=optuna_storage,
+        tracker=tracker,
+        units=units,
+        meta=meta,
+        resume_if_exists=resume_if_exists,
+    )
 
 
 def new_study(
     spec: StudySpec,
+    *,
     name: str,
     storage_url: str,
     storage: optuna.storages.BaseStorage,
     tracker: Tracker,
     units: Sequence[str],
     meta: dict[str, Any],
-    *,
     resume_if_exists: bool = False,
 ) -> Study:
-    """Create the study in an open storage from what a bench found (``units``, ``meta``): all or nothing."""
+    """Create the study in an open storage from what a bench found (``units``, ``meta``): all or nothing.
+
+    What ``create_study`` does once the model and data are loaded; a pipeline, which opens the bench
+    itself to map earlier profiles onto the new units, calls it directly."""
     import optuna
 
     _quiet_optuna()
     check_units(spec, units)
-    if study_exists(storage, name):
-        if not resume_if_exists:
-            raise InputError(
-                f"a study named {name!r} already exists in {redact(storage_url)}; choose another --name, "
-                "pass --resume-if-exists, or delete it with 'ct-tune study delete'"
-            )
-        existing = open_study(name, storage_url, storage, tracker=tracker)
-        if (
-            existing.spec.search != spec.search
-            or existing.spec.objectives != spec.objectives
-            or existing.units != list(units)
-        ):
-            raise InputError(
-                f"study {name!r} exists with another search space or objectives; --resume-if-exists only "
-                "resumes the same search (choose another --name)"
-            )
-        existing.resumed = True
-        return existing
-
+    if study_exists(name, storage=storage):
+        return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
     new_experiment = tracker.experiment_id(name, create=False) is None
     experiment_id = tracker.experiment_id(name, create=True)
     study = None
-    mlflow_info: dict[str, Any] = {}
+    parent_run_id = None
     try:
         study = optuna.create_study(
             storage=storage,
@@ -551,30 +554,15 @@ def new_study(
             sampler=optuna.samplers.RandomSampler(),  # samplers are not stored; each worker builds its own
         )
         study.set_metric_names(spec.objective_names)
-        mlflow_info.update(
-            {
-                "tracking_uri": without_password(tracker.tracking_uri),  # workers get the real one on stdin
-                "experiment_id": experiment_id,
-                "artifact_location": tracker.artifact_location,
-            }
+        parent_run_id = tracker.create_study_run(
+            experiment_id, name, _parent_params(spec, name, units, storage_url), spec.to_dict()
         )
-        parent_params = {
-            "study": name,
-            "granularity": spec.search.granularity,
-            "n_units": len(units),
-            "beta_range": f"[{spec.search.beta.low}, {spec.search.beta.high}]",
-            "c": spec.search.c if not spec.search.searches_c else "searched",
-            "objectives": ",".join(spec.objective_names),
-            "directions": ",".join(spec.directions),
-            "sampler": spec.sampler.name,
-            "pruner": spec.pruner.name,
-            "n_trials": spec.budget.n_trials,
-            "model": spec.model.label,
-            "data": spec.data.label,
-            "storage": without_password(storage_url),
-            "ct_tune_version": __version__,
+        mlflow_info = {
+            "tracking_uri": without_password(tracker.tracking_uri),  # workers get the real one on stdin
+            "experiment_id": experiment_id,
+            "artifact_location": tracker.artifact_location,
+            "parent_run_id": parent_run_id,
         }
-        mlflow_info["parent_run_id"] = tracker.create_study_run(experiment_id, name, parent_params, spec.to_dict())
         study.set_user_attr(ATTR_SPEC, spec.to_dict())
         study.set_user_attr(ATTR_UNITS, list(units))
         study.set_user_attr(ATTR_META, {**meta, "created": _now(), "ct_tune_version": __version__})
@@ -587,17 +575,67 @@ def new_study(
             optuna.delete_study(study_name=name, storage=storage)
         if new_experiment:
             tracker.delete_experiment(name)
-        elif "parent_run_id" in mlflow_info:
-            tracker.client.delete_run(mlflow_info["parent_run_id"])
+        elif parent_run_id is not None:
+            tracker.client.delete_run(parent_run_id)
         raise
-    return open_study(name, storage_url, storage, tracker=tracker)
+    return open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
+
+
+def _resumed(
+    spec: StudySpec,
+    name: str,
+    storage_url: str,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    units: Sequence[str],
+    *,
+    resume_if_exists: bool,
+) -> Study:
+    """The existing study of that name, if asked for and it searches the same space (else one line)."""
+    if not resume_if_exists:
+        raise InputError(
+            f"a study named {name!r} already exists in {redact(storage_url)}; choose another --name, "
+            "pass --resume-if-exists, or delete it with 'ct-tune study delete'"
+        )
+    existing = open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
+    if (
+        existing.spec.search != spec.search
+        or existing.spec.objectives != spec.objectives
+        or existing.units != list(units)
+    ):
+        raise InputError(
+            f"study {name!r} exists with another search space or objectives; --resume-if-exists only "
+            "resumes the same search (choose another --name)"
+        )
+    existing.resumed = True
+    return existing
+
+
+def _parent_params(spec: StudySpec, name: str, units: Sequence[str], storage_url: str) -> dict[str, Any]:
+    """What the study's parent run shows as params: the search at a glance."""
+    return {
+        "study": name,
+        "granularity": spec.search.granularity,
+        "n_units": len(units),
+        "beta_range": f"[{spec.search.beta.low}, {spec.search.beta.high}]",
+        "c": spec.search.c if not spec.search.searches_c else "searched",
+        "objectives": ",".join(spec.objective_names),
+        "directions": ",".join(spec.directions),
+        "sampler": spec.sampler.name,
+        "pruner": spec.pruner.name,
+        "n_trials": spec.budget.n_trials,
+        "model": spec.model.label,
+        "data": spec.data.label,
+        "storage": without_password(storage_url),
+        "ct_tune_version": __version__,
+    }
 
 
 def open_study(
     name: str,
+    *,
     storage_url: str,
     storage: optuna.storages.BaseStorage,
-    *,
     tracker: Tracker | None = None,
     tracking_uri: str | None = None,
 ) -> Study:
@@ -605,7 +643,7 @@ def open_study(
     import optuna
 
     _quiet_optuna()
-    if not study_exists(storage, name):
+    if not study_exists(name, storage=storage):
         names = sorted(summary.study_name for summary in storage.get_all_studies())
         known = f"studies there: {', '.join(names)}" if names else "it holds no study"
         raise InputError(
@@ -636,7 +674,7 @@ def load_study(name: str | os.PathLike[str], *, storage: str | None = None, trac
     with (recorded without its password: ``~/.pgpass`` or ``PGPASSWORD`` give it).
     """
     study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
-    study = open_study(study_name, storage_url, open_optuna_storage(storage_url))
+    study = open_study(study_name, storage_url=storage_url, storage=open_optuna_storage(storage_url))
     study.use_tracking_uri(tracking_uri, spec_tracking_uri)
     return study
 

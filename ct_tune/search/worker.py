@@ -47,7 +47,7 @@ def run_worker(
     for entry in reversed(settings.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    from ct_tune.search._bench import Bench
+    from ct_tune.bench import Bench
     from ct_tune.search._loop import LoopSettings, TrialLoop
     from ct_tune.search._study import load_study
 
@@ -57,7 +57,7 @@ def run_worker(
         torch.set_num_threads(settings.threads)
     study = load_study(settings.study, storage=settings.storage_url, tracking_uri=settings.tracking_uri)
     tracker = study.tracker  # MLflow is reachable (and imported) before the worker says it is ready
-    with Bench.open(study.spec, device=settings.device, prepare=False) as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device=settings.device, prepare=False) as bench:
         bench.check_identity(study.meta, study.name)
         loop = LoopSettings(
             target_total=settings.target_total,
@@ -66,20 +66,14 @@ def run_worker(
             heartbeat_interval=settings.heartbeat,
             grace_period=settings.grace,
             refresh_plots=False,  # the launcher draws the study's plots once at the end
-            on_trial=lambda line: emit("trial", **line),
+            on_trial=lambda line: emit("trial", **line.to_dict()),
             keep_going=keep_going,
             owns_parent_run=settings.owns_parent_run,  # a launcher spans the parent run over its workers
         )
         trials = TrialLoop(study, bench, tracker, loop)
         emit("ready", device=bench.device_label, pid=os.getpid(), host=socket.gethostname())
         summary = trials.run()
-    payload = {
-        "finished": summary.finished,
-        "failed": summary.failed,
-        "discarded": summary.discarded,
-        "reason": summary.reason,
-        "seconds": summary.seconds,
-    }
+    payload = summary.counts()
     emit("summary", **payload)
     return payload
 

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.stores import database_reason, open_mlflow_client, sqlite_path
-from ct_tune.tracking._keys import (
+from ct_tune.tracking.keys import (
     TAG_EXPERIMENT_KIND,
     TAG_FAILURE,
     TAG_HOST,

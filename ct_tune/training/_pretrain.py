@@ -25,6 +25,7 @@ from ct_tune._quiet import quiet_loggers
 from ct_tune.data import CTDataModule, create_datamodule
 from ct_tune.models import LoadedModel, create_model, load_checkpoint, save_checkpoint
 from ct_tune.stores import prepare_sqlite, redact, resolve_tracking_uri
+from ct_tune.tracking.keys import TAG_CHECKPOINT, TAG_COMMAND, TAG_DATA, TAG_DATASET_FINGERPRINT, TAG_MODEL
 from ct_tune.training._config import PretrainConfig
 from ct_tune.training._module import ClassifierModule
 
@@ -124,8 +125,8 @@ def _pretrain(config: PretrainConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     client = mlflow_logger.experiment
     client.log_metric(mlflow_logger.run_id, "val_accuracy", val_accuracy)
-    client.set_tag(mlflow_logger.run_id, "ct_tune.checkpoint", str(path.resolve()))
-    client.set_tag(mlflow_logger.run_id, "ct_tune.dataset_fingerprint", description["fingerprint"])
+    client.set_tag(mlflow_logger.run_id, TAG_CHECKPOINT, str(path.resolve()))
+    client.set_tag(mlflow_logger.run_id, TAG_DATASET_FINGERPRINT, description["fingerprint"])
     client.log_metric(mlflow_logger.run_id, "seconds", seconds)
     return {
         "checkpoint": str(path),
@@ -161,7 +162,7 @@ def _trainer(
         experiment_name=config.experiment,
         run_name=f"{config.output_path().stem}",
         tracking_uri=tracking_uri,
-        tags={"ct_tune.command": "pretrain", "ct_tune.model": config.model, "ct_tune.data": config.data},
+        tags={TAG_COMMAND: "pretrain", TAG_MODEL: config.model, TAG_DATA: config.data},
         log_model=False,
     )
     checkpoint = ModelCheckpoint(

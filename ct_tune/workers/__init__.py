@@ -8,8 +8,8 @@ from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
 from ct_tune.workers._interrupts import InterruptGuard, interrupt_on
 from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, check_log_dir, launch
 from ct_tune.workers._plan import WorkerPlan, available_cores, check_cores, plan_workers
-from ct_tune.workers._ray import RayOptions
-from ct_tune.workers._slurm import SlurmOptions, SubmittedJob
+from ct_tune.workers._ray import RayOptions, connected, import_ray, launch_on_ray, local_cpus, plan_actors
+from ct_tune.workers._slurm import SlurmOptions, SubmittedJob, import_submitit, job_state, submit_array
 
 __all__ = [
     "EVENT_PREFIX",
@@ -24,11 +24,19 @@ __all__ = [
     "available_cores",
     "check_cores",
     "check_log_dir",
+    "connected",
     "emit_event",
     "heartbeat_interval",
+    "import_ray",
+    "import_submitit",
     "interrupt_on",
+    "job_state",
     "launch",
+    "launch_on_ray",
+    "local_cpus",
     "parse_event",
+    "plan_actors",
     "plan_workers",
     "read_settings",
+    "submit_array",
 ]

@@ -4,7 +4,7 @@ what they load is what a study with the same sections loads."""
 from __future__ import annotations
 
 from ct_tune import BetaProfile, InputError
-from ct_tune.search import evaluate_profile, model_units
+from ct_tune.bench import evaluate_profile, model_units
 from ct_tune.steering import GRANULARITIES
 
 import pytest

@@ -288,7 +288,7 @@ def test_missing_test_split_fails_only_at_report(project, tmp_path, digits_state
 
 
 def test_a_worker_with_other_data_refuses_to_run(project, tmp_path, digits_state_dict):
-    from ct_tune.search import Bench
+    from ct_tune.bench import Bench
 
     study = ct_tune.create_study(
         spec(digits_state_dict, {"class_path": "userdata.Recorded"}),
@@ -299,7 +299,10 @@ def test_a_worker_with_other_data_refuses_to_run(project, tmp_path, digits_state
     other = study.spec.model_copy(
         update={"data": study.spec.data.model_copy(update={"init_args": {"shift": 1}})}
     )  # the same images with other labels
-    with Bench.open(other, device="cpu") as bench, pytest.raises(InputError, match="the data differs"):
+    with (
+        Bench.open(other, **other.grouping, device="cpu") as bench,
+        pytest.raises(InputError, match="the data differs"),
+    ):
         bench.check_identity(study.meta, study.name)
 
 

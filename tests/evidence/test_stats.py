@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import comb
 
-from ct_tune.search._evidence import bootstrap_mean, compare, mcnemar, rank_on_resamples
+from ct_tune.evidence import bootstrap_mean, compare, mcnemar, rank_on_resamples
 
 import numpy as np
 import pytest

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 from ct_tune import InputError
+from ct_tune.bench import model_units
 from ct_tune.models import create_model, list_models, load_checkpoint, save_checkpoint
 from ct_tune.models._input_spec import IMAGENET_MEAN, IMAGENET_STD
-from ct_tune.search import model_units
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.search import spec_from_dict
 
 import huggingface_hub
 import pytest

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ct_tune
 from ct_tune.objectives import AdversarialObjective, make_objective
 from ct_tune.objectives._adversarial import STANDARD_AUTOATTACK
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.search import spec_from_dict
 
 import pytest
 import torch
@@ -77,10 +77,13 @@ def test_a_spec_writes_out_the_standard_settings_and_names_a_custom_one():
         ({"n_queries": 10}, "n_queries is an AutoAttack setting"),
         ({"attack": "autoattack", "step_size": 0.01}, "step_size is a PGD setting"),
         ({"attack": "autoattack", "random_start": False}, "random_start is a PGD setting"),
-        ({"attack": "autoattack", "attacks": ["apgd-ce", "pgd"]}, "unknown AutoAttack attack 'pgd'"),
+        ({"attack": "autoattack", "attacks": ["apgd-ce", "pgd"]}, "attacks.1: got 'pgd'; input should be 'apgd-ce'"),
         ({"attack": "autoattack", "attacks": ["square", "square"]}, "lists an attack twice"),
-        ({"attack": "autoattack", "attacks": []}, "attacks is a list of one or more of"),
-        ({"attack": "autoattack", "n_target_classes": 0}, "n_target_classes >= 1"),
+        ({"attack": "autoattack", "attacks": []}, "attacks: got \\[\\]; tuple should have at least 1 item"),
+        (
+            {"attack": "autoattack", "n_target_classes": 0},
+            "n_target_classes: got 0; input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bad_settings_are_one_line_errors(settings, message):

@@ -307,6 +307,6 @@ def test_make_objective_errors_are_one_line():
         make_objective("robustness")
     with pytest.raises(ValueError, match="has no setting 'epsilon'"):
         make_objective("adversarial", epsilon=0.1)
-    with pytest.raises(ValueError, match="choose one of: linf, l2"):
+    with pytest.raises(ValueError, match="norm: got 'l1'; input should be 'linf' or 'l2'"):
         make_objective("adversarial", norm="l1")
     assert make_objective("adversarial", eps=0.1).eps == 0.1

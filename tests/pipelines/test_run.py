@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ct_tune
-from ct_tune.search._pipeline_spec import load_pipeline, warm_start_ranges
+from ct_tune.pipelines import load_pipeline, warm_start_ranges
 
 import pytest
 import yaml
@@ -29,7 +29,7 @@ def test_every_shipped_pipeline_is_valid():
 
 
 def test_quickstart_runs_the_shipped_offline_transfer_pipeline():
-    from ct_tune.search import quickstart_pipeline
+    from ct_tune.pipelines import quickstart_pipeline
 
     shipped = yaml.safe_load((SOURCE_ROOT / "pipelines" / "digits-to-mnist5k-transfer.yaml").read_text())
     ours = quickstart_pipeline()

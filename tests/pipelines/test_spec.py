@@ -6,8 +6,10 @@ from __future__ import annotations
 import ct_tune  # noqa: F401  (torchvision compat first)
 from ct_tune import InputError
 from ct_tune.models import DEFAULT_MODEL, create_model
-from ct_tune.search import load_pipeline, pipeline_from_dict, spec_from_dict
-from ct_tune.search._pipeline_spec import map_profile, stage_spec, warm_start_params, warm_start_ranges
+from ct_tune.pipelines import load_pipeline, pipeline_from_dict
+from ct_tune.pipelines._spec import stage_spec
+from ct_tune.pipelines._warm import map_profile, warm_start_ranges
+from ct_tune.search import spec_from_dict
 from ct_tune.steering import checked_trace
 
 import pytest
@@ -131,28 +133,6 @@ def test_shipped_pipelines_validate(tmp_path):
         ]
     with pytest.raises(InputError, match=r"pipeline file .* does not exist"):
         load_pipeline(tmp_path / "missing.yaml")
-
-
-def test_warm_start_params_are_clipped_into_the_stage_ranges():
-    spec = spec_from_dict(
-        {
-            "model": {"checkpoint": "c.pt"},
-            "search": {
-                "beta": {"low": 0.7, "high": 1.0},
-                "ranges": {"stem": {"low": 0.85, "high": 0.95}},
-                "enqueue_baseline": False,
-            },
-        }
-    )
-    profiles = [{"stem": 0.99, "layer1": 0.5}, {"stem": 0.8, "layer1": 0.9}]
-    assert warm_start_params(spec, profiles, c=0.3) == [
-        {"beta.stem": 0.95, "beta.layer1": 0.7},
-        {"beta.stem": 0.85, "beta.layer1": 0.9},
-    ]  # c is fixed by the spec: not a parameter
-    searched = spec_from_dict(
-        {"model": {"checkpoint": "c.pt"}, "search": {"c": {"low": 0.0, "high": 1.0}, "enqueue_baseline": False}}
-    )
-    assert warm_start_params(searched, [{"global": 0.8}], c=0.3) == [{"beta.global": 0.8, "c": 0.3}]
 
 
 def test_warm_start_ranges():

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import ct_tune
 from ct_tune import InputError
-from ct_tune.search import RunSummary, StudyReport, TrialResult
-from ct_tune.search._bench import open_data, open_model
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.bench._bench import open_data, open_model
+from ct_tune.search import RunSummary, StudyReport, TrialResult, spec_from_dict
 
 import optuna
 import pytest

@@ -8,7 +8,7 @@ import warnings
 
 from ct_tune.search._budget import Budget, DatabaseGone
 from ct_tune.stores import open_optuna_storage
-from ct_tune.tracking._keys import ATTR_DISCARDED
+from ct_tune.tracking.keys import ATTR_DISCARDED
 
 import optuna
 import pytest

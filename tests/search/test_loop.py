@@ -8,10 +8,11 @@ import json
 import time
 from pathlib import Path
 
-from ct_tune.search._bench import Bench
-from ct_tune.search._loop import LoopSettings, TrialLoop, describe_trial
+from ct_tune.bench import Bench
+from ct_tune.search._loop import LoopSettings, TrialLoop
+from ct_tune.search._progress import TrialLine
 from ct_tune.search._samplers import trial_seed
-from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_TRIAL
+from ct_tune.tracking.keys import ATTR_KIND, ATTR_RUN_ID, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_TRIAL
 
 import pytest
 from optuna.trial import TrialState
@@ -61,10 +62,10 @@ class Usurped(nn.Module):
 
 
 def run_loop(study, **settings):
-    lines: list[dict] = []
+    lines: list[TrialLine] = []
     settings.setdefault("refresh_plots", False)
     settings.setdefault("on_trial", lines.append)
-    with Bench.open(study.spec, device="cpu") as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device="cpu") as bench:
         loop = TrialLoop(study, bench, study.tracker, LoopSettings(**settings))
         summary = loop.run()
     return summary, lines
@@ -80,10 +81,11 @@ def test_exact_budget_runs_and_plots(tmp_path, digits_checkpoint):
     summary, lines = run_loop(study, target_total=4, refresh_plots=True)
     assert (summary.finished, summary.failed, summary.discarded, summary.reason) == (4, 0, 0, "budget reached")
     assert summary.seconds["evaluate"] > 0 and summary.seconds["tracking"] > 0
-    assert [line["number"] for line in lines] == [0, 1, 2, 3] and summary.trials == lines
-    assert all(line["state"] == "COMPLETE" and 0.5 < line["values"]["accuracy"] <= 1 for line in lines)
-    assert lines[0]["betas"] == dict.fromkeys(study.units, 1.0)  # the enqueued ReLU baseline first
-    assert "trial    0 COMPLETE accuracy=" in describe_trial(lines[0], ["accuracy"])
+    assert [line.number for line in lines] == [0, 1, 2, 3] and summary.trials == lines
+    assert all(line.state == "COMPLETE" and 0.5 < line.values["accuracy"] <= 1 for line in lines)
+    assert lines[0].betas == dict.fromkeys(study.units, 1.0)  # the enqueued ReLU baseline first
+    assert "trial    0 COMPLETE accuracy=" in lines[0].describe(["accuracy"])
+    assert TrialLine.from_dict({**lines[0].to_dict(), "event": "trial"}) == lines[0]  # as a worker's event
 
     counts = study.counts()
     assert counts["COMPLETE"] == 4 and counts["RUNNING"] == 0 and counts["WAITING"] == 0
@@ -120,7 +122,7 @@ def test_median_pruner_prunes_a_bad_profile(tmp_path, digits_checkpoint):
     study.optuna_study.enqueue_trial({f"beta.{unit}": 0.05 for unit in study.units})
     study.optuna_study.enqueue_trial({f"beta.{unit}": 0.98 for unit in study.units})  # close to ReLU: not pruned
     summary, lines = run_loop(study, target_total=3)
-    assert [line["state"] for line in lines] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert [line.state for line in lines] == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert summary.finished == 3  # a pruned trial counts against the budget
     pruned = study.optuna_study.trials[1]
     assert pruned.state == TrialState.PRUNED and pruned.intermediate_values
@@ -135,7 +137,7 @@ def test_median_pruner_prunes_a_bad_profile(tmp_path, digits_checkpoint):
 def test_trials_per_batch_keeps_the_budget_exact(tmp_path, digits_checkpoint):
     study = tiny_study(tmp_path, digits_checkpoint, run={"device": "cpu", "batch_size": 256, "trials_per_batch": 3})
     summary, lines = run_loop(study, target_total=5, heartbeat_interval=1)
-    assert summary.finished == 5 and sorted(line["number"] for line in lines) == [0, 1, 2, 3, 4]
+    assert summary.finished == 5 and sorted(line.number for line in lines) == [0, 1, 2, 3, 4]
     assert study.counts()["COMPLETE"] == 5 and study.counts()["FAIL"] == 0
     runs = child_runs(study)
     assert all(run.data.tags["ct_tune.trials_per_batch"] == "3" for run in runs.values())
@@ -178,11 +180,11 @@ def test_n_launches_draw_n_times_distinct_betas_and_a_rerun_draws_the_same(tmp_p
     drawn: list[tuple[float, ...]] = []
     for launch in range(1, 4):  # the baseline first, then two random draws per launch
         _, lines = run_loop(study, target_total=1 + 2 * launch)
-        drawn += [tuple(line["betas"].values()) for line in lines if line["number"] > 0]
+        drawn += [tuple(line.betas.values()) for line in lines if line.number > 0]
     assert len(drawn) == 6 and len(set(drawn)) == 6
     again = tiny_study(tmp_path / "again", digits_checkpoint)
     _, lines = run_loop(again, target_total=7)  # one launch: the same trial numbers, the same seeds
-    assert [tuple(line["betas"].values()) for line in lines[1:]] == drawn
+    assert [tuple(line.betas.values()) for line in lines[1:]] == drawn
     runs = child_runs(again)
     assert runs[3].data.params["sampler_seed"] == str(trial_seed(again.spec.sampler.seed, 3))
 
@@ -210,7 +212,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_recorded_fail_and_the_loo
         Usurped.storage = None
     trials = study.optuna_study.trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert (summary.finished, summary.failed) == (2, 1) and [line["state"] for line in lines] == [
+    assert (summary.finished, summary.failed) == (2, 1) and [line.state for line in lines] == [
         "FAIL",
         "COMPLETE",
         "COMPLETE",

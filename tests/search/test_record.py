@@ -19,7 +19,7 @@ from ct_tune.search._record import (
 )
 from ct_tune.stores import open_optuna_storage
 from ct_tune.tracking import Tracker
-from ct_tune.tracking._keys import ATTR_RUN_ID, TAG_ATTACK, TAG_DEVICE, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_WORKER
+from ct_tune.tracking.keys import ATTR_RUN_ID, TAG_ATTACK, TAG_DEVICE, TAG_FAILURE, TAG_KIND, TAG_STATE, TAG_WORKER
 
 import optuna
 import pytest

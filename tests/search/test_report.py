@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from ct_tune import InputError
-from ct_tune.search._bench import Bench
-from ct_tune.search._evidence import mcnemar
+from ct_tune.bench import Bench
+from ct_tune.evidence import mcnemar
 from ct_tune.search._space import uniform_params
-from ct_tune.tracking._keys import ATTR_KIND, ATTR_REPORT
+from ct_tune.tracking.keys import ATTR_KIND, ATTR_REPORT
 
 import pytest
 
@@ -39,7 +39,7 @@ def finished(tmp_path_factory, digits_checkpoint):
 def scored_on_test(study, numbers, *, per_sample=False):
     """The test-split values of these trials (or their 1/0 per test sample), scored independently of the
     report."""
-    with Bench.open(study.spec, device="cpu") as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device="cpu") as bench:
         evaluator = bench.evaluator("test")
         values = {}
         for number in numbers:

@@ -7,8 +7,9 @@ import math
 
 from ct_tune import InputError
 from ct_tune.search import RunOptions
-from ct_tune.search._run import WorkerSettings, close_orphan_runs, requeue_initial_trials
-from ct_tune.tracking._keys import ATTR_KIND, ATTR_RUN_ID, TAG_FAILURE, TAG_STATE
+from ct_tune.search._repair import close_orphan_runs, requeue_initial_trials
+from ct_tune.search._run import WorkerSettings
+from ct_tune.tracking.keys import ATTR_KIND, ATTR_RUN_ID, TAG_FAILURE, TAG_STATE
 
 import pytest
 from optuna.trial import TrialState

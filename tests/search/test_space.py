@@ -11,6 +11,7 @@ from ct_tune.search._space import (
     initial_trials,
     param_names,
     profile_from_params,
+    profile_params,
     suggest,
     uniform_params,
 )
@@ -105,3 +106,26 @@ def test_check_units():
     text = str(error.value)
     assert "\n" not in text and "search.ranges names unknown unit(s)" in text and "layer9" in text
     assert "for granularity 'block'" in text and "valid units:" in text and "layer2.0" in text
+
+
+def test_profile_params_are_clipped_into_the_unit_ranges():
+    """What a warm-started stage enqueues: an earlier profile, each beta inside its unit's range."""
+    spec = spec_from_dict(
+        {
+            "model": {"checkpoint": "c.pt"},
+            "search": {
+                "beta": {"low": 0.7, "high": 1.0},
+                "ranges": {"stem": {"low": 0.85, "high": 0.95}},
+                "enqueue_baseline": False,
+            },
+        }
+    )
+    profiles = [{"stem": 0.99, "layer1": 0.5}, {"stem": 0.8, "layer1": 0.9}]
+    assert [profile_params(spec, profile, c=0.3) for profile in profiles] == [
+        {"beta.stem": 0.95, "beta.layer1": 0.7},
+        {"beta.stem": 0.85, "beta.layer1": 0.9},
+    ]  # c is fixed by the spec: not a parameter
+    searched = spec_from_dict(
+        {"model": {"checkpoint": "c.pt"}, "search": {"c": {"low": 0.0, "high": 1.0}, "enqueue_baseline": False}}
+    )
+    assert profile_params(searched, {"global": 0.8}, c=0.3) == {"beta.global": 0.8, "c": 0.3}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ct_tune
 from ct_tune import InputError
+from ct_tune.bench import evaluate_profile, model_units
 from ct_tune.models import create_model
-from ct_tune.search import evaluate_profile, model_units
-from ct_tune.search._pipeline_spec import map_profile
-from ct_tune.search._spec import spec_from_dict
+from ct_tune.pipelines import map_profile
+from ct_tune.search import spec_from_dict
 from ct_tune.steering import BetaProfile, apply_profile, find_layout, group_sites, trace_sites
 
 import pytest

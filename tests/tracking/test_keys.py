@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ct_tune.tracking import _keys
+from ct_tune.tracking import keys as _keys
 
 KEYS = {name: value for name, value in vars(_keys).items() if name.isupper()}
 
@@ -61,3 +61,21 @@ def test_the_names_users_filter_on():
         "ct_tune.stage",
         "ct_tune.previous_stage_run",
     )
+
+
+def test_no_key_is_spelled_out_anywhere_else():
+    """Each key is written once, here: a string literal equal to one of them elsewhere in the package is a
+    second definition that a rename would miss. (Keys without a namespace dot, such as ``mlflow_run_id``, are
+    plain words that JSON payloads use too.)"""
+    import ast
+
+    package = Path(_keys.__file__).parents[1]
+    values = {value for value in KEYS.values() if "." in value}
+    found = []
+    for path in package.rglob("*.py"):
+        if path.name == "keys.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in values:
+                found.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+    assert not found, found

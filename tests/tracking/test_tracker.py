@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from ct_tune.tracking import RUN_STATUS, Tracker, default_artifact_location, experiment_name, metric_value, mlflow_key
-from ct_tune.tracking._keys import (
+from ct_tune.tracking.keys import (
     TAG_EXPERIMENT_KIND,
     TAG_FAILURE,
     TAG_NOTE,

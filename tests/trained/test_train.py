@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 from ct_tune import InputError
-from ct_tune.search import TrainCTSettings, TrainCTSpec, evaluate_profile, train_ct
-from ct_tune.search._trained import BETA_HIGH, BETA_LOW, _TrainableUnit
+from ct_tune.bench import Bench, evaluate_profile
 from ct_tune.steering import BetaProfile
+from ct_tune.trained import BETA_HIGH, BETA_LOW, TrainCTSettings, TrainCTSpec, train_ct
+from ct_tune.trained._loop import _TrainableUnit
 
 import pytest
 import torch
@@ -202,7 +203,7 @@ def trained_pipeline(checkpoint, **changes) -> dict:
     ],
 )
 def test_bad_train_stages_are_one_line_errors(stage, message):
-    from ct_tune.search import pipeline_from_dict
+    from ct_tune.pipelines import pipeline_from_dict
 
     with pytest.raises(InputError, match=message):
         pipeline_from_dict(trained_pipeline("model.pt", stages=[stage]))
@@ -211,8 +212,7 @@ def test_bad_train_stages_are_one_line_errors(stage, message):
 @pytest.mark.slow
 def test_pipeline_trains_then_searches_around_the_trained_profile_and_resumes(tmp_path, digits_checkpoint):
     import ct_tune
-    from ct_tune.search import run_pipeline
-    from ct_tune.search._pipeline_spec import map_profile
+    from ct_tune.pipelines import map_profile, run_pipeline
 
     stores = {
         "storage": f"sqlite:///{tmp_path}/optuna.db",
@@ -231,7 +231,7 @@ def test_pipeline_trains_then_searches_around_the_trained_profile_and_resumes(tm
     study = ct_tune.load_study("tpipe.block", storage=stores["storage"], tracking_uri=stores["tracking_uri"])
     first = min(study.optuna_study.trials, key=lambda t: t.number)
     assert first.user_attrs["ct_tune.kind"] == "warm-start"
-    with ct_tune.search.Bench.open(study.spec, device="cpu", steer=False) as bench:
+    with Bench.open(study.spec, **study.spec.grouping, device="cpu", steer=False) as bench:
         expected = map_profile(bench.model.net, bench.trace, profile.betas, "site", "block")
     assert study.trial(first.number).betas == pytest.approx(expected)  # block values: means of channel means
     assert expected != pytest.approx(dict.fromkeys(expected, next(iter(expected.values()))))  # not uniform
@@ -261,7 +261,7 @@ def test_bad_tune_sections_are_one_line_errors():
 
 @pytest.mark.slow
 def test_tune_searches_the_training_settings_as_a_resumable_study(tmp_path, digits_checkpoint):
-    from ct_tune.search import tune_train_ct
+    from ct_tune.trained import tune_train_ct
 
     import optuna
     from mlflow import MlflowClient

@@ -26,11 +26,13 @@ TAG_PIPELINE = "ct_tune.pipeline"
 TAG_STAGE = "ct_tune.stage"
 TAG_STAGE_INDEX = "ct_tune.stage_index"
 TAG_PREVIOUS_STAGE_RUN = "ct_tune.previous_stage_run"
-TAG_COMMAND = "ct_tune.command"  # pretraining runs
-TAG_MODEL = "ct_tune.model"
+TAG_COMMAND = "ct_tune.command"  # the command that made a run outside a study: pretrain, train-ct
+TAG_MODEL = "ct_tune.model"  # pretraining runs
 TAG_DATA = "ct_tune.data"
 TAG_CHECKPOINT = "ct_tune.checkpoint"
 TAG_DATASET_FINGERPRINT = "ct_tune.dataset_fingerprint"
+TAG_STRATEGY = "ct_tune.strategy"  # trained CT runs: "trained"
+TAG_OBJECTIVE = "ct_tune.objective"  # trained CT runs: what was trained on
 
 # Optuna study user attributes
 ATTR_SPEC = "ct_tune.spec"  # the validated spec, as JSON (what every worker rebuilds the study from)
@@ -40,8 +42,11 @@ ATTR_MLFLOW = "ct_tune.mlflow"  # experiment id, parent run id, tracking URI (re
 ATTR_REPORT = "ct_tune.report"  # test-split results per trial number (Optuna freezes finished trials)
 ATTR_TEST_FINGERPRINT = "ct_tune.test_fingerprint"  # the user's test split, as first reported on
 ATTR_PIPELINE = "ct_tune.pipeline"  # pipeline name, stage, index, previous stage's study
+ATTR_JOBS = "ct_tune.jobs"  # the SLURM jobs submitted for the study (the latest 100)
 
 # Optuna trial user attributes
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_KIND = "ct_tune.kind"
 ATTR_DISCARDED = "ct_tune.discarded"  # created after other workers had reached the budget
+ATTR_PROFILE = "profile"  # trained CT's tuning trials: the trained profile
+ATTR_BASELINE = "baseline"  # trained CT's tuning trials: the ReLU baseline's val score
