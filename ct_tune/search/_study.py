@@ -373,15 +373,26 @@ class Study:
     ) -> RunSummary:
         """Run trials until the budget is used: the spec's total, or ``n_trials`` more in this call.
 
-        ``executor="local"``: ``workers`` processes (default one per GPU of ``devices``, else 1) on
-        ``devices`` (``auto``, ``cpu`` or ``cuda:0,cuda:1``; default the spec's ``run.device``). One worker
-        runs in this process; several are child processes logging to ``log_dir`` (default
-        ``logs/<study>``). More CPU workers than cores are refused unless ``oversubscribe``.
-        ``executor="slurm"``: a job array shaped by ``slurm`` (``SlurmOptions`` or its fields); returns
-        once submitted, or when the jobs end with ``wait``. ``executor="ray"``: one actor per GPU or CPU
-        slot of the Ray cluster ``ray`` names (default: a Ray instance on this machine); ``workers`` caps
-        the actors. Ctrl-C fails the running trials and raises ``KeyboardInterrupt``; calling ``run``
-        again resumes.
+        Args:
+            n_trials: finished trials to add in this call (default: until the spec's ``budget.n_trials``).
+            timeout: seconds after which no trial starts (default: the spec's ``budget.timeout``).
+            workers: local worker processes (default one per GPU of ``devices``, else 1); one runs in this
+                process, several are child processes. With ``executor="ray"`` it caps the actors.
+            devices: ``auto``, ``cpu`` or ``cuda:0,cuda:1`` (default: the spec's ``run.device``).
+            progress: a progress bar on a terminal (plain lines otherwise).
+            heartbeat: seconds between a running trial's heartbeats.
+            grace: seconds without a heartbeat before another worker fails the trial and enqueues its retry
+                (default: max(60, 3 x heartbeat)).
+            log_dir: where worker processes log (default ``logs/<study>``).
+            oversubscribe: allow more CPU workers than cores (refused otherwise: they slow each other down).
+            executor: ``local`` processes, ``slurm`` (a job array through submitit) or ``ray`` (actors).
+            slurm: the job array's shape, ``SlurmOptions`` or a mapping of its fields.
+            ray: the Ray cluster and actors, ``RayOptions`` or a mapping of its fields (default: a Ray
+                instance on this machine).
+            wait: with ``executor="slurm"``, follow the jobs until they end (else return once submitted).
+
+        Returns what this launch did (``RunSummary``). Ctrl-C fails the running trials and raises
+        ``KeyboardInterrupt``; calling ``run`` again resumes.
         """
         self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._run import RunOptions, run_study
@@ -425,12 +436,21 @@ class Study:
         relu: Reference | None = None,
         reselect: int | None = None,
     ) -> StudyReport:
-        """Score the best trial(s) (or ``trials``), the ReLU baseline and the best global profile once on the
-        test split: the only reader of the test split. Each value comes with a 95% bootstrap interval, each
-        profile with paired comparisons against the baseline (``relu`` where the study has none) and the best
-        global profile (or ``best_global``, a pipeline's global stage).
-        ``reselect=K``: report the one of the K best trials that holds up over bootstrap resamples of val.
-        Results go to the study, to MLflow and to the returned report."""
+        """Score the best trial(s), the ReLU baseline and the best global profile once on the test split: the
+        only reader of the test split. Each value comes with a 95% bootstrap interval, each profile with
+        paired comparisons against the baseline and the best global profile.
+
+        Args:
+            trials: the trial numbers to report (default: the best trial, or the Pareto front).
+            device: where to score (default: the spec's ``run.device``).
+            best_global: the profile ``vs_global`` compares with (default: this study's best trial with one
+                beta for every unit; a pipeline passes its global stage's best).
+            relu: the ReLU baseline of a study without one (a pipeline passes its first stage's).
+            reselect: K; report, of the K best trials by val, the one that ranks best on average over
+                bootstrap resamples of val (a best val value that was luck does not hold up).
+
+        Results go to the study (``TrialResult.test``), to MLflow (``test.*`` metrics, ``report.json``) and
+        to the returned ``StudyReport``."""
         self.tracker  # noqa: B018  the MLflow store answers (seconds) before torch, model and data load
         from ct_tune.search._report import report_study
 
@@ -488,9 +508,18 @@ def create_study(
     """Validate ``spec``, load its model and data once, and create the study, its MLflow experiment and
     parent run; the ReLU baseline (and the paper's grid, if asked) are enqueued as the first trials.
 
-    ``storage`` / ``tracking_uri`` override the spec (then ``$CT_TUNE_STORAGE`` / ``$MLFLOW_TRACKING_URI``,
-    then the spec, then ``sqlite:///studies/optuna.db`` / ``sqlite:///mlruns/mlflow.db``). A study of the
-    same name is an error unless ``resume_if_exists`` (then it must search the same space).
+    Args:
+        spec: a YAML file (its stem is the default name), a mapping of its sections, or a ``StudySpec``.
+        name: the study's name (default: the spec's ``name``, else the file's stem).
+        storage: the Optuna storage URL; default ``$CT_TUNE_STORAGE``, then the spec's ``storage``, then
+            ``sqlite:///studies/optuna.db``.
+        tracking_uri: the MLflow store; default ``$MLFLOW_TRACKING_URI``, then the spec's, then
+            ``sqlite:///mlruns/mlflow.db``. It must be another database than the storage.
+        resume_if_exists: return the existing study of that name instead of refusing it (it must search
+            the same space with the same objectives).
+
+    Nothing is written before both stores answer and the model and data load: a wrong host, password,
+    checkpoint or dataset leaves both stores as they were, and any later failure removes what was made.
     """
     from ct_tune.bench import Bench
 
@@ -669,9 +698,12 @@ def _name_and_stores(name: str | os.PathLike[str], storage: str | None) -> tuple
 def load_study(name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None) -> Study:
     """An existing study, by name (or the spec file it was created from).
 
-    ``storage`` defaults to ``$CT_TUNE_STORAGE``, then the spec file's, then ``sqlite:///studies/optuna.db``;
-    ``tracking_uri`` to ``$MLFLOW_TRACKING_URI``, then the spec file's, then the store the study was created
-    with (recorded without its password: ``~/.pgpass`` or ``PGPASSWORD`` give it).
+    Args:
+        name: the study's name, or the path of the YAML spec it was created from (which names the stores).
+        storage: the Optuna storage URL; default ``$CT_TUNE_STORAGE``, then the spec file's, then
+            ``sqlite:///studies/optuna.db``.
+        tracking_uri: the MLflow store; default ``$MLFLOW_TRACKING_URI``, then the spec file's, then the store
+            the study was created with (recorded without its password: ``~/.pgpass`` or ``PGPASSWORD`` give it).
     """
     study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
     study = open_study(study_name, storage_url=storage_url, storage=open_optuna_storage(storage_url))

@@ -23,10 +23,15 @@ def apply_profile(
     example_input: Any = None,
     strict: bool = True,
 ) -> SteeringHandle:
-    """Steer ``model`` with a saved profile (a ``BetaProfile`` or a path to its JSON).
+    """Steer ``model`` with a saved profile, as ``steer`` does (undo with ``.remove()``).
 
-    ``example_input`` defaults to zeros of the profile's recorded input shape, on the model's device.
-    With ``strict`` (the default) a model whose ReLU calls differ from the profile's is refused.
+    Args:
+        model: a fresh copy of the network the profile was found on.
+        profile: a ``BetaProfile``, or the path of its JSON (``study export``, ``train-ct --out``).
+        example_input: one input batch to find the ReLU calls; default zeros of the profile's recorded
+            input shape, on the model's device.
+        strict: refuse a model whose ReLU calls differ from the profile's (another architecture); False
+            applies the betas of the units the model has.
     """
     if not isinstance(profile, BetaProfile):
         profile = BetaProfile.load(profile)

@@ -65,11 +65,19 @@ def steer(
 ) -> SteeringHandle:
     """Replace the model's ReLUs by CT in place; undo with ``.remove()`` or a ``with`` block.
 
-    ``beta`` is a float for every ReLU, or a mapping ``{unit: beta}`` where missing units stay ReLU.
-    ``example_input`` (one batch, or a tuple/dict of arguments) is run once to find the ReLU calls;
-    it is required unless ``granularity="global"``, where all ``nn.ReLU`` modules and inline ReLU
-    calls are steered without knowing their names. ``granularity="custom"`` takes ``groups``
-    (``{unit: module-path prefix or list of prefixes}``).
+    Args:
+        model: the network, steered in place through forward hooks (no copy); its weights are untouched.
+        beta: a float in (0, 1] for every ReLU (1 is ReLU exactly), or ``{unit: beta}`` where missing units
+            stay ReLU (unit names as ``ct_tune.units`` lists them).
+        c: the mix of CT's two smoothings, in [0, 1] (the paper's default 0.5).
+        granularity: ``global`` (one beta), ``stage``, ``block``, ``site`` (one per ReLU call) or ``custom``.
+        example_input: one batch, or a tuple/dict of arguments, run once to find the ReLU calls; required
+            unless ``granularity="global"``, where every ``nn.ReLU`` module and inline ReLU call is steered
+            without knowing their names.
+        groups: ``custom`` units as ``{unit: module-path prefix or list of prefixes}``.
+
+    Returns a ``SteeringHandle``: ``update`` changes the betas between evaluations without rebuilding
+    anything, ``profile`` saves them, ``remove`` restores the plain model.
     """
     check_granularity(granularity, groups)
     check_c(c)
