@@ -251,10 +251,12 @@ def _create_stage(run: _Run, stage: StageSpec, index: int, storage_url: str, opt
     for betas in warm.profiles:
         study.enqueue(betas, c=warm.c, kind="warm-start")
     _link(run, study, stage, index)
-    started = f", warm-started from {stage.warm_start.from_stage} ({len(warm.profiles)} profile(s))"
+    started = ""
+    if stage.warm_start is not None:
+        started = f", warm-started from {stage.warm_start.from_stage} ({len(warm.profiles)} profile(s))"
     run.tell(
         f"{run.label(index, stage.name)}: created study {study.name}, "
-        f"{len(study.units)} {spec.search.granularity} units{started if warm.profiles else ''}"
+        f"{len(study.units)} {spec.search.granularity} units{started}"
     )
     return study
 

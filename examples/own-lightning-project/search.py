@@ -15,7 +15,7 @@ def main() -> None:
     study.export("profiles/litcnn-robust.json", trial=chosen.number)
     report = study.report(trials=[chosen.number])  # the only place the test split is read
     for row in report.trials:
-        print("test" if not row["is_baseline"] else "test (ReLU)", row["test"])
+        print("test" if not row.is_baseline else "test (ReLU)", row.test)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_model_units_at_every_granularity(digits_checkpoint):
     assert len(sites) == units["counts"]["site"] and len(set(sites)) == len(sites)  # each site in one unit
     per_site = model_units(model=model(digits_checkpoint), data=DATA, granularity="site")
     assert per_site["units"] == sites and per_site["fingerprint"] == units["fingerprint"]
-    with pytest.raises(InputError, match=r"search\.granularity: got 'layer'"):
+    with pytest.raises(InputError, match=r"unknown granularity 'layer'; choose one of: global, stage, block, site"):
         model_units(model=model(digits_checkpoint), data=DATA, granularity="layer")
 
 

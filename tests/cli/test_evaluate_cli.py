@@ -53,7 +53,7 @@ def test_evaluate_beta_one_equals_plain_model(cli_fast, digits_checkpoint):
         (("--beta", "x"), "is not a number"),
         (("--beta", "0.9", "--objective", "robustness"), "expected one of 'accuracy', 'probe', 'adversarial'"),
         (("--beta", "0.9", "--objective", "adversarial", "--eps", "abc"), "objectives.0.eps: got 'abc'"),
-        (("--beta", "0.9", "--granularity", "layers"), "search.granularity: got 'layers'"),
+        (("--beta", "0.9", "--granularity", "layers"), "unknown granularity 'layers'; choose one of"),
         (("--beta", "0.9", "--data", "cifar11"), "unknown dataset 'cifar11'"),
         (("--beta", "0.9", "--profile", "missing.json"), "not allowed with argument"),
     ],

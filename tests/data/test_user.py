@@ -196,7 +196,7 @@ def test_hooks_run_as_the_contract_says_and_test_only_in_report(project, tmp_pat
     assert all("test" not in hook for hook in hooks(project))
     report = study.report()
     assert hooks(project)[6:] == ["prepare_data", "setup:fit", "val_dataloader", "setup:test", "test_dataloader"]
-    assert report.test_samples == 397 and report.trials[0]["test"]["accuracy"] > 0.5
+    assert report.test_samples == 397 and report.trials[0].test["accuracy"] > 0.5
     assert study.meta["data"]["fingerprints"].keys() == {"val"}
 
 

@@ -48,7 +48,7 @@ def test_notebook_session_create_run_two_workers_inspect_export_report(tmp_path,
     assert isinstance(summary, RunSummary) and summary.workers == 2
     assert (summary.finished, summary.failed, summary.reason) == (6, 0, "budget reached")
     assert set(summary.seconds) == {"evaluate", "tracking", "optuna"} and summary.seconds["evaluate"] > 0
-    assert sorted(line["number"] for line in summary.trials) == list(range(6))
+    assert sorted(line.number for line in summary.trials) == list(range(6))
     complete = study.optuna_study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 6 and not study.optuna_study.get_trials(states=(TrialState.RUNNING,))
 
@@ -66,8 +66,8 @@ def test_notebook_session_create_run_two_workers_inspect_export_report(tmp_path,
     assert study.export(trial=baseline.number).betas == baseline.betas
     report = study.report()
     assert isinstance(report, StudyReport) and report.test_samples == 359
-    assert [row["is_baseline"] for row in report.trials] == [False, True]
-    assert study.trial(best.number).test == report.trials[0]["test"]  # stored on the study too
+    assert [row.is_baseline for row in report.trials] == [False, True]
+    assert study.trial(best.number).test == report.trials[0].test  # stored on the study too
 
     again = ct_tune.load_study("notebook", storage=stores(tmp_path)["storage"])
     assert again.best()[0].number == best.number and again.tracking_uri == stores(tmp_path)["tracking_uri"]
@@ -158,7 +158,7 @@ def test_run_pipeline_from_a_mapping(tmp_path, digits_checkpoint, monkeypatch):
     result = ct_tune.run_pipeline(pipeline, progress=False, say=lines.append)
     assert [stage.study for stage in result.stages] == ["py.global", "py.block"]
     assert [stage.finished for stage in result.stages] == [3, 3]
-    assert result.report[0]["is_baseline"] and {row["stage"] for row in result.report[1:]} == {"global", "block"}
+    assert result.report[0].is_baseline and {row.stage for row in result.report[1:]} == {"global", "block"}
     assert result.profile_path and Path(result.profile_path).is_file()
     assert any("warm-started from global" in line for line in lines)
     block = ct_tune.load_study("py.block", storage=stores(tmp_path)["storage"])

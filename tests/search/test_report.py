@@ -55,18 +55,25 @@ def scored_on_test(study, numbers, *, per_sample=False):
     return values
 
 
+def rows_of(report) -> list[dict]:
+    """The report's rows as ``--json`` and ``report.json`` hold them."""
+    return json.loads(json.dumps(report.to_dict()))["trials"]
+
+
 def test_report_of_the_pareto_front_and_the_baseline(finished):
     best = finished.best()
     assert best  # two objectives: the Pareto front, one trial or more
     report = finished.report()
+    rows = rows_of(report)
+    assert [row.number for row in report.trials] == [row["number"] for row in rows]
     baseline = finished.baseline()
     assert report.study == finished.name and report.test_samples == 359
-    numbers = [row["number"] for row in report.trials]
-    glob = [row["number"] for row in report.trials if row["role"] == "best global"]
+    numbers = [row["number"] for row in rows]
+    glob = [row["number"] for row in rows if row["role"] == "best global"]
     assert numbers == [t.number for t in best] + glob + [baseline.number]
-    assert [row["is_baseline"] for row in report.trials] == [False] * (len(best) + len(glob)) + [True]
+    assert [row["is_baseline"] for row in rows] == [False] * (len(best) + len(glob)) + [True]
     expected = scored_on_test(finished, set(numbers))
-    for row in report.trials:
+    for row in rows:
         trial = finished.trial(row["number"])
         assert row["test"] == pytest.approx(expected[row["number"]])
         assert row["val"] == trial.values and row["betas"] == trial.betas and row["c"] == trial.c
@@ -80,12 +87,12 @@ def test_report_of_the_pareto_front_and_the_baseline(finished):
     assert finished.trial(numbers[0]).test == pytest.approx(expected[numbers[0]])
 
     client = finished.tracker.client
-    for row in report.trials:  # each reported trial's own run holds its test values
+    for row in rows:  # each reported trial's own run holds its test values
         run = client.get_run(finished.trial(row["number"]).mlflow_run_id)
         assert run.data.metrics["test.accuracy"] == pytest.approx(row["test"]["accuracy"])
         assert run.data.metrics["test.adversarial"] == pytest.approx(row["test"]["adversarial"])
     parent = client.get_run(finished.parent_run_id)
-    assert parent.data.metrics["test.baseline.accuracy"] == pytest.approx(report.trials[-1]["test"]["accuracy"])
+    assert parent.data.metrics["test.baseline.accuracy"] == pytest.approx(rows[-1]["test"]["accuracy"])
     if len(best) > 1:  # several Pareto-optimal trials: no single test.<objective> on the parent
         assert "test.accuracy" not in parent.data.metrics
     logged = json.loads(Path(client.download_artifacts(finished.parent_run_id, "report.json")).read_text())
@@ -95,7 +102,7 @@ def test_report_of_the_pareto_front_and_the_baseline(finished):
 def test_report_of_chosen_trials(finished):
     chosen = [t.number for t in finished.optuna_study.trials if t.state.name == "COMPLETE"][-1]
     report = finished.report(trials=[chosen])
-    rows = report.trials
+    rows = rows_of(report)
     assert rows[0]["number"] == chosen and rows[0]["role"] == "chosen" and rows[-1]["role"] == "baseline"
     if chosen == finished.baseline().number:  # chosen and baseline: scored once, listed twice
         assert rows[0]["test"] == rows[-1]["test"]
@@ -116,20 +123,22 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
     """Every value has its interval, every profile its paired comparisons on the same test samples (checked
     against McNemar on vectors scored apart from the report), in the report, MLflow, the table and --json."""
     report = finished.report()
+    rows = rows_of(report)
+    by_number = {row["number"]: row for row in reversed(rows)}  # a trial's first row
     (grid,) = [t for t in finished.trials() if t.kind == "paper-grid"]
     relu = finished.baseline()
     baseline = relu.number
     # the paper's pick among the global profiles (the baseline included), ties to the earlier trial
     glob = max((relu, grid), key=lambda t: (t.values["accuracy"], -t.number)).number
     assert report.global_reference["number"] == glob
-    roles = {row["number"]: row["role"] for row in report.trials}
+    roles = {row["number"]: row["role"] for row in rows}
     if glob == baseline:  # the baseline row stands for it
         assert roles[glob] == "baseline" and "best global" not in roles.values()
     else:  # a row of its own, unless it is a best trial
         assert roles[glob] in ("chosen", "best global")
-    vectors = scored_on_test(finished, {row["number"] for row in report.trials}, per_sample=True)
+    vectors = scored_on_test(finished, {row["number"] for row in rows}, per_sample=True)
     n = {"accuracy": 359, "adversarial": 64}
-    for row in report.trials:
+    for row in rows:
         for name in n:
             ci, value = row["test_ci"][name], row["test"][name]
             assert ci["low"] <= value <= ci["high"] and ci["n"] == n[name]
@@ -140,9 +149,9 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
                     assert row[key] is None  # not against itself; the baseline is what others are compared with
                     continue
                 found = row[key][name]
-                theirs = report.trials_by_number(other)
+                theirs = by_number[other]
                 assert found["val_diff"] == pytest.approx(row["val"][name] - theirs["val"][name])
-                expected = value - report.trials_by_number(other)["test"][name]  # float32 means: 1e-6
+                expected = value - by_number[other]["test"][name]  # float32 means: 1e-6
                 assert found["diff"] == pytest.approx(expected, abs=1e-6)
                 assert found["ci_low"] <= found["diff"] <= found["ci_high"]
                 assert found["p_value"] == pytest.approx(
@@ -154,13 +163,13 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
 
     client = finished.tracker.client
     parent = client.get_run(finished.parent_run_id).data.metrics
-    baseline_row = report.trials_by_number(baseline)
+    baseline_row = by_number[baseline]
     assert parent["test.baseline.accuracy.ci_low"] == pytest.approx(baseline_row["test_ci"]["accuracy"]["low"])
-    global_row = report.trials_by_number(glob)
+    global_row = by_number[glob]
     if global_row["role"] == "best global":  # not one of the best trials itself
         logged = parent["test.global.adversarial.vs_relu.p_value"]
         assert logged == pytest.approx(global_row["vs_relu"]["adversarial"]["p_value"])
-    for row in report.trials:
+    for row in rows:
         if row["role"] == "chosen":
             run = client.get_run(finished.trial(row["number"]).mlflow_run_id).data.metrics
             assert run["test.accuracy.ci_high"] == pytest.approx(row["test_ci"]["accuracy"]["high"])
@@ -173,9 +182,7 @@ def test_report_says_how_sure_it_is(finished, cli_fast):
     assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown.stdout
     assert f"best global: best global profile of {finished.name} by val accuracy (trial {glob})" in shown.stdout
     assert "paired comparisons on the same test samples" in shown.stdout
-    differences = [
-        found for row in report.trials for key in ("vs_relu", "vs_global") for found in (row[key] or {}).values()
-    ]
+    differences = [found for row in rows for key in ("vs_relu", "vs_global") for found in (row[key] or {}).values()]
     within = sum(found["within_noise"] for found in differences)
     said = f"{within} of {len(differences)} differences are within noise" if within else "differences are real at 95%"
     assert said in shown.stdout
@@ -205,7 +212,7 @@ def test_reselect_reports_the_candidate_that_holds_up_on_val_resamples(tmp_path,
     best_rank = min(c["mean_rank"] for c in chosen["candidates"])
     picked = next(c for c in chosen["candidates"] if c["number"] == chosen["picked"])
     assert picked["mean_rank"] == best_rank and chosen["resamples"] == 200
-    assert report.trials[0]["number"] == chosen["picked"] and report.trials[0]["role"] == "chosen"
+    assert report.trials[0].number == chosen["picked"] and report.trials[0].role == "chosen"
     assert "trial" in chosen["why"] and "bootstrap resamples of val" in chosen["why"]
     with pytest.raises(InputError, match="not both"):
         study.report(reselect=2, trials=[0])

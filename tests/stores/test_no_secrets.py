@@ -66,7 +66,7 @@ def test_the_password_of_the_spec_is_written_nowhere(cli, tmp_path, digits_check
     monkeypatch.setenv("PGPASSWORD", PASSWORD)
     study = load_study("secret", storage=postgres.url(storage.rsplit("/", 1)[1], password=False))
     report = study.report(device="cpu")
-    assert report.trials and all(row["test"] for row in report.trials)
+    assert report.trials and all(row.test for row in report.trials)
     monkeypatch.delenv("PGPASSWORD")
     with pytest.raises(InputError, match=r"~/\.pgpass or PGPASSWORD"):
         load_study("secret", storage=storage).report(device="cpu")
