@@ -166,7 +166,7 @@ def test_shipped_spec_is_valid_and_uses_the_authors_settings():
     from tests.conftest import SOURCE_ROOT
 
     spec = TrainCTSpec.load(SOURCE_ROOT / "trained" / "digits-to-mnist5k.yaml")
-    assert spec.settings == TrainCTSettings() and spec.objective == "probe" and spec.data["name"] == "mnist5k"
+    assert spec.settings == TrainCTSettings() and spec.objective == "probe" and spec.bench.data.name == "mnist5k"
 
 
 def trained_pipeline(checkpoint, **changes) -> dict:
