@@ -41,7 +41,7 @@ def make_study(root: Path, checkpoint: Path, objective: str, trials: int, name: 
 
 def run_workers(root: Path, study: ct_tune.Study, workers: int) -> dict:
     summary = study.run(workers=workers, devices="cpu", progress=False, log_dir=root / f"logs-{study.name}")
-    stamps = sorted(line["ended"] for line in summary.trials)
+    stamps = sorted(line.ended for line in summary.trials)
     per_trial = {kind: summary.seconds[kind] / len(stamps) for kind in ("evaluate", "tracking", "optuna")}
     return {"per_minute": 60 * (len(stamps) - 1) / (stamps[-1] - stamps[0]), "per_trial": per_trial}
 
@@ -49,7 +49,7 @@ def run_workers(root: Path, study: ct_tune.Study, workers: int) -> dict:
 def memory_over_trials(root: Path, checkpoint: Path, objective: str, trials: int) -> list[float]:
     study = make_study(root, checkpoint, objective, trials, "memory")
     rss: list[float] = []
-    settings = LoopSettings(target_total=trials, refresh_plots=False, on_trial=lambda line: rss.append(line["rss_mb"]))
+    settings = LoopSettings(target_total=trials, refresh_plots=False, on_trial=lambda line: rss.append(line.rss_mb))
     with Bench.open(study.spec, **study.spec.grouping, device="cpu") as bench:
         TrialLoop(study, bench, study.tracker, settings).run()
     return rss
