@@ -4,7 +4,8 @@ Lightning trains (SGD with Nesterov momentum and a one-cycle schedule, seeded an
 the best val epoch and logs to MLflow; the result is a ct-tune checkpoint. The test split is never read.
 
 ``PretrainConfig`` checks its settings without Lightning (bad input fails in milliseconds); the names
-that need Lightning load on first use.
+that need Lightning load on first use. Training CT's own betas on a trained network (``ct-tune train-ct``)
+is ``ct_tune.trained``.
 """
 
 from __future__ import annotations
