@@ -189,6 +189,13 @@ def test_every_subpackage_has_direct_tests():
         assert tests, f"tests/{package}/ has no tests"
 
 
+def test_every_test_folder_is_a_package():
+    """Without ``__init__.py`` two test files of one name (tests/bench/test_spec.py, tests/pipelines/test_spec.py)
+    are both imported as ``test_spec`` and the second fails to collect."""
+    folders = {path.parent for path in (SOURCE_ROOT / "tests").rglob("test_*.py")}
+    assert [str(f.relative_to(SOURCE_ROOT)) for f in sorted(folders) if not (f / "__init__.py").is_file()] == []
+
+
 def test_import_ct_tune_stays_light():
     code = (
         "import sys, ct_tune; heavy = [m for m in ('optuna', 'mlflow', 'lightning', 'timm') if m in sys.modules]; "
