@@ -200,6 +200,16 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
 
 
 @pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    """Whatever a test started through ``tests.helpers.spawn`` and left running (it failed or timed out
+    midway) is killed with its descendants when the test ends."""
+    yield
+    helpers = sys.modules.get("tests.helpers")  # not imported: nothing was started through it
+    if helpers is not None:
+        helpers.stop_started()
+
+
+@pytest.fixture(autouse=True)
 def _no_leaked_store_environment():
     """Fail any test that leaves $MLFLOW_TRACKING_URI or $CT_TUNE_STORAGE changed for later tests."""
     before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "CT_TUNE_STORAGE")}

@@ -1,22 +1,37 @@
-"""Small real models and data for tests that must not wait for a full pretrain, and readers of the stores."""
+"""What several test modules share: small real models and data for tests that must not wait for a full
+pretrain, readers of the stores, child processes read with a deadline (and stopped with their test) and the
+slow studies of the fault and cluster tests."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import re
+import selectors
+import signal
 import subprocess
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ct_tune  # noqa: F401  (torchvision compat first)
 from ct_tune.objectives import EvalData, EvalTarget
 
 import numpy as np
+import optuna
+import pytest
 import torch
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from sklearn.datasets import load_digits
 from torch import nn
+
+if TYPE_CHECKING:
+    from tests.conftest import Stores
 
 
 class DigitsCNN(nn.Module):
@@ -113,6 +128,91 @@ def optuna_trials(root: Path, study: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
+# ------------------------------------------------------------------------------------------------------
+# Child processes: read with a deadline, stopped with the test that started them
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def spawn(command: list[str], **popen_kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(command, ...)``, stopped with its descendants when the test ends (conftest's
+    ``_stop_what_the_test_started``) if it still runs then: a test that fails midway leaves no launcher or
+    worker computing beside the rest of the suite."""
+    proc = subprocess.Popen(command, **popen_kwargs)
+    _STARTED.append(proc)
+    return proc
+
+
+def stop_started() -> None:
+    """SIGKILL every process ``spawn`` started that still runs, and its descendants."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:  # not reaped yet: its pid, and the parent links to it, are still its own
+            for pid in descendants(proc.pid, process_table()) | {proc.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, state) of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, int, str]]) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (parent, _, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def read_until(
+    proc: subprocess.Popen, pattern: str, seen: list[str], *, timeout: float, stream: str = "stderr"
+) -> re.Match:
+    """Read ``proc``'s ``stream`` ("stderr" or "stdout", a pipe) line by line until a line matches
+    ``pattern``; every line read is appended to ``seen``.
+
+    Never waits past ``timeout`` seconds: a child that stays silent, or stops in the middle of a line, raises
+    TimeoutError with what it printed. It reads the pipe's descriptor one byte at a time and stops at the
+    end of the matching line, so nothing after it is taken from a later read or ``communicate()``.
+    """
+    pipe = getattr(proc, stream)
+    assert pipe is not None, f"{stream} of the child is not a pipe"
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(pipe.fileno(), selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                if line:
+                    seen.append(line.decode(errors="replace"))
+                raise TimeoutError(f"{pattern!r} not printed within {timeout} s; {stream} so far:\n{''.join(seen)}")
+            byte = os.read(pipe.fileno(), 1)
+            if not byte:
+                if line:
+                    seen.append(line.decode(errors="replace"))
+                raise AssertionError(f"{pattern!r} never printed ({stream} ended); {stream}:\n{''.join(seen)}")
+            line += byte
+            if byte == b"\n":
+                text = line.decode(errors="replace")
+                seen.append(text)
+                line.clear()
+                if match := re.search(pattern, text):
+                    return match
+
+
 def start_cli(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Popen:
     """``ct-tune ARGS`` started in ``cwd`` as its own process, output piped, for tests that signal it;
     ``own_group``: it leads a process group of its own and its workers, which ``os.killpg`` signals as a
@@ -120,7 +220,7 @@ def start_cli(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Pope
     from tests.conftest import SOURCE_ROOT
 
     env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "ct_tune.cli", *args],
         cwd=cwd,
         env=env,
@@ -129,3 +229,86 @@ def start_cli(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Pope
         text=True,
         start_new_session=own_group,
     )
+
+
+def start_launch(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Popen:
+    """``start_cli``; a launch of several workers gets ``--oversubscribe`` (a test process pinned to one
+    core would be refused its workers)."""
+    if "--workers" in args:
+        args = (*args, "--oversubscribe")
+    return start_cli(cwd, *args, own_group=own_group)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Studies on the stores of the ``stores`` fixture (SQLite or PostgreSQL), for the worker, fault and
+# cluster tests
+
+# A slow objective (a 30-step attack, a few seconds a trial) so that a fault lands inside a trial.
+SLOW_OBJECTIVES = [{"name": "adversarial", "eps": 0.05, "steps": 30, "n": 359}]
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
+
+
+def create_study_cli(
+    cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str, n_trials: int, **sections
+) -> list[str]:
+    """``ct-tune study create`` of a digits study (conftest's ``write_spec``; ``sections`` replace the
+    spec's) on ``stores``; returns the store options every later command of the test passes."""
+    from tests.conftest import write_spec
+
+    write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, **sections)
+    options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
+    result = cli_fast("study", "create", f"{name}.yaml", *options)
+    assert result.returncode == 0, result.stderr
+    return options
+
+
+def trials_of(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=stores.storage).get_trials()
+
+
+def child_runs(stores: Stores, name: str) -> list:
+    """The trial runs (children of the study's run) of a study's MLflow experiment."""
+    client = MlflowClient(stores.tracking)
+    experiment = client.get_experiment_by_name(f"ct-tune/{name}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+
+def wait_until_inside_a_trial(stores: Stores, name: str, *, worker: int, seconds: float = 180) -> None:
+    """Until ``worker`` is inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING."""
+    deadline = time.monotonic() + seconds
+    while not any(
+        run.data.tags.get("ct_tune.worker") == str(worker) and run.info.status == "RUNNING"
+        for run in child_runs(stores, name)
+    ):
+        assert time.monotonic() < deadline, f"worker {worker} never started a trial"
+        time.sleep(0.2)
+
+
+def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Optuna and MLflow tell the same story, trial by trial, for a study on ``SLOW_OBJECTIVES``; nothing is
+    RUNNING. Returns the trials."""
+    trials = trials_of(stores, name)
+    runs: dict[int, list] = defaultdict(list)
+    for run in child_runs(stores, name):
+        runs[int(run.data.tags["optuna.trial_number"])].append(run)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    for trial in trials:
+        described = f"trial {trial.number} ({trial.state.name}, {trial.user_attrs})"
+        mine = runs.pop(trial.number, [])
+        if trial.state == TrialState.WAITING or "ct_tune.discarded" in trial.user_attrs:
+            assert not mine, described  # never started here: no run
+            continue
+        if trial.state == TrialState.FAIL and not mine:
+            continue  # failed before its run opened
+        assert len(mine) == 1, described  # one run per trial
+        run = mine[0]
+        # (a worker killed between opening the run and storing its id: the run is found by its number)
+        named = trial.user_attrs.get("mlflow_run_id", run.info.run_id if trial.state == TrialState.FAIL else None)
+        assert run.info.run_id == named, described
+        assert run.data.tags["ct_tune.state"] == trial.state.name, described
+        assert run.info.status == RUN_STATUS[trial.state.name], described
+        if trial.state == TrialState.COMPLETE:
+            assert run.data.metrics["adversarial"] == pytest.approx(trial.values[0]), described
+    assert not runs, f"runs of trials Optuna does not have: {sorted(runs)}"
+    return trials

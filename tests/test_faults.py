@@ -10,104 +10,27 @@ database-stopped cases run on PostgreSQL; every other fault runs on both.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import optuna
 import pytest
-from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tests.conftest import Stores, write_spec
-from tests.helpers import start_cli
+from tests.conftest import Stores
+from tests.helpers import (
+    SLOW_OBJECTIVES,
+    assert_agree,
+    child_runs,
+    create_study_cli,
+    read_until,
+    start_launch,
+    wait_until_inside_a_trial,
+)
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
-
-# A slow objective (a 30-step attack, a few seconds a trial) so that a fault lands inside a trial.
-SLOW = [{"name": "adversarial", "eps": 0.05, "steps": 30, "n": 359}]
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
-
-
-def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str, n_trials: int) -> list[str]:
-    """Create a slow study on ``stores`` (conftest's fixture: SQLite and PostgreSQL); returns the store
-    options every later command of the test passes."""
-    write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, objectives=SLOW)
-    options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
-    result = cli_fast("study", "create", f"{name}.yaml", *options)
-    assert result.returncode == 0, result.stderr
-    return options
-
-
-def start(tmp_path: Path, *args: str, own_group: bool = False) -> subprocess.Popen:
-    if "--workers" in args:  # a test process is pinned to one core: several workers share it
-        args = (*args, "--oversubscribe")
-    return start_cli(tmp_path, *args, own_group=own_group)
-
-
-def read_until(proc: subprocess.Popen, pattern: str, seen: list[str]) -> re.Match:
-    """Read the launcher's stderr line by line until ``pattern`` matches (lines kept in ``seen``)."""
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if match := re.search(pattern, line):
-            return match
-    raise AssertionError(f"{pattern!r} never printed; stderr:\n{''.join(seen)}")
-
-
-def trials_of(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=stores.storage).get_trials()
-
-
-def child_runs(stores: Stores, name: str) -> list:
-    client = MlflowClient(stores.tracking)
-    experiment = client.get_experiment_by_name(f"ct-tune/{name}")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-
-
-def wait_until_inside_a_trial(stores: Stores, name: str, *, worker: int, seconds: float = 180) -> None:
-    """Until ``worker`` is inside a trial: once its trial's MLflow run is open, the Optuna trial is RUNNING."""
-    deadline = time.monotonic() + seconds
-    while not any(
-        run.data.tags.get("ct_tune.worker") == str(worker) and run.info.status == "RUNNING"
-        for run in child_runs(stores, name)
-    ):
-        assert time.monotonic() < deadline, f"worker {worker} never started a trial"
-        time.sleep(0.2)
-
-
-def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
-    """Optuna and MLflow tell the same story, trial by trial; nothing is RUNNING. Returns the trials."""
-    trials = trials_of(stores, name)
-    runs: dict[int, list] = defaultdict(list)
-    for run in child_runs(stores, name):
-        runs[int(run.data.tags["optuna.trial_number"])].append(run)
-    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    for trial in trials:
-        described = f"trial {trial.number} ({trial.state.name}, {trial.user_attrs})"
-        mine = runs.pop(trial.number, [])
-        if trial.state == TrialState.WAITING or "ct_tune.discarded" in trial.user_attrs:
-            assert not mine, described  # never started here: no run
-            continue
-        if trial.state == TrialState.FAIL and not mine:
-            continue  # failed before its run opened
-        assert len(mine) == 1, described  # one run per trial
-        run = mine[0]
-        # (a worker killed between opening the run and storing its id: the run is found by its number)
-        named = trial.user_attrs.get("mlflow_run_id", run.info.run_id if trial.state == TrialState.FAIL else None)
-        assert run.info.run_id == named, described
-        assert run.data.tags["ct_tune.state"] == trial.state.name, described
-        assert run.info.status == RUN_STATUS[trial.state.name], described
-        if trial.state == TrialState.COMPLETE:
-            assert run.data.metrics["adversarial"] == pytest.approx(trial.values[0]), described
-    assert not runs, f"runs of trials Optuna does not have: {sorted(runs)}"
-    return trials
 
 
 def assert_one_line_at_the_end(stderr: str, expected: str) -> None:
@@ -134,13 +57,25 @@ def exited(pid: int) -> bool:
         return True
 
 
+READY = r"worker (\d) ready .*\(pid (\d+)\)"
+
+
+def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str, n_trials: int, **sections):
+    """A study of slow trials (``SLOW_OBJECTIVES``) on ``stores``; returns the store options."""
+    return create_study_cli(
+        cli_fast, tmp_path, checkpoint, stores, name, n_trials, objectives=SLOW_OBJECTIVES, **sections
+    )
+
+
 def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp_path, digits_checkpoint, stores):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 4)
-    proc = start(tmp_path, "study", "run", "crash", *options, "--workers", "2", "--heartbeat", "1", "--grace", "4")
+    proc = start_launch(
+        tmp_path, "study", "run", "crash", *options, "--workers", "2", "--heartbeat", "1", "--grace", "4"
+    )
     seen: list[str] = []
     pids = {}
     while len(pids) < 2:
-        match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
+        match = read_until(proc, READY, seen, timeout=300)
         pids[int(match.group(1))] = int(match.group(2))
     wait_until_inside_a_trial(stores, "crash", worker=1)
     os.kill(pids[1], signal.SIGKILL)
@@ -159,12 +94,12 @@ def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp
 
 def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tmp_path, digits_checkpoint, stores):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "orphaned", 4)
-    proc = start(tmp_path, "study", "run", "orphaned", *options, "--workers", "2", "--no-progress")
+    proc = start_launch(tmp_path, "study", "run", "orphaned", *options, "--workers", "2", "--no-progress")
     seen: list[str] = []
     pids = []
     while len(pids) < 2:
-        pids.append(int(read_until(proc, r"worker \d ready .*\(pid (\d+)\)", seen).group(1)))
-    read_until(proc, r"\] trial", seen)  # a first trial ended: the other worker is inside one
+        pids.append(int(read_until(proc, READY, seen, timeout=300).group(2)))
+    read_until(proc, r"\] trial", seen, timeout=300)  # a first trial ended: the other worker is inside one
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 180
@@ -185,11 +120,11 @@ def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tm
 )
 def test_ctrl_c_fails_the_running_trials_in_both_stores(cli, cli_fast, tmp_path, digits_checkpoint, stores, workers):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "stopped", 4)
-    proc = start(
+    proc = start_launch(
         tmp_path, "study", "run", "stopped", *options, "--workers", str(workers), "--no-progress", own_group=True
     )
     seen: list[str] = []
-    read_until(proc, r"worker \d (on|ready)", seen)  # the model is loaded, trials start
+    read_until(proc, r"worker \d (on|ready)", seen, timeout=300)  # the model is loaded, trials start
     deadline = time.monotonic() + 120
     while not any(run.info.status == "RUNNING" for run in child_runs(stores, "stopped")):
         assert time.monotonic() < deadline, "no trial started"
@@ -216,9 +151,11 @@ def test_database_stopped_mid_run_is_one_line_and_a_later_run_resumes(
     )
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "outage", 4)
     timing = ["--heartbeat", "1", "--grace", "3"]
-    proc = start(tmp_path, "study", "run", "outage", *options, "--workers", str(workers), *timing, "--no-progress")
+    proc = start_launch(
+        tmp_path, "study", "run", "outage", *options, "--workers", str(workers), *timing, "--no-progress"
+    )
     seen: list[str] = []
-    read_until(proc, r"trial +\d+ COMPLETE", seen)  # a first trial ended: the next is mid-flight
+    read_until(proc, r"trial +\d+ COMPLETE", seen, timeout=300)  # a first trial ended: the next is mid-flight
     postgres.stop("immediate")
     try:
         _, rest = proc.communicate(timeout=300)

@@ -129,7 +129,7 @@ def test_split_is_identical_in_another_process(digits):
         "print(json.dumps({'fp': dm.fingerprint, 'val': dm.split_indices('val')[1].tolist()}))\n"
     )
     env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["fp"] == digits.fingerprint
     assert result["val"] == digits.split_indices("val")[1].tolist()

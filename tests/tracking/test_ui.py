@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SOURCE_ROOT, write_spec
+from tests.helpers import descendants, process_table, read_until, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def test_ui_serves_the_study_experiment(cli_fast, tmp_path, digits_checkpoint):
     experiment_id = created.json()["mlflow_experiment_id"]
     port = free_port()
     env = {"PYTHONPATH": str(SOURCE_ROOT), "PATH": f"{SOURCE_ROOT}:/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "ct_tune.cli", "ui", "--study", "watched", "--port", str(port), "--json"],
         cwd=tmp_path,
         env=env,
@@ -43,9 +44,7 @@ def test_ui_serves_the_study_experiment(cli_fast, tmp_path, digits_checkpoint):
         text=True,
     )
     try:
-        first = proc.stdout.readline()
-        assert first, proc.stderr.read()
-        payload = json.loads(first)
+        payload = json.loads(read_until(proc, r"^\{.*\}$", [], timeout=120, stream="stdout").group(0))
         assert (
             payload["url"]
             == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -98,25 +97,6 @@ def test_ui_bad_port_or_host_is_one_line(cli_fast, tmp_path, args, message):
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store is touched
 
 
-def process_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state) of every process, from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def descendants(root: int, table: dict[int, tuple[int, int, str]]) -> set[int]:
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, (parent, _, _) in table.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def alive(pids: set[int], groups: set[int]) -> set[int]:
     """Of ``pids`` and the members of ``groups``, those still running (zombies are gone for good)."""
     return {
@@ -146,7 +126,7 @@ def test_a_signal_stops_the_ui_and_everything_it_started(tmp_path, sig, jobs):
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs,
     }
     command = [sys.executable, "-m", "ct_tune.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    proc = subprocess.Popen(
+    proc = spawn(
         [*command, "--port", str(port), "--json"],
         cwd=tmp_path,
         env=env,
@@ -158,8 +138,7 @@ def test_a_signal_stops_the_ui_and_everything_it_started(tmp_path, sig, jobs):
     started: set[int] = set()
     groups = {proc.pid}
     try:
-        first = proc.stdout.readline()
-        assert first, proc.stderr.read()
+        first = read_until(proc, r"^\{.*\}$", [], timeout=120, stream="stdout").group(0)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
             assert response.status == 200
         deadline = time.monotonic() + 120

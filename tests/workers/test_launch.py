@@ -18,6 +18,7 @@ from ct_tune.workers import EVENT_PREFIX, WorkerPlan, launch
 import pytest
 
 from tests.conftest import SOURCE_ROOT
+from tests.helpers import read_until, spawn
 
 SECRET = "pw-Only-On-Stdin-4217"
 
@@ -219,7 +220,6 @@ print("RESULT", json.dumps({{"interrupted": result.interrupted, "exit_codes": re
 """
 
 
-@pytest.mark.slow
 def start_launcher(tmp_path: Path, env: dict, *, workers: int, mode: str, pids: Path | None = None):
     """The LAUNCHER script for ``workers`` tiny workers in ``mode``, started in its own process group (as a
     terminal starts a command)."""
@@ -229,7 +229,7 @@ def start_launcher(tmp_path: Path, env: dict, *, workers: int, mode: str, pids: 
             log_dir=str(tmp_path / "logs"), package=env["PYTHONPATH"], workers=workers, mode=mode, pids=str(pids or "")
         )
     )
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -250,13 +250,9 @@ def test_interrupting_the_launcher_stops_every_worker(tmp_path, worker_module, h
     _, env = worker_module
     proc = start_launcher(tmp_path, env, workers=2, mode="signals")
     try:
-        ready = 0
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            ready += line.startswith("EVENT") and line.split()[2] == "ready"
-            if ready == 2:
-                break
-        assert ready == 2, proc.stderr.read() if proc.stderr else ""
+        seen: list[str] = []
+        for _ in range(2):
+            read_until(proc, r"^EVENT \d ready$", seen, timeout=120, stream="stdout")
         sent = time.monotonic()
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)

@@ -12,27 +12,34 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from tests.helpers import (
+    SLOW_OBJECTIVES,
+    assert_agree,
+    create_study_cli,
+    read_until,
+    start_launch,
+    wait_until_inside_a_trial,
+)
 from tests.postgres import PASSWORD
-from tests.test_faults import assert_agree, create, read_until, start, wait_until_inside_a_trial
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.mark.slow
 def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fast, tmp_path, digits_checkpoint, stores):
-    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "actors", 4)
-    proc = start(
+    options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "actors", 4, objectives=SLOW_OBJECTIVES)
+    proc = start_launch(
         tmp_path, "study", "run", "actors", *options, "--executor", "ray", "--workers", "2",
         "--heartbeat", "1", "--grace", "4", "--no-progress",
     )  # fmt: skip
     seen: list[str] = []
     pids: dict[int, int] = {}
     while len(pids) < 2:
-        match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen)
+        match = read_until(proc, r"worker (\d) ready .*\(pid (\d+)\)", seen, timeout=300)
         pids[int(match.group(1))] = int(match.group(2))
     wait_until_inside_a_trial(stores, "actors", worker=1)
     os.kill(pids[1], signal.SIGKILL)
-    restarted = int(read_until(proc, r"worker 1 ready .*\(pid (\d+)\)", seen).group(1))
+    restarted = int(read_until(proc, r"worker 1 ready .*\(pid (\d+)\)", seen, timeout=300).group(1))
     assert restarted != pids[1]  # Ray started a new actor process, which joined the study again
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, "".join(seen) + stderr

@@ -18,8 +18,16 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.conftest import write_spec
+from tests.helpers import (
+    SLOW_OBJECTIVES,
+    assert_agree,
+    child_runs,
+    create_study_cli,
+    read_until,
+    start_launch,
+    wait_until_inside_a_trial,
+)
 from tests.postgres import PASSWORD
-from tests.test_faults import assert_agree, child_runs, create, read_until, start, wait_until_inside_a_trial
 
 pytestmark = pytest.mark.cluster
 
@@ -30,13 +38,13 @@ pytestmark = pytest.mark.cluster
 def test_a_local_job_array_runs_the_exact_budget_and_a_killed_task_costs_one_retried_trial(
     cli, cli_fast, tmp_path, digits_checkpoint, stores
 ):
-    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "array", 4)
-    proc = start(
+    options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "array", 4, objectives=SLOW_OBJECTIVES)
+    proc = start_launch(
         tmp_path, "study", "run", "array", *options, "--executor", "slurm", "--submitit-local",
         "--tasks-per-node", "2", "--wait", "--heartbeat", "1", "--grace", "4", "--no-progress",
     )  # fmt: skip
     seen: list[str] = []
-    job = read_until(proc, r"submitted 1 job\(s\) \(2 worker\(s\)\): (\d+)", seen).group(1)
+    job = read_until(proc, r"submitted 1 job\(s\) \(2 worker\(s\)\): (\d+)", seen, timeout=300).group(1)
     log = tmp_path / "logs" / "array" / "slurm" / job / f"{job}_1_log.err"
     wait_until_inside_a_trial(stores, "array", worker=1)
     pid = int(re.search(r"worker ready on .*\(pid (\d+)", log.read_text()).group(1))

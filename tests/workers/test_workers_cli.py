@@ -9,37 +9,18 @@ import signal
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import write_spec
-from tests.helpers import run_betas, start_cli
+from tests.helpers import child_runs, create_study_cli, read_until, run_betas, start_cli, trials_of
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
 
 
-def create(cli_fast, tmp_path, checkpoint, stores, name: str, n_trials: int, **sections) -> None:
-    write_spec(tmp_path / f"{name}.yaml", checkpoint, name=name, budget={"n_trials": n_trials}, **sections)
-    result = cli_fast("study", "create", f"{name}.yaml", "--storage", stores.storage, "--tracking-uri", stores.tracking)
-    assert result.returncode == 0, result.stderr
-
-
-def trials_of(stores, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=stores.storage.replace("+psycopg", "+psycopg")).get_trials()
-
-
-def child_runs(stores, name: str) -> list:
-    client = MlflowClient(stores.tracking)
-    experiment = client.get_experiment_by_name(f"ct-tune/{name}")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-
-
 def test_three_workers_finish_exactly_the_budget(cli, cli_fast, tmp_path, digits_checkpoint, stores):
-    create(cli_fast, tmp_path, digits_checkpoint, stores, "shared", 12)
+    create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "shared", 12)
     result = cli(
         "study",
         "run",
@@ -122,7 +103,7 @@ def test_more_cpu_workers_than_cores_is_refused_before_anything_starts(cli_fast,
     from tests.conftest import Stores
 
     stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    create(cli_fast, tmp_path, digits_checkpoint, stores, "many", 3)
+    create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "many", 3)
     result = cli_fast("study", "run", "many", "--workers", "1000", "--devices", "cpu", "--no-progress")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -139,16 +120,13 @@ def test_ctrl_c_while_workers_start_stops_them_all(cli_fast, tmp_path, digits_ch
     from tests.conftest import Stores
 
     stores = Stores("sqlite", f"sqlite:///{tmp_path}/studies/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    create(cli_fast, tmp_path, digits_checkpoint, stores, "early", 6)
+    create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "early", 6)
     workers = available_cores() + 1
     proc = start_cli(tmp_path, "study", "run", "early", "--workers", str(workers), "--oversubscribe", "--no-progress")
     lines: list[str] = []
     started: set[int] = set()
     try:
-        for line in proc.stderr:
-            lines.append(line)
-            if f"{workers} worker(s)" in line:
-                break
+        read_until(proc, re.escape(f"{workers} worker(s)"), lines, timeout=300)
         deadline = time.monotonic() + 60
         while len(started) < workers and time.monotonic() < deadline:  # all started, none loaded yet
             started = {
