@@ -1,6 +1,6 @@
 """What several test modules share: small real models and data for tests that must not wait for a full
-pretrain, readers of the stores, child processes read with a deadline (and stopped with their test) and the
-slow studies of the fault and cluster tests."""
+pretrain, readers of the stores, child processes read with a deadline (and stopped with their test), the
+slow studies of the fault and cluster tests, and the independent CT reference of the steering tests."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import torch.nn.functional as F
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sklearn.datasets import load_digits
@@ -312,3 +313,75 @@ def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
             assert run.data.metrics["adversarial"] == pytest.approx(trial.values[0]), described
     assert not runs, f"runs of trials Optuna does not have: {sorted(runs)}"
     return trials
+
+
+# ------------------------------------------------------------------------------------------------------
+# The independent CT reference of the steering tests (it shares no code with ct_tune.steering), and a user
+# model with every way of applying ReLU
+
+
+def formula(x: torch.Tensor, beta: float, c: float) -> torch.Tensor:
+    if beta == 1.0:
+        return torch.relu(x)
+    m = 1.0 - beta
+    return c * torch.sigmoid(beta * x / m) * x + (1.0 - c) * torch.logaddexp(torch.zeros_like(x), x / m) * m
+
+
+class RefCT(nn.Module):
+    """Stands in for one nn.ReLU; ``betas[k]`` is used for its k-th call in a forward pass."""
+
+    def __init__(self, betas: list[float], c: float) -> None:
+        super().__init__()
+        self.betas, self.c, self.calls = betas, c, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.betas[self.calls % len(self.betas)]
+        self.calls += 1
+        return formula(x, beta, self.c)
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Close relative to the output's magnitude (random-init MobileNet logits are ~1e-9)."""
+    scale = expected.abs().max().clamp_min(1e-30)
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=rtol, atol=rtol * 0.1)
+
+
+def assert_differs_scaled(a: torch.Tensor, b: torch.Tensor) -> None:
+    scale = b.abs().max().clamp_min(1e-30)
+    assert ((a - b).abs().max() / scale) > 1e-3
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1, self.lin2, self.lin3 = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.lin1(x))  # block.relu()#0
+        z = self.lin2(y)
+        z.relu_()  # block.relu()#1: in place, result ignored
+        w = nn.ReLU()(self.lin3(z))  # block.relu()#2: module built inside forward
+        return w + F.relu(x, inplace=False)  # block.relu()#3
+
+
+class Tricky(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.out = (
+            nn.Linear(8, 16),
+            nn.Linear(16, 16),
+            nn.Linear(16, 16),
+            nn.Linear(16, 3),
+        )
+        self.relu = nn.ReLU(inplace=True)
+        self.block = Block()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.fc1(x))  # relu#0
+        x = self.relu(self.fc2(x))  # relu#1: the same module again
+        x = self.block(x)
+        x = F.relu(self.fc3(x), inplace=True)  # relu()#0: inline in the model's own forward
+        return self.out(x)
+
+
+TRICKY_SITES = ["relu#0", "relu#1", "block.relu()#0", "block.relu()#1", "block.relu()#2", "block.relu()#3", "relu()#0"]

@@ -12,8 +12,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from tests.helpers import digits_data, digits_target
-from tests.steering.test_handle import TRICKY_SITES, Tricky
+from tests.helpers import TRICKY_SITES, Tricky, digits_data, digits_target
 
 
 def separate(model, x, profiles, cs, **steer_kwargs):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.steering.test_handle import formula
+from tests.helpers import formula
 from tests.steering.zoo import example, timm_model, torchvision_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,8 +1,9 @@
 """Steering through hooks, checked against an independent reference that replaces modules.
 
-The reference (written here, sharing no code with ct_tune.steering) deep-copies the model and swaps
-every nn.ReLU for a module computing the paper's formula, with betas assigned by hand-written rules
-per architecture. DenseNet's inline ``F.relu`` is reproduced with a hand-written forward.
+The reference (tests/helpers.py's ``formula`` and ``RefCT`` and the rules here, sharing no code with
+ct_tune.steering) deep-copies the model and swaps every nn.ReLU for a module computing the paper's formula,
+with betas assigned by hand-written rules per architecture. DenseNet's inline ``F.relu`` is reproduced with
+a hand-written forward.
 """
 
 from __future__ import annotations
@@ -20,31 +21,13 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
+from tests.helpers import TRICKY_SITES, RefCT, Tricky, assert_close_scaled, assert_differs_scaled, formula
+
 TORCHVISION_MODELS = ["resnet18", "resnet50", "vgg11_bn", "densenet121", "mobilenet_v3_small"]
 
 
 # --------------------------------------------------------------------------------------------------
 # Independent reference
-def formula(x: torch.Tensor, beta: float, c: float) -> torch.Tensor:
-    if beta == 1.0:
-        return torch.relu(x)
-    m = 1.0 - beta
-    return c * torch.sigmoid(beta * x / m) * x + (1.0 - c) * torch.logaddexp(torch.zeros_like(x), x / m) * m
-
-
-class RefCT(nn.Module):
-    """Stands in for one nn.ReLU; ``betas[k]`` is used for its k-th call in a forward pass."""
-
-    def __init__(self, betas: list[float], c: float) -> None:
-        super().__init__()
-        self.betas, self.c, self.calls = betas, c, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        beta = self.betas[self.calls % len(self.betas)]
-        self.calls += 1
-        return formula(x, beta, self.c)
-
-
 # Which unit a ReLU module (path) belongs to, per architecture and granularity, written by hand.
 # "relu()" stands for DenseNet's inline F.relu after `features` (the head).
 def _resnet(depth: int) -> Callable[[str], str]:
@@ -120,17 +103,6 @@ def reference_model(model: nn.Module, unit_beta: Callable[[str], float], c: floa
         return ref(x)
 
     return forward
-
-
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
-    """Close relative to the output's magnitude (random-init MobileNet logits are ~1e-9)."""
-    scale = expected.abs().max().clamp_min(1e-30)
-    torch.testing.assert_close(actual / scale, expected / scale, rtol=rtol, atol=rtol * 0.1)
-
-
-def assert_differs_scaled(a: torch.Tensor, b: torch.Tensor) -> None:
-    scale = b.abs().max().clamp_min(1e-30)
-    assert ((a - b).abs().max() / scale) > 1e-3
 
 
 @functools.cache
@@ -282,42 +254,6 @@ def test_block_profile_changes_only_activations_at_and_after_that_block(x):
 
 # --------------------------------------------------------------------------------------------------
 # A user model with every way of applying ReLU
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin1, self.lin2, self.lin3 = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.lin1(x))  # block.relu()#0
-        z = self.lin2(y)
-        z.relu_()  # block.relu()#1: in place, result ignored
-        w = nn.ReLU()(self.lin3(z))  # block.relu()#2: module built inside forward
-        return w + F.relu(x, inplace=False)  # block.relu()#3
-
-
-class Tricky(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.fc3, self.out = (
-            nn.Linear(8, 16),
-            nn.Linear(16, 16),
-            nn.Linear(16, 16),
-            nn.Linear(16, 3),
-        )
-        self.relu = nn.ReLU(inplace=True)
-        self.block = Block()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.fc1(x))  # relu#0
-        x = self.relu(self.fc2(x))  # relu#1: the same module again
-        x = self.block(x)
-        x = F.relu(self.fc3(x), inplace=True)  # relu()#0: inline in the model's own forward
-        return self.out(x)
-
-
-TRICKY_SITES = ["relu#0", "relu#1", "block.relu()#0", "block.relu()#1", "block.relu()#2", "block.relu()#3", "relu()#0"]
-
-
 def tricky_reference(model: Tricky, x: torch.Tensor, beta: dict[str, float], c: float = 0.5) -> torch.Tensor:
     def f(site: str, t: torch.Tensor) -> torch.Tensor:
         return formula(t, beta.get(site, 1.0), c)

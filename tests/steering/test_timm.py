@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.steering.test_handle import RefCT, assert_close_scaled, assert_differs_scaled
+from tests.helpers import RefCT, assert_close_scaled, assert_differs_scaled
 from tests.steering.zoo import example, timm_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
