@@ -131,6 +131,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data="digits",
         epochs=6,
         out=str(root / "digits.pt"),
+        accelerator="cpu",  # the same checkpoint on a machine with a GPU
         tracking_uri=f"sqlite:///{root}/mlflow.db",
         progress=False,
     )
@@ -153,7 +154,7 @@ def write_spec(path: Path, checkpoint: Path, **sections) -> Path:
         "objectives": [{"name": "accuracy"}],
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 3},
         "budget": {"n_trials": 6},
-        "run": {"batch_size": 128},
+        "run": {"device": "cpu", "batch_size": 128},  # CPU semantics: on a GPU machine too
     }
     spec.update(sections)
     path.write_text(yaml.safe_dump(spec))

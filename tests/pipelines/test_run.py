@@ -43,7 +43,7 @@ def _pipeline(path: Path, checkpoint: Path, **changes) -> Path:
             "model": {"checkpoint": str(checkpoint)},
             "data": {"name": "digits", "seed": 0},
             "objectives": [{"name": "accuracy"}],
-            "run": {"batch_size": 256},
+            "run": {"device": "cpu", "batch_size": 256},
         },
         "stages": [
             {

@@ -185,7 +185,12 @@ def test_a_model_without_weights_is_built_alike_in_every_process_and_said_so(tmp
     import torch
 
     monkeypatch.chdir(tmp_path)
-    spec = {"model": {"name": "cifar_resnet_small"}, "data": {"name": "digits"}, "budget": {"n_trials": 1}}
+    spec = {
+        "model": {"name": "cifar_resnet_small"},
+        "data": {"name": "digits"},
+        "budget": {"n_trials": 1},
+        "run": {"device": "cpu"},
+    }
     with caplog.at_level("WARNING", logger="ct_tune"):
         study = ct_tune.create_study(spec, name="untrained", **stores(tmp_path))
     assert "model cifar_resnet_small has no checkpoint or pretrained weights" in caplog.text

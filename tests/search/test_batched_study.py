@@ -24,7 +24,7 @@ def test_two_workers_three_trials_per_batch_finish_exactly_the_budget(cli, cli_f
         objectives=[{"name": "accuracy"}, {"name": "probe", "max_iter": 20}],
         sampler={"name": "tpe", "seed": 0, "n_startup_trials": 2},
         budget={"n_trials": 7},
-        run={"batch_size": 128, "trials_per_batch": 3},
+        run={"device": "cpu", "batch_size": 128, "trials_per_batch": 3},
     )
     created = cli_fast("study", "create", "batched.yaml", "--storage", storage, "--tracking-uri", tracking)
     assert created.returncode == 0, created.stderr

@@ -49,9 +49,8 @@ def test_create_run_status_best_export_report_end_to_end(cli, tmp_path, digits_c
     assert profile.betas == trial["betas"] and profile.granularity == "block"
 
     # The exported profile reproduces the trial's score through `ct-tune evaluate`.
-    evaluated = cli(
-        "evaluate", "--checkpoint", str(digits_checkpoint), "--data", "digits", "--profile", "best.json", "--json"
-    )
+    profile_args = ("--checkpoint", str(digits_checkpoint), "--data", "digits", "--profile", "best.json")
+    evaluated = cli("evaluate", *profile_args, "--device", "cpu", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.json()["results"]["accuracy"]["value"] == trial["values"]["accuracy"]
 

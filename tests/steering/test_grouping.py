@@ -452,6 +452,7 @@ def test_a_custom_study_searches_and_exports_its_groups(tmp_path, monkeypatch):
         "search": {"granularity": "custom", "groups": groups},
         "sampler": {"name": "random", "seed": 0},
         "budget": {"n_trials": 3},
+        "run": {"device": "cpu"},
         "storage": f"sqlite:///{tmp_path}/optuna.db",
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
     }

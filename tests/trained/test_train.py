@@ -176,7 +176,7 @@ def trained_pipeline(checkpoint, **changes) -> dict:
             "model": {"checkpoint": str(checkpoint)},
             "data": {"name": "digits", "seed": 0},
             "objectives": [{"name": "accuracy"}],
-            "run": {"batch_size": 256},
+            "run": {"device": "cpu", "batch_size": 256},
         },
         "stages": [
             {"name": "trained", "kind": "train", "train": {"granularity": "channel", "epochs": 1, "batch_size": 256}},

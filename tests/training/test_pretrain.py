@@ -27,7 +27,8 @@ def _one_line_error(result, *fragments: str) -> str:
 
 @pytest.mark.slow
 def test_pretrain_digits_through_the_cli_and_load_the_checkpoint_back(cli, tmp_path):
-    result = cli("pretrain", "--data", "digits", "--epochs", "4", "--out", "ck/digits.pt", "--json")
+    args = ("--data", "digits", "--epochs", "4", "--out", "ck/digits.pt", "--accelerator", "cpu", "--json")
+    result = cli("pretrain", *args)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)  # stdout holds exactly one JSON object
     assert {"checkpoint", "val_accuracy", "seconds"} <= set(payload)
@@ -67,6 +68,7 @@ def test_pretrain_is_reproducible_with_the_seed(tmp_path):
             train_size=256,
             val_size=100,
             seed=7,
+            accelerator="cpu",  # bit-identical runs: on CPU at a fixed thread count
             out=str(tmp_path / f"{name}.pt"),
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
             progress=False,
