@@ -92,9 +92,32 @@ def digits_data(with_train: bool = True) -> EvalData:
     return EvalData(val_x, val_y)
 
 
+def plain_val_hits(checkpoint: Path, batch_size: int) -> tuple[int, int]:
+    """(correct, total) of the checkpoint's network as it is, no ct-tune steering or objective in between, on
+    the val split that ``ct-tune evaluate`` and studies score (digits, seed 0): plain forward passes of
+    ``batch_size`` images on the CPU."""
+    from ct_tune.data import create_datamodule
+    from ct_tune.models import create_model
+
+    data = create_datamodule("digits", seed=0)
+    model = create_model(str(checkpoint), num_classes=data.num_classes)
+    data.input_spec = model.input_spec
+    x, y = data.tensors("val")
+    net, normalize = model.net.eval(), model.input_spec.normalize
+    with torch.no_grad():
+        logits = torch.cat([net(normalize(x[i : i + batch_size])) for i in range(0, len(y), batch_size)])
+    return int((logits.argmax(1) == y).sum()), len(y)
+
+
 def run_betas(run) -> dict[str, float]:
     """A trial run's beta params under Optuna's names: MLflow's ``beta.03.layer1.0`` is ``beta.layer1.0``."""
     return {re.sub(r"^beta\.\d+\.", "beta.", k): float(v) for k, v in run.data.params.items() if k.startswith("beta.")}
+
+
+def listing(root: Path) -> list[str]:
+    """Every file and folder under ``root``, relative to it: what a refused command must leave as it was
+    (the default stores are files under the working directory: studies/optuna.db, mlruns/mlflow.db)."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
 
 def mlflow_runs(root: Path, study: str) -> tuple[list, list]:

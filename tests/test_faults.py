@@ -14,6 +14,7 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -22,7 +23,6 @@ from tests.conftest import Stores
 from tests.helpers import (
     SLOW_OBJECTIVES,
     assert_agree,
-    child_runs,
     create_study_cli,
     read_until,
     start_launch,
@@ -113,22 +113,36 @@ def test_sigkill_of_the_launcher_lets_workers_end_their_trials(cli, cli_fast, tm
     finish(cli, stores, "orphaned", options, 4)
 
 
+def inside_their_evaluations(study: optuna.Study, workers: int, n: int, chunk: int) -> set[int] | None:
+    """The numbers of the RUNNING trials if there is one per worker and each still has at least one chunk of
+    ``chunk`` samples of its ``n`` to evaluate (it reported no running value past ``n - chunk``), else None.
+    A Ctrl-C sent a few milliseconds later lands inside each of their evaluations."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if len(running) == workers and all(max(t.intermediate_values, default=0) < n - chunk for t in running):
+        return {t.number for t in running}
+    return None
+
+
 @pytest.mark.parametrize(
     ("stores", "workers"),
     [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)],  # each mode, each database
     indirect=["stores"],
 )
 def test_ctrl_c_fails_the_running_trials_in_both_stores(cli, cli_fast, tmp_path, digits_checkpoint, stores, workers):
-    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "stopped", 4)
+    # A pruner that never prunes (it waits for 1,000 finished trials) has each trial report its running value
+    # to Optuna after every chunk of 128 samples (of 359): how far each evaluation has come.
+    never_prunes = {"name": "median", "n_startup_trials": 1000}
+    options = create(cli_fast, tmp_path, digits_checkpoint, stores, "stopped", 4, pruner=never_prunes)
     proc = start_launch(
         tmp_path, "study", "run", "stopped", *options, "--workers", str(workers), "--no-progress", own_group=True
     )
     seen: list[str] = []
     read_until(proc, r"worker \d (on|ready)", seen, timeout=300)  # the model is loaded, trials start
+    study = optuna.load_study(study_name="stopped", storage=stores.storage)
     deadline = time.monotonic() + 120
-    while not any(run.info.status == "RUNNING" for run in child_runs(stores, "stopped")):
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.2)
+    while (running := inside_their_evaluations(study, workers, SLOW_OBJECTIVES[0]["n"], chunk=128)) is None:
+        assert time.monotonic() < deadline, f"no moment with every worker inside an evaluation: {''.join(seen)}"
+        time.sleep(0.05)
     # a terminal's Ctrl-C reaches the launcher and its workers at once (to the launcher alone, the workers
     # get 10 s to see it first: on a quiet machine they could finish the whole budget in that time)
     os.killpg(proc.pid, signal.SIGINT)
@@ -137,7 +151,8 @@ def test_ctrl_c_fails_the_running_trials_in_both_stores(cli, cli_fast, tmp_path,
     assert_one_line_at_the_end("".join(seen) + rest, "interrupted")
     assert "Resume with: ct-tune study run stopped" in rest
     trials = assert_agree(stores, "stopped")
-    assert [t for t in trials if t.state == TrialState.FAIL]  # the interrupted trial(s)
+    failed = {t.number for t in trials if t.state == TrialState.FAIL and "ct_tune.discarded" not in t.user_attrs}
+    assert failed == running, [(t.number, t.state.name, t.intermediate_values) for t in trials]
     finish(cli, stores, "stopped", options, 4)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import plain_val_hits
+
 pytestmark = pytest.mark.slow
 
 
@@ -39,9 +41,13 @@ def test_evaluate_several_objectives_with_unit_betas(cli_fast, digits_checkpoint
 
 
 def test_evaluate_beta_one_equals_plain_model(cli_fast, digits_checkpoint):
-    one = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--beta", "1", "--json").json()
-    smooth = cli_fast("evaluate", "--checkpoint", str(digits_checkpoint), "--beta", "0.5", "--json").json()
-    assert one["results"]["accuracy"]["per_class"] != smooth["results"]["accuracy"]["per_class"]
+    plain = ("evaluate", "--checkpoint", str(digits_checkpoint), "--device", "cpu", "--batch-size", "256", "--json")
+    one = cli_fast(*plain, "--beta", "1").json()["results"]["accuracy"]
+    correct, total = plain_val_hits(digits_checkpoint, batch_size=256)  # the network without ct-tune
+    assert one["n"] == total and round(one["value"] * total) == correct
+    assert one["value"] == pytest.approx(correct / total, abs=1e-9)
+    smooth = cli_fast(*plain, "--beta", "0.5").json()["results"]["accuracy"]
+    assert one["per_class"] != smooth["per_class"]  # and beta steers: 0.5 is not the plain model
 
 
 @pytest.mark.parametrize(

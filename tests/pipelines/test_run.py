@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import SOURCE_ROOT, write_spec
-from tests.helpers import mlflow_runs, optuna_trials
+from tests.helpers import listing, mlflow_runs, optuna_trials
 
 PIPELINES = sorted((SOURCE_ROOT / "pipelines").glob("*.yaml"))
 UNITS = ["stem", "layer1.0", "layer2.0", "layer3.0"]
@@ -91,11 +91,12 @@ def test_bad_pipelines_are_one_line_exit_2_and_create_nothing(cli_fast, tmp_path
     for key, value in change.items():
         data[key] = {**data[key], **value} if key == "base" else value
     path.write_text(yaml.safe_dump(data))
+    before = listing(tmp_path)
     result = cli_fast("pipeline", "run", "bad.yaml", "--no-progress")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert cli_fast("study", "list", "--json").json()["studies"] == []
+    assert listing(tmp_path) == before  # no store, no study, no log
 
 
 def test_missing_pipeline_file_and_warm_start_without_result(cli_fast, tmp_path, digits_checkpoint):
@@ -103,9 +104,10 @@ def test_missing_pipeline_file_and_warm_start_without_result(cli_fast, tmp_path,
     assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr
 
     _pipeline(tmp_path / "p.yaml", digits_checkpoint)
+    before = listing(tmp_path)
     result = cli_fast("pipeline", "run", "p.yaml", "--workers", "0")  # refused before any stage's study exists
     assert result.returncode == 2 and "--workers must be at least 1" in result.stderr
-    assert cli_fast("study", "list", "--json").json()["studies"] == []
+    assert listing(tmp_path) == before
 
     # a first stage whose every trial fails leaves nothing to warm-start from: one line, exit 2
     data = yaml.safe_load((tmp_path / "p.yaml").read_text())
@@ -218,7 +220,13 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     assert block_parent.data.tags["ct_tune.previous_stage_run"] == global_parent.info.run_id
     assert global_parent.data.tags["ct_tune.stage"] == "global"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    assert client.get_run(block_parent.info.run_id).info.status in ("RUNNING", "FINISHED")
+
+    def assert_every_parent_ended() -> None:  # a stage's run spans its launch and is ended with it
+        for parent in (global_parent, block_parent):
+            run = client.get_run(parent.info.run_id)
+            assert run.info.status == "FINISHED" and run.info.end_time, (run.data.tags["ct_tune.stage"], run.info)
+
+    assert_every_parent_ended()
     # the filter the README shows for a pipeline's runs
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("ct-tune/pipe.")]
     tagged = client.search_runs(experiments, "tags.`ct_tune.pipeline` = 'pipe'")
@@ -229,9 +237,10 @@ def test_pipeline_end_to_end_warm_start_links_report_and_resume(cli, tmp_path, d
     assert f"block: best of stage global (trial {glob_best['number']})" in shown
     assert "intervals: 95% percentile bootstrap over test samples (4000 resamples, seed 0)" in shown
 
-    # run again: every stage has used its budget, nothing is added
+    # run again: every stage has used its budget, nothing is added, and the stages' runs are ended again
     for name, count in (("pipe.global", 4), ("pipe.block", 3)):
         assert len(optuna_trials(tmp_path, name)) == count
+    assert_every_parent_ended()
 
 
 @pytest.mark.slow

@@ -76,6 +76,7 @@ def test_three_workers_finish_exactly_the_budget(cli, cli_fast, tmp_path, digits
         ("sqlite:////proc/nowhere/optuna.db", "cannot open the SQLite database /proc/nowhere/optuna.db"),
         ("mongodb://127.0.0.1/optuna", "unsupported database"),
     ],
+    ids=["postgresql-nobody-listens", "sqlite-unwritable-directory", "unsupported-scheme"],  # no password in ids
 )
 def test_unreachable_storage_at_start_is_one_line(cli_fast, storage, message):
     for command in (("study", "run", "any"), ("study", "list"), ("db", "init")):
