@@ -309,6 +309,31 @@ def wait_until_inside_a_trial(stores: Stores, name: str, *, worker: int, seconds
         time.sleep(0.2)
 
 
+def assert_exact_budget(stores: Stores, name: str, n_trials: int, *, workers: int, stderr: str) -> None:
+    """``workers`` workers ran the accuracy study ``name`` to exactly ``n_trials`` finished trials: each said
+    it was ready and ended trials, nothing is RUNNING, and every trial has exactly one MLflow run with its
+    state, betas and value (a trial discarded after the budget was reached elsewhere has none)."""
+    assert len(re.findall(r"worker \d ready", stderr)) == workers, stderr
+    assert {int(w) for w in re.findall(r"\[w(\d)\] trial", stderr)} == set(range(workers)), stderr
+    trials = trials_of(stores, name)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(stores, name)}
+    for trial in trials:
+        if "ct_tune.discarded" in trial.user_attrs:  # started after the budget was reached elsewhere
+            assert trial.number not in runs
+            continue
+        run = runs.pop(trial.number)
+        assert run.info.status != "RUNNING"
+        assert run.data.tags["ct_tune.state"] == trial.state.name
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run_betas(run) == {k: v for k, v in trial.params.items() if k.startswith("beta.")}
+        if trial.state == TrialState.COMPLETE:
+            assert run.data.metrics["accuracy"] == pytest.approx(trial.values[0])
+    assert runs == {}  # exactly one run per trial
+
+
 def assert_agree(stores: Stores, name: str) -> list[optuna.trial.FrozenTrial]:
     """Optuna and MLflow tell the same story, trial by trial, for a study on ``SLOW_OBJECTIVES``; nothing is
     RUNNING. Returns the trials."""

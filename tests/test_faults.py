@@ -4,7 +4,8 @@ nothing is left RUNNING, the console ends with one line and holds no traceback, 
 finishes the study.
 
 SQLite has no server to stop (an open SQLite connection survives its file being moved or deleted), so the
-database-stopped cases run on PostgreSQL; every other fault runs on both.
+database-stopped cases run on PostgreSQL; a killed worker runs on SQLite here and on PostgreSQL under the
+cluster engines (tests/workers/test_ray.py, test_slurm.py); every other fault runs on both.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def create(cli_fast, tmp_path: Path, checkpoint: Path, stores: Stores, name: str
     )
 
 
+# The backend matters for heartbeats: SQLite here, PostgreSQL under the cluster engines, which restart
+# (Ray, tests/workers/test_ray.py) or do not restart (SLURM, tests/workers/test_slurm.py) a killed worker.
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)
 def test_sigkill_of_a_worker_costs_one_trial_which_is_retried(cli, cli_fast, tmp_path, digits_checkpoint, stores):
     options = create(cli_fast, tmp_path, digits_checkpoint, stores, "crash", 4)
     proc = start_launch(

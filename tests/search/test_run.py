@@ -142,12 +142,3 @@ def test_runs_left_running_are_closed(tmp_path, digits_checkpoint):
     assert tracker.client.get_run(alive_run).info.status == "RUNNING"
     assert tracker.client.get_run(finished_run).info.status == "FINISHED"
     assert close_orphan_runs(study) == 0
-
-
-@pytest.mark.slow
-def test_never_more_workers_than_trials_left(tmp_path, digits_checkpoint, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    study = tiny_study(tmp_path, digits_checkpoint)
-    summary = study.run(n_trials=1, workers=2, devices="cpu", progress=False, oversubscribe=True)
-    assert summary.finished == 1
-    assert summary.workers == 1

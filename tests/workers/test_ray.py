@@ -1,6 +1,7 @@
 """``--executor ray`` on a real Ray instance started on this machine (loopback): two actors run a study to
-its exact budget on SQLite and on PostgreSQL, and an actor whose process is SIGKILLed mid-trial is
-restarted by Ray while the study still ends exact, one MLflow run per trial."""
+its exact budget on PostgreSQL (the password reaching the actors, printed nowhere), and an actor whose
+process is SIGKILLed mid-trial is restarted by Ray while the study still ends exact, one MLflow run per
+trial. (A killed local worker on SQLite: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("stores", ["postgres"], indirect=True)
 def test_two_actors_run_the_exact_budget_and_a_killed_actor_is_restarted(cli_fast, tmp_path, digits_checkpoint, stores):
     options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "actors", 4, objectives=SLOW_OBJECTIVES)
     proc = start_launch(
