@@ -72,6 +72,7 @@ def readme_workdir(tmp_path: Path, digits_checkpoint: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(index, readme_workdir):
     proc = subprocess.run(

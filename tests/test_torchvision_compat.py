@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import SOURCE_ROOT
 
 SCRIPT = """
@@ -19,6 +21,7 @@ print("ok", lightning.__version__)
 """
 
 
+@pytest.mark.slow
 def test_torchvision_and_lightning_import_after_ct_tune():
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ct_tune
 
+import pytest
+
 
 def test_version(cli):
     result = cli("--version")
@@ -57,6 +59,7 @@ class _Shell:
         return (os.system, ("touch pwned",))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_one_line_without_torch_warnings(cli, tmp_path):
     """A real process (pytest would catch the warnings that a user sees on stderr)."""
     import pickle

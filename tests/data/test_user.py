@@ -182,6 +182,7 @@ def digits_state_dict(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the contract
+@pytest.mark.slow
 def test_hooks_run_as_the_contract_says_and_test_only_in_report(project, tmp_path, digits_state_dict):
     study = ct_tune.create_study(
         spec(digits_state_dict, {"class_path": "userdata.Recorded"}),
@@ -306,6 +307,7 @@ def test_a_worker_with_other_data_refuses_to_run(project, tmp_path, digits_state
         bench.check_identity(study.meta, study.name)
 
 
+@pytest.mark.slow
 def test_the_test_split_is_fingerprinted_at_the_first_report(project, tmp_path, digits_state_dict):
     study = ct_tune.create_study(
         spec(digits_state_dict, {"class_path": "userdata.Recorded"}, budget={"n_trials": 1}),

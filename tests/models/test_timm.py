@@ -101,6 +101,7 @@ def test_a_spec_names_timm_models_and_pretrained_only_for_them():
     assert units["units"] == ["stem", "layer1", "layer2", "layer3", "layer4"] and units["model"] == "ResNet"
 
 
+@pytest.mark.slow
 def test_timm_is_imported_only_when_a_timm_model_is_asked_for():
     code = "import sys, ct_tune, ct_tune.models, ct_tune.search; print('timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout

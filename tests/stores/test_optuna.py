@@ -191,6 +191,7 @@ def _pop_enqueued(storage_url: str, pops: int, results) -> None:
     results.put([study.ask().number for _ in range(pops)])
 
 
+@pytest.mark.slow
 def test_enqueued_trials_are_popped_once_by_concurrent_processes(stores):
     """Four processes popping 80 enqueued trials at once: each trial goes to exactly one of them (on SQLite,
     Optuna's read-check-write of a WAITING trial ran outside a transaction and 20-40 were popped twice)."""

@@ -94,6 +94,7 @@ def test_pretrain_starts_from_a_weights_file(cli, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.slow  # a fresh interpreter per case (8-21 s each under load)
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -70,6 +70,7 @@ def stand_in(settings: dict, *, emit, keep_going) -> dict:
     return {"finished": 1, "keep_going": keep_going()}
 
 
+@pytest.mark.slow
 def test_launch_on_ray_relays_events_and_exit_codes(tmp_path, monkeypatch):
     from ct_tune.workers import RayOptions, WorkerPlan
     from ct_tune.workers._ray import connected, launch_on_ray

@@ -92,6 +92,7 @@ def fake_slurm(root: Path) -> Path:
     return bin_dir
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_job_script_asks_for_the_nodes_and_gpus_and_holds_no_secret(
     cli, cli_fast, tmp_path, digits_checkpoint, postgres
@@ -198,6 +199,7 @@ def report_environment(settings: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_submit_array_hands_each_task_its_settings_its_gpu_and_the_environment(tmp_path, monkeypatch):
     from ct_tune.workers import SlurmOptions
     from ct_tune.workers._slurm import job_state, submit_array
