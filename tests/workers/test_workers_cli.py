@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import assert_exact_budget, create_study_cli, read_until, start_cli, trials_of
+from tests.helpers import assert_exact_budget, create_study_cli, process_table, read_until, start_cli, trials_of
 from tests.postgres import PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -97,9 +97,9 @@ def test_ctrl_c_while_workers_start_stops_them_all(cli_fast, tmp_path, digits_ch
         deadline = time.monotonic() + 60
         while len(started) < workers and time.monotonic() < deadline:  # all started, none loaded yet
             started = {
-                int(p.name)
-                for p in Path("/proc").iterdir()
-                if p.name.isdigit() and _parent(p) == proc.pid and b"ct_tune.search.worker" in _cmdline(p)
+                pid
+                for pid, (parent, _, _) in process_table().items()
+                if parent == proc.pid and b"ct_tune.search.worker" in _cmdline(pid)
             }
             time.sleep(0.02)
         assert len(started) == workers, "".join(lines)
@@ -123,13 +123,7 @@ def test_ctrl_c_while_workers_start_stops_them_all(cli_fast, tmp_path, digits_ch
     assert not [t for t in trials_of(stores, "early") if t.state == TrialState.RUNNING]
 
 
-def _parent(proc_dir: Path) -> int:
+def _cmdline(pid: int) -> bytes:
     with contextlib.suppress(OSError):
-        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    return -1
-
-
-def _cmdline(proc_dir: Path) -> bytes:
-    with contextlib.suppress(OSError):
-        return (proc_dir / "cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     return b""
