@@ -536,6 +536,7 @@ def create_study(
     check_reachable(tracking, what="MLflow tracking store")
     with Bench.open(parsed, **parsed.grouping, device="cpu", steer=False) as bench:
         units, meta = bench.units, bench.meta()
+    check_units(parsed, units)  # before the stores are opened: opening a SQLite store writes its file
     optuna_storage = open_optuna_storage(storage_url)
     tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
     return new_study(
