@@ -8,6 +8,7 @@ them. Every field has a default except what cannot be guessed (the model).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from ct_tune._specs import StrictSpec, validated
@@ -235,13 +236,6 @@ def bench_spec(
 ) -> BenchSpec:
     """A bench spec from its sections (mappings, as in a spec file); any problem is one ``InputError`` line."""
     sections = {"model": model, "data": data or {}, "objectives": list(objectives), "run": run or {}}
-    return validated(BenchSpec, {key: _plain(value) for key, value in sections.items()}, source=source)
-
-
-def _plain(value: Any) -> Any:
-    """A section as a mapping (a spec model given in place of its mapping is dumped)."""
-    if isinstance(value, StrictSpec):
-        return value.model_dump()
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return dict(value) if hasattr(value, "keys") else value
+    # mappings as plain dicts: what pydantic validates, and what a one-line error names the fields of
+    plain = {key: dict(value) if isinstance(value, Mapping) else value for key, value in sections.items()}
+    return validated(BenchSpec, plain, source=source)

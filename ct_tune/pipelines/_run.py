@@ -100,7 +100,10 @@ class _Run:
     tracking_uri: str | None
     profile_dir: Path
     tell: Callable[[str], None]
-    study_run: dict[str, Any]  # what ``Study.run`` takes besides the options (executor, slurm, ray, ...)
+    executor: str  # what ``Study.run`` takes besides the options
+    oversubscribe: bool
+    slurm: SlurmOptions | Mapping[str, Any] | None
+    ray: RayOptions | Mapping[str, Any] | None
     searches: dict[str, StudySpec] = field(default_factory=dict)
     trainings: dict[str, TrainCTSpec] = field(default_factory=dict)
     studies: dict[str, Study] = field(default_factory=dict)
@@ -162,9 +165,8 @@ def run_pipeline(
         log_dir=None if log_dir is None else str(log_dir),
         progress=progress,
     )
-    study_run = {"oversubscribe": oversubscribe, "executor": executor, "slurm": slurm, "ray": ray}
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    run = _Run(spec, options, storage, tracking_uri, Path(profile_dir), tell, study_run)
+    run = _Run(spec, options, storage, tracking_uri, Path(profile_dir), tell, executor, oversubscribe, slurm, ray)
     _check(run)
     for index, stage in enumerate(spec.stages):
         if stage.kind == "train":
@@ -188,9 +190,9 @@ def _check(run: _Run) -> None:
     run.trainings = {stage.name: train_stage_spec(spec, stage.name) for stage in spec.stages if stage.kind == "train"}
     options.check()
     for stage_study in run.searches.values():  # bad workers/devices fail now, not after a stage's study exists
-        if run.study_run["executor"] == "local":
+        if run.executor == "local":
             plans = plan_workers(options.workers, options.devices or stage_study.run.device)
-            check_cores(plans, oversubscribe=run.study_run["oversubscribe"])  # each stage's run prints the warning
+            check_cores(plans, oversubscribe=run.oversubscribe)  # each stage's run prints the warning
         storage_url = resolve_storage(run.storage, stage_study.storage)
         check_two_databases(storage_url, resolve_tracking_uri(run.tracking_uri, stage_study.tracking_uri))
 
@@ -217,8 +219,11 @@ def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:
         heartbeat=options.heartbeat,
         grace=options.grace,
         log_dir=options.log_dir,
-        wait=run.study_run["executor"] == "slurm",
-        **run.study_run,
+        oversubscribe=run.oversubscribe,
+        executor=run.executor,
+        slurm=run.slurm,
+        ray=run.ray,
+        wait=run.executor == "slurm",
     )
     plots = _plot_files(run.tracker, study.parent_run_id)
     granularity = study.spec.search.granularity

@@ -73,15 +73,15 @@ class WorkerSummary:
     # "tracking" (MLflow calls), "optuna" (sampling, storage reads and writes, heartbeats).
     seconds: dict[str, float] = field(default_factory=lambda: {"evaluate": 0.0, "tracking": 0.0, "optuna": 0.0})
 
+    COUNTS = ("finished", "failed", "discarded", "reason", "seconds")  # what a worker's last event carries
+
     def counts(self) -> dict[str, Any]:
         """Everything but the trials: a worker's last event."""
-        return {key: getattr(self, key) for key in ("finished", "failed", "discarded", "reason", "seconds")}
+        return {key: getattr(self, key) for key in self.COUNTS}
 
     @classmethod
     def from_counts(cls, data: Mapping[str, Any]) -> WorkerSummary:
-        return cls(
-            **{key: data[key] for key in ("finished", "failed", "discarded", "reason", "seconds") if key in data}
-        )
+        return cls(**{key: data[key] for key in cls.COUNTS if key in data})
 
 
 class _Pruned(Exception):

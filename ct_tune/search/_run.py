@@ -228,7 +228,7 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
         return RunSummary(study.name, reason)
     tracker = study.tracker
     planned.progress = Progress(total=planned.left, bar=options.progress)
-    _repair(study, planned)
+    _before_workers(study, planned)
     lost = False
     # The parent run spans the launches: RUNNING from before the first worker starts until after the
     # last one ends and its runs are closed, then ended with this launch's end time.
@@ -277,7 +277,7 @@ def _plan(study: Study, options: RunOptions) -> _Launch:
     return _Launch(options, plans, finished, target, timeout, crowded, ray_cpus)
 
 
-def _repair(study: Study, planned: _Launch) -> None:
+def _before_workers(study: Study, planned: _Launch) -> None:
     """Done once, before any worker starts (workers racing on these would duplicate them), and said."""
     requeued = requeue_initial_trials(study)
     closed = close_orphan_runs(study)

@@ -164,6 +164,8 @@ class _Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
+    train_x: torch.Tensor  # the train split on the device, in pixel space
+    train_y: torch.Tensor
 
 
 def train_loaded(
@@ -231,7 +233,7 @@ def _start(bench: Bench, settings: TrainCTSettings, handle: SteeringHandle) -> _
     """The trainable units, the head, the optimiser and its schedule, the seeded batch order."""
     units = _make_units(handle, bench, settings)
     parameters = [p for unit in units.values() for p in (unit.theta, unit.phi) if p.requires_grad]
-    train_x, _ = bench.data.tensors("train", device=bench.device)  # type: ignore[arg-type]
+    train_x, train_y = bench.data.tensors("train", device=bench.device)  # type: ignore[arg-type]
     head, features = _head(bench, settings, train_x[: min(len(train_x), 64)])
     groups: list[dict[str, Any]] = [{"params": parameters, "lr": settings.lr}]
     if head is not None:
@@ -240,7 +242,7 @@ def _start(bench: Bench, settings: TrainCTSettings, handle: SteeringHandle) -> _
     milestones = [settings.lr_step] if settings.lr_step and settings.lr_step < settings.epochs else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=settings.lr_decay)
     generator = torch.Generator().manual_seed(settings.seed)
-    return _Training(handle, units, head, features, optimizer, scheduler, generator)
+    return _Training(handle, units, head, features, optimizer, scheduler, generator, train_x, train_y)
 
 
 def _epoch(
@@ -251,7 +253,7 @@ def _epoch(
     target = bench.evaluator("val").target
     optimizer, head = training.optimizer, training.head
     lr = optimizer.param_groups[0]["lr"]
-    train_x, train_y = bench.data.tensors("train", device=bench.device)  # type: ignore[arg-type]
+    train_x, train_y = training.train_x, training.train_y
     loss_sum, hits, seen = 0.0, 0, 0
     order = torch.randperm(len(train_x), generator=training.generator).to(bench.device)
     for start in range(0, len(order), settings.batch_size):
