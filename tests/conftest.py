@@ -29,6 +29,15 @@ def on_the_whole_machine() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     _restore_ctrl_c()
     _pin_to_a_share_of_the_cores()
+    _a_data_cache_of_this_run()
+
+
+def _a_data_cache_of_this_run() -> None:
+    """Decoded splits go to a cache folder of this test process (and the commands it starts), not the
+    user's ~/.cache; a test that checks the cache itself names its own folder."""
+    import tempfile
+
+    os.environ["CT_TUNE_CACHE"] = tempfile.mkdtemp(prefix="ct-tune-cache-")
 
 
 def _restore_ctrl_c() -> None:

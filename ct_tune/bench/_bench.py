@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
+from ct_tune.bench._memory import rows_per_pass
 from ct_tune.bench._spec import BenchSpec
-from ct_tune.data import ComponentSpec, UserData
+from ct_tune.data import ComponentSpec, Samples, UserData
 from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective
 from ct_tune.steering import Groups, SteeringHandle, Trace, checked_trace, group_sites, steer_traced
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["Bench", "hash_weights", "open_data", "open_model", "prepare_data", "resolve_device"]
 
 logger = logging.getLogger(__name__)
+
+_DECODE_BATCH = 64  # images read per step while a split is decoded (user Dataset classes, built-in data)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -86,11 +89,16 @@ def check_split_matches_pretraining(model: LoadedModel, data: CTDataModule) -> N
         )
 
 
-def open_data(spec: BenchSpec, *, prepare: bool) -> CTDataModule | UserData:
-    """The spec's data: a built-in dataset split three ways, or the user's DataModule or Datasets."""
-    from ct_tune.data import create_datamodule
+def open_data(spec: BenchSpec, *, prepare: bool, recorded: Mapping[str, Any] | None = None) -> CTDataModule | UserData:
+    """The spec's data: a built-in dataset split three ways, or the user's DataModule or Datasets.
+
+    ``recorded``: what a study recorded of its data; a process that does not ``prepare`` maps the cached
+    splits holding those values instead of reading the user's loaders again."""
+    from ct_tune.data import SplitCache, create_datamodule
 
     data = spec.data
+    if data.cache and prepare:  # create, launch, report: said here, not by every worker of the study
+        SplitCache(data.cache_dir).check_writable()
     if data.is_builtin:
         return create_datamodule(
             data.name,  # type: ignore[arg-type]
@@ -99,29 +107,56 @@ def open_data(spec: BenchSpec, *, prepare: bool) -> CTDataModule | UserData:
             seed=data.seed,
             val_fraction=data.val_fraction,
             test_fraction=data.test_fraction,
-            batch_size=spec.run.batch_size,
+            batch_size=_DECODE_BATCH,
             train_size=data.train_size,
             val_size=data.val_size,
             test_size=data.test_size,
+            cache=data.cache,
+            cache_dir=data.cache_dir,
         )
     settings: dict[str, Any] = {
-        "batch_size": spec.run.batch_size,
+        "batch_size": _DECODE_BATCH,
         "batch_keys": (data.batch_keys.input, data.batch_keys.target) if data.batch_keys else None,
         "normalization": data.normalization.pair() if data.normalization else None,
         "num_classes": data.num_classes,
         "sizes": {"train": data.train_size, "val": data.val_size, "test": data.test_size},
         "seed": data.seed,
+        "cache": SplitCache(data.cache_dir) if data.cache else None,
+        "known": (recorded or {}).get("fingerprints"),
     }
     if data.class_path:
         return UserData.from_datamodule(ComponentSpec(data.class_path, data.init_args), prepare=prepare, **settings)
     splits = {s: getattr(data, s) for s in ("train", "val", "test") if getattr(data, s) is not None}
-    return UserData.from_datasets({s: ComponentSpec(c.class_path, c.init_args) for s, c in splits.items()}, **settings)
+    components = {s: ComponentSpec(c.class_path, c.init_args) for s, c in splits.items()}
+    return UserData.from_datasets(components, fresh=prepare, **settings)
 
 
-def prepare_data(spec: BenchSpec) -> None:
-    """A user DataModule's ``prepare_data``, once per machine: what a launch runs before its workers start."""
-    if spec.data.class_path:
-        open_data(spec, prepare=True)
+def prepare_data(spec: BenchSpec, *, recorded: Mapping[str, Any] | None = None, study: str = "") -> None:
+    """What a launch runs once on its machine before its workers start: a user DataModule's
+    ``prepare_data``, then the user's splits the trials read, into the machine's cache (read afresh, so
+    edited files are seen here, in one line, not by every worker). The workers then map the cache."""
+    if spec.data.is_builtin:
+        return  # the first worker to need a split caches it (its key is known without reading the images)
+    data = open_data(spec, prepare=True)
+    assert isinstance(data, UserData)
+    if not spec.data.cache:
+        return  # every worker reads the loaders itself
+    data.samples("val")
+    if any(o.needs_train for o in spec.objectives):
+        data.samples("train")
+    before = (recorded or {}).get("fingerprint")
+    if before and before != data.fingerprint:
+        raise InputError(
+            identity_problem(["the data differs (another dataset, split seed, fractions or files)"], study)
+        )
+
+
+def identity_problem(problems: Sequence[str], study: str) -> str:
+    """The one line refusing to score for a study with another model or data than it was created with."""
+    return (
+        f"this process cannot score trials of study {study!r}: {'; '.join(problems)} than when the study "
+        "was created; restore what it was created with, or create a new study"
+    )
 
 
 def open_model(spec: BenchSpec, data: CTDataModule | UserData) -> LoadedModel:
@@ -209,6 +244,7 @@ class Bench:
     groups: Groups | None = None  # the units of granularity custom
     handle: SteeringHandle | None = None
     seconds_to_load: float = 0.0
+    batch_size: int = 256  # rows per forward pass: run.batch_size, or what fits the memory budget (auto)
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
 
     @classmethod
@@ -221,21 +257,23 @@ class Bench:
         device: str | None = None,
         steer: bool = True,
         prepare: bool = True,
+        recorded: Mapping[str, Any] | None = None,
     ) -> Bench:
         """Load model and data, find the ReLU sites and group them into units at ``granularity`` (``groups``
         for custom); with ``steer`` attach CT at beta = 1 (plain ReLU). ``device`` overrides ``run.device``.
 
         ``prepare`` runs a user DataModule's ``prepare_data`` first (once per machine: the processes that
-        create, launch or report do; the workers a launch starts do not).
+        create, launch or report do; the workers a launch starts do not), and reads the user's loaders
+        afresh; ``recorded`` (a study's record of its data) lets a worker map the cached splits instead.
         """
         started = time.perf_counter()
         resolved = resolve_device(device or spec.run.device)
-        data = open_data(spec, prepare=prepare)
+        data = open_data(spec, prepare=prepare, recorded=recorded)
         model = open_model(spec, data)
         if isinstance(data, UserData):
-            data.tensors("val")  # read now: a study's identity includes what trials score
+            data.samples("val")  # read now: a study's identity includes what trials score
             if any(o.needs_train for o in spec.objectives):
-                data.tensors("train")
+                data.samples("train")
             if any(o.name == "adversarial" for o in spec.objectives):
                 data.check_pixel_range("val")
         else:
@@ -247,6 +285,7 @@ class Bench:
         trace = checked_trace(model.net, normalize(example_input(data, resolved)))
         bench = cls(spec, model, data, resolved, trace, weights, normalize, granularity, groups)
         bench._check_logits()
+        bench.batch_size = bench._rows_per_pass()
         if steer:
             bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=granularity, trace=trace, groups=groups)
         bench.seconds_to_load = time.perf_counter() - started
@@ -259,6 +298,15 @@ class Bench:
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
+
+    def _rows_per_pass(self) -> int:
+        run = self.spec.run
+        if run.batch_size != "auto":
+            return int(run.batch_size)
+        gradients = any(o.name == "adversarial" for o in self.spec.objectives)
+        return rows_per_pass(
+            self.model.net, self.example(), device=self.device, budget_mb=run.memory_budget_mb, gradients=gradients
+        )
 
     def _check_logits(self) -> None:
         """Accuracy and attacks read the network's output as logits (N, classes): check that once, here."""
@@ -315,19 +363,16 @@ class Bench:
         if recorded and recorded != self.data.fingerprint:
             problems.append("the data differs (another dataset, split seed, fractions or files)")
         if problems:
-            raise InputError(
-                f"this process cannot score trials of study {study!r}: {'; '.join(problems)} than when the study "
-                "was created; restore what it was created with, or create a new study"
-            )
+            raise InputError(identity_problem(problems, study))
 
     def evaluator(self, split: str = "val", objectives: Sequence[Objective] | None = None) -> Evaluator:
         """An evaluator on ``split`` (val for studies; test only for the final report), built once."""
         objectives = list(objectives) if objectives is not None else list(self.spec.objectives)
         key = f"{split}:{[repr(o) for o in objectives]}"
         if key not in self._evaluators:
-            val_x, val_y = self.data.tensors(split, device=self.device)  # type: ignore[arg-type]
+            val_x, val_y = self.samples(split)
             needs_train = any(o.needs_train for o in objectives)
-            train = self.data.tensors("train", device=self.device) if needs_train else None
+            train = self.samples("train") if needs_train else None
             data = EvalData(val_x, val_y, *(train or (None, None)), class_names=self.data.classes)
             target = EvalTarget(
                 self.model.net,
@@ -335,10 +380,15 @@ class Bench:
                 self.num_classes,
                 device=self.device,
                 precision=self.spec.run.precision,
-                batch_size=self.spec.run.batch_size,
+                batch_size=self.batch_size,
             )
             self._evaluators[key] = Evaluator(target, data, objectives)
         return self._evaluators[key]
+
+    def samples(self, split: str) -> tuple[Samples, torch.Tensor]:
+        """A split's rows served on the bench's device a batch at a time, and its labels there."""
+        resident = self.spec.run.data_on_gpu_mb
+        return self.data.samples(split, device=self.device, resident_mb=resident)  # type: ignore[arg-type]
 
     def close(self) -> None:
         if self.handle is not None:

@@ -117,6 +117,10 @@ class DataSpec(StrictSpec):
     batch_keys: BatchKeys | None = None  # user data with dict batches
     normalization: Normalization | None = None  # user data served in its own normalised space
     num_classes: int | None = Field(default=None, gt=0)  # user data: else the DataModule's, else the labels'
+    # Decoded splits are cached once per machine and memory-mapped by every process (ct_tune.data._cache);
+    # false: every process decodes into its own memory (what ct-tune did before 2026-12-04).
+    cache: bool = True
+    cache_dir: str | None = None  # default: $CT_TUNE_CACHE, else ~/.cache/ct-tune/splits
 
     @model_validator(mode="before")
     @classmethod
@@ -168,11 +172,24 @@ class DataSpec(StrictSpec):
 class RunSpec(StrictSpec):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # reduced precision applies on CUDA only
-    batch_size: int = Field(default=256, gt=0)  # rows per forward pass (batched trials: samples x K)
+    # Rows per forward pass (batched trials: samples x K). auto: as many as fit memory_budget_mb, measured
+    # on the model at the data's resolution (ct_tune.bench._memory), at most 256 on a CPU, 1024 on a GPU.
+    batch_size: int | Literal["auto"] = "auto"
+    memory_budget_mb: int | None = Field(default=None, gt=0)  # auto: 1024 on a CPU, half the free GPU memory
+    # On a GPU, a split's compact rows (uint8 for 8-bit images) stay in GPU memory when they fit this; larger
+    # splits stream from the machine's cache, a batch at a time through pinned memory.
+    data_on_gpu_mb: int = Field(default=4096, ge=0)
     # Trials scored together: K beta profiles in one forward pass over K copies of each batch (accuracy,
     # probe; adversarial attacks run one profile at a time). Pays when one trial does not fill the device
     # (a val set smaller than batch_size, a GPU); on a CPU it was measured no faster than 1.
     trials_per_batch: int = Field(default=1, ge=1)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"got {value}; give a number of rows (1 or more) or auto")
+        return value
 
     @field_validator("device")
     @classmethod

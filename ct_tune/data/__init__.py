@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ct_tune.data._cache import CACHE_ENV, CacheEntry, SplitCache, default_cache_dir
 from ct_tune.data._catalogue import (
     DATA_DIR_ENV,
     DATASETS,
@@ -21,17 +22,23 @@ from ct_tune.data._catalogue import (
     list_datasets,
     resolve_data_dir,
 )
+from ct_tune.data._samples import Samples
 from ct_tune.data._user import ComponentSpec, UserData
 
 __all__ = [
+    "CACHE_ENV",
     "DATASETS",
     "DATA_DIR_ENV",
     "SPLITS",
     "CTDataModule",
+    "CacheEntry",
     "ComponentSpec",
+    "Samples",
+    "SplitCache",
     "UserData",
     "check_dataset_name",
     "create_datamodule",
+    "default_cache_dir",
     "default_data_dir",
     "list_datasets",
     "resolve_data_dir",

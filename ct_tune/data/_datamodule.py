@@ -6,8 +6,9 @@
   split on any machine, process and worker. ``fingerprint`` hashes the split indices and labels.
 - Samples are float32 pixels in [0, 1], resized and channel-matched for the model's ``InputSpec``;
   normalisation happens in the model (``LoadedModel.forward``), not here.
-- ``tensors(split)`` materialises an evaluation set once per process (per split, limit, device and dtype),
-  so a study does not decode and transform images again for every trial.
+- ``samples(split)`` serves an evaluation set a batch at a time from the per-machine cache
+  (``ct_tune.data._cache``): decoded and resized once per machine, memory-mapped by every worker.
+  ``tensors(split)`` decodes a whole split into one tensor (pretraining, small data, the Python API).
 - Data directory: ``data_dir`` argument (``--data-dir``) > ``$CT_TUNE_DATA`` > ``$XDG_CACHE_HOME/ct-tune/data``
   (``~/.cache/ct-tune/data``). torchvision datasets keep torchvision's layout under it.
 """
@@ -22,7 +23,9 @@ import time
 from typing import Any, Literal
 
 from ct_tune._errors import InputError
+from ct_tune.data._cache import MemoryWriter, SplitCache, SplitWriter
 from ct_tune.data._catalogue import DATASETS, Source, check_dataset_name, resolve_data_dir
+from ct_tune.data._samples import Samples
 from ct_tune.data._splits import stratified_partition, stratified_subset
 from ct_tune.data._transforms import build_transform
 from ct_tune.models import InputSpec
@@ -38,6 +41,7 @@ __all__ = ["SPLITS", "CTDataModule", "create_datamodule"]
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+_DECODE_BATCH = 64  # images decoded per step while a split is cached (a batch is transient)
 Split = Literal["train", "val", "test"]
 
 
@@ -75,6 +79,7 @@ class CTDataModule(L.LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
         augment: bool = False,
+        cache: SplitCache | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -85,7 +90,10 @@ class CTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self._input_spec = input_spec
+        self.cache = cache  # None: every process decodes into memory
         self._cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+        self._stored: dict[tuple[Any, ...], tuple[Samples, Tensor]] = {}
+        self._stamps: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------- what it holds
     @property
@@ -116,7 +124,7 @@ class CTDataModule(L.LightningDataModule):
     @input_spec.setter
     def input_spec(self, spec: InputSpec | None) -> None:
         if spec != self._input_spec:
-            self._cache.clear()
+            self.clear_cache()
         self._input_spec = spec
 
     @property
@@ -222,6 +230,26 @@ class CTDataModule(L.LightningDataModule):
         labels = self.source.pools[pool].labels[indices]
         return stratified_subset(indices, labels, limit, seed=self.seed, salt=f"limit:{split}")
 
+    def samples(
+        self,
+        split: Split,
+        *,
+        device: torch.device | str | None = None,
+        limit: int | None = None,
+        resident_mb: float = 0,
+    ) -> tuple[Samples, Tensor]:
+        """``(x, y)``: a split's rows served a batch at a time as float32 on ``device`` (``x[rows]``), and
+        int64 labels there. From the machine's cache when there is one (built on first use), else decoded
+        into this process's memory. ``limit`` takes a seeded, stratified subset; ``resident_mb``: on CUDA,
+        the compact rows stay on the GPU when they fit."""
+        _check_split(split)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        key = (split, limit)
+        if key not in self._stored:
+            self._stored[key] = self._decoded(split, limit)
+        x, y = self._stored[key]
+        return x.on(device, resident_mb=resident_mb), y.to(device)
+
     def tensors(
         self,
         split: Split,
@@ -232,65 +260,113 @@ class CTDataModule(L.LightningDataModule):
     ) -> tuple[Tensor, Tensor]:
         """``(x, y)``: all images of a split as one (N, C, H, W) pixel tensor, and int64 labels.
 
-        Decoded and transformed once per process and kept (per split, limit, device, dtype); the order is the
-        split's index order. ``limit`` takes a seeded, stratified subset. Treat the result as read-only.
+        Kept per split, limit, device and dtype; the order is the split's index order. ``limit`` takes a
+        seeded, stratified subset. Treat the result as read-only. Evaluations read :meth:`samples` instead.
         """
-        _check_split(split)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = dtype or torch.float32
         key = (split, limit, str(device), dtype)
-        if key in self._cache:
-            return self._cache[key]
+        if key not in self._cache:
+            x, y = self.samples(split, device=device, limit=limit)
+            # normal tensors even if asked for inside inference mode: attacks later differentiate through them
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache[key] = (x.all().to(dtype or torch.float32), y)
+        return self._cache[key]
+
+    def _decoded(self, split: Split, limit: int | None) -> tuple[Samples, Tensor]:
         started = time.perf_counter()
-        # normal tensors even if asked for inside inference mode: attacks later differentiate through them
-        with torch.inference_mode(False), torch.no_grad():
-            x, y, count = self._materialise(split, limit, device, dtype)
-        result = (x, y)
-        self._cache[key] = result
-        megabytes = x.numel() * x.element_size() / 2**20
+        if self.cache is None:
+            writer = MemoryWriter()
+            self._fill(writer, split, limit)
+            x, y = writer.finish()
+        else:
+            descriptor = self._descriptor(split, limit)
+            label = f"{self.name}-{split}"
+            folder = self.cache.folder(label, descriptor)
+            entry = self.cache.find(folder, descriptor)
+            if entry is None:
+                with self.cache.locked(folder.name):
+                    entry = self.cache.find(folder, descriptor) or self.cache.build(
+                        label, descriptor, lambda writer: self._fill(writer, split, limit)
+                    )
+            x, y = entry.samples, entry.labels
         logger.info(
-            "%s %s: %d images %dx%dx%d %s on %s (%.0f MB) in %.1f s",
+            "%s %s: %d images %s as %s (%.0f MB%s) in %.1f s",
             self.name,
             split,
-            count,
-            self.channels,
-            self.size,
-            self.size,
-            str(dtype).removeprefix("torch."),
-            device,
-            megabytes,
+            len(x),
+            "x".join(map(str, x.shape[1:])),
+            x.encoding,
+            x.nbytes / 2**20,
+            ", mapped from the cache" if self.cache is not None else ", in memory",
             time.perf_counter() - started,
         )
-        return result
+        return x, y
 
-    def _materialise(
-        self, split: Split, limit: int | None, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor, int]:
+    def _fill(self, writer: SplitWriter | MemoryWriter, split: Split, limit: int | None) -> None:
+        """Decode and transform a split in index order into ``writer``; the labels must match the index."""
         pool, indices = self._splits[split]
         if limit is not None:
             indices = self._limited(split, limit)
         expected = self.source.pools[pool].labels[indices]
         dataset = _SplitDataset(self.source.pools[pool].dataset, indices, self.transform(train=False))
-        x = torch.empty((len(indices), self.channels, self.size, self.size), dtype=dtype, device=device)
-        y = torch.empty(len(indices), dtype=torch.int64)
-        position = 0
-        for images, labels in self._loader(dataset, shuffle=False):
-            count = images.shape[0]
-            x[position : position + count] = images.to(device=device, dtype=dtype, non_blocking=True)
-            y[position : position + count] = labels
-            position += count
-        if not np.array_equal(y.numpy(), expected):
+        loader = DataLoader(dataset, batch_size=_DECODE_BATCH, shuffle=False, num_workers=self.num_workers)
+        seen = []
+        with torch.inference_mode(False), torch.no_grad():
+            for images, labels in loader:
+                writer.append(images, labels)
+                seen.append(labels)
+        if not np.array_equal(torch.cat(seen).numpy(), expected):
             raise RuntimeError(f"{self.name}: labels served by the dataset disagree with its label index")
-        return x, y.to(device), len(indices)
+
+    def _descriptor(self, split: Split, limit: int | None) -> dict[str, Any]:
+        """What a cached split's rows depend on (its cache key): the split, the transform, the files."""
+        spec = self._input_spec
+        pool = self._splits[split][0]
+        return {
+            "kind": "builtin",
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "split": split,
+            "limit": limit,
+            "size": self.size,
+            "channels": self.channels,
+            "crop_pct": spec.crop_pct if spec else 1.0,
+            "interpolation": spec.interpolation if spec else "bilinear",
+            "native_size": self.source.native_size,
+            "files": self._files_stamp(pool),
+            "versions": decoder_versions(),
+        }
+
+    def _files_stamp(self, pool: str) -> str:
+        """Hash of the pool's image files (path, size, modification time): an edited image is a new entry.
+        Datasets without a file per image (arrays, archives) are named by where they were read from."""
+        if pool not in self._stamps:
+            files = getattr(self.source.pools[pool].dataset, "samples", None)
+            digest = hashlib.sha256(self.source.location.encode())
+            for path, _ in files or ():
+                stat = os.stat(path)
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            self._stamps[pool] = digest.hexdigest()[:16]
+        return self._stamps[pool]
 
     def clear_cache(self) -> None:
+        """Forget what this process holds (the machine's cache on disk stays: ``ct-tune cache clear``)."""
         self._cache.clear()
+        self._stored.clear()
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{split}={count}" for split, count in self.sizes().items())
         return f"CTDataModule({self.name}, {sizes}, {self.channels}x{self.size}x{self.size}, seed={self.seed})"
 
     __str__ = __repr__  # Lightning's __str__ builds every dataloader to print its size
+
+
+def decoder_versions() -> dict[str, str]:
+    """The libraries that decode and resize images: another version may give other pixels."""
+    import PIL
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
 
 
 def _check_split(split: str) -> Split:
@@ -314,12 +390,16 @@ def create_datamodule(
     val_size: int | None = None,
     test_size: int | None = None,
     augment: bool = False,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> CTDataModule:
     """Load ``name`` and split it; raises ``InputError`` (one line) for unknown names and missing files.
 
     ``val_fraction``/``test_fraction`` (of the train pool) apply only where the dataset has no official
     split; None takes the dataset's default (``ct_tune._datasets.DATASETS``). ``*_size`` keep a seeded,
     stratified subset of a split. ``input_spec`` may be set later (``datamodule.input_spec = model.input_spec``).
+    ``cache``: decoded splits are kept in the machine's cache (``cache_dir``, else ``$CT_TUNE_CACHE``, else
+    ``~/.cache/ct-tune/splits``) and mapped by every process; False decodes them in every process.
     """
     check_dataset_name(name)
     info = DATASETS[name]
@@ -360,6 +440,7 @@ def create_datamodule(
         batch_size=batch_size,
         num_workers=num_workers,
         augment=augment,
+        cache=SplitCache(cache_dir) if cache else None,
     )
     logger.debug("%r from %s, fingerprint %s", module, source.location, module.fingerprint)
     return module

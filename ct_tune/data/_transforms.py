@@ -3,6 +3,13 @@
 Every sample leaves as a float32 tensor in [0, 1] shaped (channels, size, size). Normalisation is not done
 here: it belongs to the model (``InputSpec.normalize``), so attacks and other pixel-space tools see pixels.
 
+8-bit images are resized, cropped and channel-matched as 8-bit images and converted to float last, as
+torchvision's own evaluation transforms (``ImageClassification``: resize the PIL image, then convert) and
+PIL do: the pretrained weights were scored on such pixels, and every value is exactly k/255, so the
+machine's cache stores them in 8 bits (4x smaller). Until 2026-12-04 they were converted first and resized
+as floats; the two differ by at most half a grey level per pixel (see the README for what that moved).
+Float sources (digits, arrays) are resized as floats, as before.
+
 - Fixed-size datasets (digits, MNIST, CIFAR, SVHN, STL-10) are resized whole to the model's size; training
   augmentation (opt-in) is a padded random crop, plus a horizontal flip where the classes allow it.
 - Photo datasets of varying size are resized by the short side to ``size / crop_pct`` and centre-cropped
@@ -63,7 +70,7 @@ def build_transform(
 ) -> v2.Compose:
     """The per-sample transform: PIL image or uint8/float tensor in, float32 pixels in [0, 1] out."""
     mode = _INTERPOLATION[interpolation]
-    steps: list[nn.Module] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    steps: list[nn.Module] = [v2.ToImage()]
     random = train and augment
     if native_size is None:  # photos of varying size
         if random:
@@ -78,5 +85,5 @@ def build_transform(
             steps.append(v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"))
     if random and flip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [MatchChannels(channels), v2.ToPureTensor()]
+    steps += [MatchChannels(channels), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
     return v2.Compose(steps)

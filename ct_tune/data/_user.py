@@ -19,14 +19,16 @@ The contract ct-tune keeps with a DataModule, and enforces with one-line errors:
   loader is read once per process with the spec's seed fixed, so any random augmentation gives every
   worker the same samples (a probe is better fitted on unaugmented data).
 
-Each split is materialised once per process as two tensors, and fingerprinted (a hash of the samples and
-labels, rounded to 1/1024 so that float noise between machines does not count): a study records the
-fingerprints it was created with and a worker whose data differs refuses to run.
+Each split is read once per machine into the machine's cache (``ct_tune.data._cache``; 8-bit images in 8
+bits) and memory-mapped by every process, and fingerprinted (a hash of the samples and labels, rounded to
+1/1024 so that float noise between machines does not count): a study records the fingerprints it was
+created with and a worker whose data differs refuses to run. The processes that run ``prepare_data`` (create,
+launch, report) always read the loaders afresh, so edited files are seen; the workers a launch starts map
+the entry holding the values the study recorded, and read the loaders only where the machine has none.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -37,6 +39,8 @@ from typing import Any, Literal
 
 from ct_tune._classpath import import_class, instantiate, one_line
 from ct_tune._errors import InputError
+from ct_tune.data._cache import MemoryWriter, SplitCache, SplitWriter, values_fingerprint
+from ct_tune.data._samples import Samples
 
 import numpy as np
 import torch
@@ -48,7 +52,6 @@ __all__ = ["ComponentSpec", "UserData"]
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
-_QUANTUM = 1024.0  # fingerprints round samples to 1/1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class UserData:
         num_classes: int | None = None,
         sizes: Mapping[str, int | None] | None = None,
         seed: int = 0,
+        cache: SplitCache | None = None,
+        source: Mapping[str, Any] | None = None,
+        known: Mapping[str, str] | None = None,
+        fresh: bool = True,
     ) -> None:
         if (datamodule is None) == (datasets is None):
             raise ValueError("give a datamodule or datasets")
@@ -86,8 +93,12 @@ class UserData:
         self._num_classes = num_classes
         self.sizes_limit = dict(sizes or {})
         self.seed = seed
+        self.cache = cache  # None: every process reads the loaders into its memory
+        self.source = dict(source or {"label": label})  # what the cache key says the data came from
+        self.known = dict(known or {})  # the fingerprints a study recorded: map the cache entry holding them
+        self.fresh = fresh  # read the loaders even where the cache has the values (edited files are seen)
         self._stage_done: set[str] = set()
-        self._pixels: dict[str, tuple[Tensor, Tensor]] = {}  # per split, on the CPU
+        self._pixels: dict[str, tuple[Samples, Tensor]] = {}  # per split, on the CPU
         self._cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
         self.fingerprints: dict[str, str] = {}
 
@@ -111,7 +122,8 @@ class UserData:
         module = instantiate(found, component.init_args, what="data")
         if prepare:
             _call(module.prepare_data, f"{found.__name__}.prepare_data()")
-        return cls(datamodule=module, label=component.class_path, **settings)
+        source = {"class_path": component.class_path, "init_args": dict(component.init_args)}
+        return cls(datamodule=module, label=component.class_path, source=source, fresh=prepare, **settings)
 
     @classmethod
     def from_datasets(cls, components: Mapping[str, ComponentSpec], **settings: Any) -> UserData:
@@ -127,7 +139,10 @@ class UserData:
                 )
             datasets[split] = instantiate(found, component.init_args, what=f"data.{split}")
         label = components["val"].class_path
-        return cls(datasets=datasets, label=label, **settings)
+        source = {
+            split: {"class_path": c.class_path, "init_args": dict(c.init_args)} for split, c in components.items()
+        }
+        return cls(datasets=datasets, label=label, source=source, **settings)
 
     # ----------------------------------------------------------------------------------------- what it holds
     @property
@@ -152,12 +167,12 @@ class UserData:
     @property
     def native_channels(self) -> int:
         x, _ = self._split("val")
-        return int(x.shape[1]) if x.dim() >= 2 else 1
+        return int(x.shape[1]) if len(x.shape) >= 2 else 1
 
     def example_input(self, device: torch.device) -> Tensor:
         """One val sample as a batch of one, in the space the network is fed (pixels: normalise first)."""
         x, _ = self._split("val")
-        return x[:1].to(device)
+        return x[:1].to(device)  # decoded on the CPU
 
     @property
     def fingerprint(self) -> str:
@@ -190,7 +205,7 @@ class UserData:
     def check_pixel_range(self, split: Split = "val") -> None:
         """Adversarial objectives need pixels in [0, 1]: refuse data that is not, in one line."""
         x, _ = self._split(split)
-        low, high = float(x.min()), float(x.max())
+        low, high = x.value_range()
         if low < -1e-3 or high > 1 + 1e-3:
             where = "after undoing data.normalization" if self.normalization else "as the loaders serve them"
             raise InputError(
@@ -200,6 +215,14 @@ class UserData:
             )
 
     # ----------------------------------------------------------------------------------------- tensors
+    def samples(
+        self, split: Split, *, device: torch.device | str | None = None, resident_mb: float = 0
+    ) -> tuple[Samples, Tensor]:
+        """``(x, y)`` of a split in pixel space: rows served a batch at a time on ``device`` (``x[rows]``)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        x, y = self._split(split)
+        return x.on(device, resident_mb=resident_mb), y.to(device)
+
     def tensors(
         self,
         split: Split,
@@ -208,55 +231,85 @@ class UserData:
         dtype: torch.dtype | None = None,
         limit: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(x, y)`` of a split in pixel space, read once per process (the test split only when asked)."""
+        """``(x, y)`` of a split in pixel space as whole tensors (the test split only when asked)."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         key = (split, limit, str(device), dtype)
         if key not in self._cache:
-            x, y = self._split(split)
-            if limit is not None:
-                x, y = x[:limit], y[:limit]
-            self._cache[key] = (x.to(device=device, dtype=dtype or x.dtype), y.to(device))
+            x, y = self.samples(split, device=device)
+            rows = slice(0, limit)
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache[key] = (x[rows].to(dtype or torch.float32), y[rows])
         return self._cache[key]
 
-    def _split(self, split: Split) -> tuple[Tensor, Tensor]:
+    def _split(self, split: Split) -> tuple[Samples, Tensor]:
         if split not in self._pixels:
             started = time.perf_counter()
-            x, y = self._read(split)
-            if self.normalization is not None:
-                x = _denormalize(x, *self.normalization, split=split)
+            if self.cache is None:
+                writer = MemoryWriter()
+                self._fill(writer, split)
+                x, y = writer.finish()
+                self.fingerprints[split] = values_fingerprint(tuple(x.shape), iter([x.stored]), y)
+            else:
+                entry = self._cached(split)
+                x, y = entry.samples, entry.labels
+                self.fingerprints[split] = entry.fingerprint
             self._pixels[split] = (x, y)
-            self.fingerprints[split] = _fingerprint(x, y)
             logger.info(
-                "%s %s: %d samples %s in %.1f s",
+                "%s %s: %d samples %s as %s in %.1f s",
                 self.name,
                 split,
                 len(y),
                 tuple(x.shape[1:]),
+                x.encoding,
                 time.perf_counter() - started,
             )
         return self._pixels[split]
 
-    def _read(self, split: Split) -> tuple[Tensor, Tensor]:
+    def _cached(self, split: Split) -> Any:
+        """The cache entry of a split: the one holding the recorded values when this process trusts the
+        cache, else read from the loaders (under the lock, so one process of the machine reads at a time)."""
+        assert self.cache is not None
+        descriptor = {
+            "kind": "user",
+            "source": self.source,
+            "split": split,
+            "limit": self.sizes_limit.get(split),
+            "seed": self.seed,
+            "batch_keys": self.batch_keys,
+            "normalization": self.normalization,
+        }
+        label = f"{self.name.rsplit('.', 1)[-1]}-{split}"
+        known = None if self.fresh else self.known.get(split)
+        keyed = {**descriptor, "fingerprint": known}
+        found = self.cache.find(self.cache.folder(label, keyed), keyed, fingerprint=known) if known else None
+        if found is not None:
+            return found
+        with self.cache.locked(self.cache.folder(label, descriptor).name):
+            found = self.cache.find(self.cache.folder(label, keyed), keyed, fingerprint=known) if known else None
+            return found or self.cache.build(
+                label, descriptor, lambda writer: self._fill(writer, split), by_values=True
+            )
+
+    def _fill(self, writer: SplitWriter | MemoryWriter, split: Split) -> None:
+        """The split's batches, as the loader serves them, into ``writer`` (pixels, float32 where they were
+        half or double precision), stopping at the spec's size."""
         loader = self._loader(split)
         what = f"{self._owner()} {split} batches"
         limit = self.sizes_limit.get(split)
-        xs: list[Tensor] = []
-        ys: list[Tensor] = []
-        count = 0
         with _seeded(self.seed), torch.no_grad():
             for batch in loader:
                 x, y = self._unpack(batch, what)
-                xs.append(x.detach().cpu())
-                ys.append(y.detach().cpu().long())
-                count += len(y)
-                if limit is not None and count >= limit:
+                if limit is not None:
+                    x, y = x[: limit - writer.rows], y[: limit - writer.rows]
+                x = x.detach().cpu()
+                x = x.float() if x.dtype in (torch.float16, torch.bfloat16, torch.float64) else x
+                if self.normalization is not None:
+                    x = _denormalize(x, *self.normalization, split=split)
+                writer.append(x, y.detach().cpu().long())
+                if limit is not None and writer.rows >= limit:
                     break
-        if not xs:
+        if not writer.rows:
             raise InputError(f"{what}: the {split} loader yielded no batch; check the {split} split")
-        x, y = torch.cat(xs), torch.cat(ys)
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
-        return x.float() if x.dtype in (torch.float16, torch.bfloat16, torch.float64) else x, y
 
     def _loader(self, split: Split) -> Iterable[Any]:
         if self.datamodule is None:
@@ -358,14 +411,6 @@ def _denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float], *, spli
         )
     shape = (1, len(mean)) + (1,) * (x.dim() - 2)
     return x * torch.tensor(std, dtype=x.dtype).view(shape) + torch.tensor(mean, dtype=x.dtype).view(shape)
-
-
-def _fingerprint(x: Tensor, y: Tensor) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{tuple(x.shape)}|".encode())
-    digest.update(np.ascontiguousarray(torch.round(x.double() * _QUANTUM).to(torch.int64).numpy()).tobytes())
-    digest.update(np.ascontiguousarray(y.to(torch.int64).numpy()).tobytes())
-    return digest.hexdigest()[:16]
 
 
 @contextmanager

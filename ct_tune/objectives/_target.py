@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ct_tune.objectives._base import ComputeClock, autocast
 from ct_tune.steering import split, stack
@@ -15,13 +16,22 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+class Rows(Protocol):
+    """Inputs as an objective reads them: a tensor, or rows decoded a batch at a time from a compact store
+    (``ct_tune.data.Samples``); ``rows[slice]`` and ``rows[index_tensor]`` are tensors on the device."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class EvalData:
-    """Materialised tensors (pixel space, on the target's device) an evaluation reads."""
+    """What an evaluation reads, in pixel space: inputs as rows, labels as tensors on the target's device."""
 
-    val_x: torch.Tensor
+    val_x: Rows
     val_y: torch.Tensor
-    train_x: torch.Tensor | None = None  # only the probe needs these
+    train_x: Rows | None = None  # only the probe needs these
     train_y: torch.Tensor | None = None
     class_names: list[str] | None = None
 

@@ -360,7 +360,7 @@ def _launch(study: Study, planned: _Launch) -> RunSummary:
     from ct_tune.bench import prepare_data
     from ct_tune.search._record import refresh_study_plots
 
-    prepare_data(study.spec)  # once on this machine; the workers only set up
+    prepare_data(study.spec, recorded=study.meta.get("data"), study=study.name)  # once here; workers map it
     options, progress = planned.options, planned.progress
     assert progress is not None
     names = study.objective_names
@@ -428,7 +428,8 @@ def _submit(study: Study, planned: _Launch) -> RunSummary:
     """Submit the SLURM job array; with ``wait``, follow the study until the jobs end."""
     from ct_tune.bench import prepare_data
 
-    prepare_data(study.spec)  # once, here: the jobs read what it wrote (a shared disk on a cluster)
+    # once, here: the jobs read what it wrote (a shared disk on a cluster), and map the cache where it is shared
+    prepare_data(study.spec, recorded=study.meta.get("data"), study=study.name)
     options, progress = planned.options, planned.progress
     assert progress is not None
     log_dir = Path(options.log_dir or f"logs/{study.name}")

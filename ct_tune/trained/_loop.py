@@ -34,6 +34,7 @@ from typing import Any
 
 from ct_tune._errors import InputError
 from ct_tune.bench import Bench, BenchSpec, bench_spec
+from ct_tune.data import Samples
 from ct_tune.objectives import FeatureTap, default_feature_layer
 from ct_tune.steering import BetaProfile, ChannelCT, SteeringHandle, channel_dim, steer_traced
 from ct_tune.trained._settings import BETA_HIGH, BETA_LOW, TrainCTSettings, check_trainable
@@ -164,7 +165,7 @@ class _Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
-    train_x: torch.Tensor  # the train split on the device, in pixel space
+    train_x: Samples  # the train split, served on the device a batch at a time, in pixel space
     train_y: torch.Tensor
 
 
@@ -233,7 +234,7 @@ def _start(bench: Bench, settings: TrainCTSettings, handle: SteeringHandle) -> _
     """The trainable units, the head, the optimiser and its schedule, the seeded batch order."""
     units = _make_units(handle, bench, settings)
     parameters = [p for unit in units.values() for p in (unit.theta, unit.phi) if p.requires_grad]
-    train_x, train_y = bench.data.tensors("train", device=bench.device)  # type: ignore[arg-type]
+    train_x, train_y = bench.samples("train")
     head, features = _head(bench, settings, train_x[: min(len(train_x), 64)])
     groups: list[dict[str, Any]] = [{"params": parameters, "lr": settings.lr}]
     if head is not None:
