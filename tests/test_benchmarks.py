@@ -4,9 +4,14 @@ verdict it prints. The benchmark itself runs for minutes (``--quick``) to hours,
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
+import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import SOURCE_ROOT
@@ -78,3 +83,148 @@ def test_autoattack_is_summarised_over_the_seeds_it_checked(bench, capsys) -> No
     bench.print_table("mnist5k-robust", summary)
     table = capsys.readouterr().out.split("\nautoattack\n")[1]
     assert "tpe-block" in table and "relu" in table and "grid" not in table
+
+
+# ------------------------------------------------------------------------------------ benchmarks/data_scale.py
+@pytest.fixture(scope="module")
+def data_scale():
+    sys.path.insert(0, str(SOURCE_ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("data_scale")
+    finally:
+        sys.path.remove(str(SOURCE_ROOT / "benchmarks"))
+
+
+def _measured(data_scale, size: str, workers: int, variant: str, pss: float, seconds: float, decodes: int):
+    return data_scale.Measurement(
+        size,
+        workers,
+        variant,
+        pss_worker_mb=pss,
+        pss_sum_mb=pss * workers,
+        rss_worker_mb=pss * 1.2,
+        seconds_per_trial=seconds,
+        first_trial_s={0: 10.0, 1: 12.0} if workers > 1 else {0: 10.0},
+        decodes={"train": decodes, "val": decodes},
+        batch_size="256" if variant == "today" else "auto (33)",
+    )
+
+
+def test_data_scale_help_names_its_command_and_measures() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SOURCE_ROOT / "benchmarks" / "data_scale.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "python benchmarks/data_scale.py" in done.stdout
+    for flag in ("--sizes", "--workers", "--trials", "--keep-data", "--json"):
+        assert flag in done.stdout
+
+
+def test_data_scale_writes_a_class_patterned_imagefolder_once(data_scale, tmp_path) -> None:
+    from PIL import Image
+
+    root = data_scale.make_imagefolder(tmp_path / "images", 20, 10, test=10)
+    for split, count in {"train": 20, "val": 10, "test": 10}.items():
+        files = sorted((root / split).glob("c*/*.png"))
+        assert len(files) == count
+        assert {f.parent.name for f in files} == {f"c{k}" for k in range(data_scale.CLASSES)}
+    with Image.open(next((root / "train" / "c3").iterdir())) as image:
+        assert (image.size, image.mode) == ((224, 224), "RGB")
+    first = next((root / "val" / "c0").iterdir()).stat().st_mtime_ns
+    data_scale.make_imagefolder(tmp_path / "images", 20, 10, test=10)  # reused, not written again
+    assert next((root / "val" / "c0").iterdir()).stat().st_mtime_ns == first
+    # the class sets the stripes' orientation and frequency (the spectrum's peak); the image, phase and noise
+    rng = np.random.default_rng(0)
+    same, other, third = (data_scale.pattern(k, rng).astype(float) for k in (0, 0, 5))
+
+    def peak(image: np.ndarray) -> tuple[int, int]:
+        spectrum = sum(np.abs(np.fft.fft2(image[..., c] - image[..., c].mean())) for c in range(3))
+        return np.unravel_index(spectrum.argmax(), spectrum.shape)
+
+    assert peak(same) == peak(other) != peak(third)
+    assert np.abs(same - other).mean() > 5
+
+
+def test_data_scale_reads_pss_and_counts_decodes(data_scale, tmp_path) -> None:
+    pss, rss = data_scale.memory_kb(os.getpid())
+    assert 0 < pss <= rss
+    sampler = data_scale.MemorySampler(os.getpid(), in_process=True)
+    sampler.sample()
+    assert sampler.peaks.pss_kb[os.getpid()] > 0 and sampler.peaks.sum_pss_kb > 0
+    log = tmp_path / "worker-0.log"
+    log.write_text(
+        "cached imagefolder-val-2deddb8cc3d406ce500d: [20, 3, 224, 224] u8*1/255 (3 MB) in 0.7 s\n"
+        "imagefolder val: 20 images 3x224x224 as u8*1/255 (3 MB, mapped from the cache) in 0.7 s\n"
+        "imagefolder train: 40 images 3x224x224 as u8*1/255 (6 MB, mapped from the cache) in 0.0 s\n"
+        "imagefolder train: 40 images 3x224x224 as float32 (23 MB, in memory) in 1.6 s\n"
+    )
+    decodes, seconds = data_scale.read_logs([log, tmp_path / "missing.log"])
+    assert decodes == {"train": 1, "val": 1}
+    assert seconds == {"train": 1.6, "val": 0.7}
+
+
+def test_data_scale_stops_a_launch_and_its_children(data_scale) -> None:
+    from tests.helpers import descendants, process_table
+
+    process = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
+    data_scale._CHILDREN.append(process)
+    deadline = time.monotonic() + 10
+    while not descendants(process.pid, process_table()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = descendants(process.pid, process_table())
+    assert children
+    data_scale.stop_children()
+    assert process.poll() is not None and not data_scale._CHILDREN
+    time.sleep(0.2)
+    table = process_table()
+    assert not [pid for pid in children if pid in table and table[pid][2] != "Z"]
+
+
+def test_data_scale_targets_and_tables(data_scale, capsys) -> None:
+    rows = [
+        _measured(data_scale, "2000x500", 2, "today", 6000, 100, 2),
+        _measured(data_scale, "2000x500", 2, "new", 1200, 105, 1),
+        _measured(data_scale, "2000x500", 2, "warm", 1100, 104, 0),
+        _measured(data_scale, "4000x1000", 2, "today", 11000, 200, 2),
+        _measured(data_scale, "4000x1000", 2, "new", 1500, 260, 1),
+    ]
+    met = {what: ok for what, ok, _ in data_scale.targets(rows)}
+    assert met["PSS per worker <= 1.5 GB (2000x500, 2 worker(s))"] is True  # 1200 MiB = 1.26 GB
+    assert met["PSS per worker <= 1.5 GB (4000x1000, 2 worker(s))"] is False  # 1500 MiB = 1.57 GB
+    assert met["PSS per worker <= 1/3 of today's (2000x500, 2 worker(s))"] is True
+    assert met["s/trial within 10% of today's or faster (2000x500, 2 worker(s))"] is True
+    assert met["s/trial within 10% of today's or faster (4000x1000, 2 worker(s))"] is False
+    assert met["PSS per worker grows < 15% when the data doubles (2000x500 -> 4000x1000, 2 worker(s))"] is False
+    decoded = [ok for what, ok, _ in data_scale.targets(rows) if "does not decode again" in what]
+    assert decoded == [True, True, True]
+    data_scale.report(rows, trials=3, warm_trials=1)
+    out = capsys.readouterr().out
+    assert "| 2000x500 | 2 | new | auto (33) | 1,200 | 2,400 |" in out
+    assert "| 2000x500 | 2 | 0.20 | 0.20 | 0.20 | 1.05 | 1.00 | 1.00 |" in out
+    assert "| no |" in out and "| yes |" in out
+
+
+@pytest.mark.slow
+def test_data_scale_measures_a_real_study_end_to_end(tmp_path) -> None:
+    """The smallest real run (one worker, one trial on 10 + 10 images, the cache only): the numbers come
+    from the processes, the stores and the logs as they are written today."""
+    out = tmp_path / "out.json"
+    args = ["--sizes", "10x10", "--workers", "1", "--trials", "1", "--warm-trials", "0", "--variants", "new"]
+    done = subprocess.run(
+        [sys.executable, str(SOURCE_ROOT / "benchmarks" / "data_scale.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["returncode"] == 0 and row["samples"] > 0
+    assert 100 < row["pss_worker_mb"] <= row["rss_worker_mb"]
+    assert row["decodes"] == {"train": 1, "val": 1}  # the worker built both cache entries
+    assert len(row["trial_seconds"]) == 1 and row["seconds_per_trial"] > 0
+    assert 0 < row["first_trial_s"]["0"] < row["wall_s"]
+    assert "| 10x10 | 1 | new | auto (" in done.stdout
