@@ -3,7 +3,8 @@ into float32 in its own memory, 256 rows a pass) against the per-machine data ca
 machine as uint8, memory-mapped by every worker, ``run.batch_size: auto``).
 
     python benchmarks/data_scale.py [--sizes 2000x500,4000x1000] [--workers 1,2] [--trials 3]
-                                    [--warm-trials 1] [--keep-data DIR] [--json PATH]
+                                    [--warm-trials 1] [--variants today,new] [--keep-data DIR]
+                                    [--work-dir DIR] [--json PATH]
 
 Builds a synthetic RGB ImageFolder per size (``NxM``: N train and M val images, 10 classes of oriented,
 coloured stripes with noise; no download; ``--keep-data`` keeps it for the next run), then for every
@@ -21,7 +22,8 @@ variants:
 
 Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are
 divided between the processes mapping them, so the page cache holding one copy of the data is not
-counted once per worker) of every worker process, sampled every 0.5 s, its peak per worker and the peak
+counted once per worker) of every worker process (with one worker, the ``study run`` process itself:
+it runs that worker in its own process), sampled every 0.5 s, its peak per worker and the peak
 of the sum over workers; peak RSS per worker for contrast (it counts shared pages in full); median
 seconds per trial (Optuna's start to complete); seconds from the launch to the first finished trial of
 worker 1 and of worker 2 (MLflow's ``ct_tune.worker`` tag); how many processes decoded each split (the
@@ -394,6 +396,13 @@ def auto_rows() -> int | str:
         return f"? {type(error).__name__}"
 
 
+def from_dict(row: dict) -> Measurement:
+    """A measurement as ``--json`` wrote it (JSON keys are strings: the worker indices are numbers again)."""
+    measured = Measurement(**row)
+    measured.first_trial_s = {int(k): v for k, v in measured.first_trial_s.items()}
+    return measured
+
+
 # ------------------------------------------------------------------------------------------------ reports
 def fmt(value: float, digits: int = 0) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
@@ -523,13 +532,17 @@ def doubling(pairs: Sequence[tuple[str, int]]) -> Iterator[tuple[tuple[str, int]
             yield (size, workers), (bigger, workers)
 
 
-def report(rows: Sequence[Measurement], trials: int, warm_trials: int) -> None:
+def report(rows: Sequence[Measurement]) -> None:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_worker: dict[str, set[int]] = {}
+    for m in rows:
+        per_worker.setdefault(m.variant, set()).add(round(len(m.trial_seconds) / m.workers))
+    trials = ", ".join(f"{v} {'/'.join(map(str, sorted(n)))}" for v, n in per_worker.items())
     print(
         f"synthetic ImageFolder {IMAGE_SIZE}x{IMAGE_SIZE} RGB PNG, {CLASSES} classes; torchvision resnet18 (random "
-        f"weights), probe objective, per-stage betas, {trials} trial(s) per worker ({warm_trials} warm); CPU, "
+        f"weights), probe objective, per-stage betas, random sampler; completed trials per worker: {trials}; CPU, "
         f"{cores} cores, torch {torch.__version__}. today: data.cache false, batch 256; new: cache (cold), "
         "batch auto; warm: new again on the cache it filled. MiB = 2^20 bytes; GB = 1e9 bytes."
     )
@@ -580,7 +593,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", metavar="DIR", help="keep the studies, their logs and caches here (default: a temporary folder)"
     )
+    parser.add_argument(
+        "--from-json", metavar="PATH", nargs="+", help="measure nothing: print the tables of these --json files"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        loaded = [row for path in args.from_json for row in json.loads(Path(path).read_text())]
+        report([from_dict(row) for row in loaded])
+        return 0
     variants = [v for v in args.variants.split(",") if v]
     if any(v not in VARIANTS[:2] for v in variants):
         parser.error(f"--variants: choose from today, new (got {args.variants})")
@@ -600,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_children()  # before the folder goes: an interrupted launch and its workers stop first
             if args.json:
                 Path(args.json).write_text(json.dumps([asdict(m) for m in rows], indent=1))
-    report(rows, args.trials, args.warm_trials)
+    report(rows)
     return 1 if any(m.returncode for m in rows) else 0
 
 

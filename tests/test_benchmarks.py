@@ -3,6 +3,7 @@ verdict it prints. The benchmark itself runs for minutes (``--quick``) to hours,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -200,7 +201,9 @@ def test_data_scale_targets_and_tables(data_scale, capsys) -> None:
     assert met["PSS per worker grows < 15% when the data doubles (2000x500 -> 4000x1000, 2 worker(s))"] is False
     decoded = [ok for what, ok, _ in data_scale.targets(rows) if "does not decode again" in what]
     assert decoded == [True, True, True]
-    data_scale.report(rows, trials=3, warm_trials=1)
+    again = data_scale.from_dict(json.loads(json.dumps(dataclasses.asdict(rows[1]))))  # --from-json
+    assert (again.first_trial_s, again.decodes, again.pss_worker_mb) == ({0: 10.0, 1: 12.0}, rows[1].decodes, 1200)
+    data_scale.report(rows)
     out = capsys.readouterr().out
     assert "| 2000x500 | 2 | new | auto (33) | 1,200 | 2,400 |" in out
     assert "| 2000x500 | 2 | 0.20 | 0.20 | 0.20 | 1.05 | 1.00 | 1.00 |" in out
