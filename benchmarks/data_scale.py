@@ -215,6 +215,25 @@ def descendants(root: int, table: dict[int, int]) -> set[int]:
     return found
 
 
+def needed_mb(variant: str, workers: int, train: int, val: int) -> float:
+    """A run's peak memory (MiB), from this machine's measurements (resnet18 at 224x224, eager CT): today
+    a worker holds both splits as float32, twice while it concatenates them, and a 256-row pass (~4 GB);
+    with the cache a worker holds ~1.5 GB whatever the size, and the machine one uint8 copy of the data."""
+    pixels = (train + val) * 3 * IMAGE_SIZE * IMAGE_SIZE
+    if variant == "today":
+        return workers * (4000 + 2 * 4 * pixels / MiB)
+    return workers * 1500 + pixels / MiB
+
+
+def available_mb() -> float:
+    """``MemAvailable`` of /proc/meminfo: what can be allocated without swapping (nan when unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
 # ------------------------------------------------------------------------------------------ one study run
 @dataclass
 class Measurement:
@@ -234,6 +253,8 @@ class Measurement:
     wall_s: float = math.nan
     samples: int = 0
     returncode: int = 0
+    skipped: str = ""  # why the run was not started (not enough memory on the machine)
+    error: str = ""  # the launch's error line, when it failed
 
 
 _CHILDREN: list[subprocess.Popen] = []  # launches in flight, stopped (whole process group) on any exit
@@ -314,6 +335,9 @@ def run_study(
     launch = cli("study", "run", name, *stores, *run_args, log=log)
     with MemorySampler(launch.pid, in_process=workers == 1) as sampler:  # one worker runs in the launcher
         result.returncode = finish(launch, log, f"study run {name}")
+    if result.returncode:
+        errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("ct-tune: error")]
+        result.error = errors[-1] if errors else f"exit {result.returncode}"
     result.wall_s = time.time() - started
     peaks = sampler.peaks
     if peaks.pss_kb:
@@ -421,9 +445,13 @@ def measurements_table(rows: Sequence[Measurement]) -> str:
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for m in rows:
+        if m.skipped:
+            lines.append(f"| {m.size} | {m.workers} | {m.variant} | skipped: {m.skipped} |" + " |" * 8)
+            continue
         decodes = f"{m.decodes.get('train', 0)}/{m.decodes.get('val', 0)}"
         lines.append(
-            f"| {m.size} | {m.workers} | {m.variant} | {m.batch_size} | {fmt(m.pss_worker_mb)} "
+            f"| {m.size} | {m.workers} | {m.variant}{' (failed)' if m.returncode else ''} | {m.batch_size} "
+            f"| {fmt(m.pss_worker_mb)} "
             f"| {fmt(m.pss_sum_mb)} | {fmt(m.rss_worker_mb)} | {fmt(m.seconds_per_trial, 1)} "
             f"| {fmt(m.first_trial_s.get(0, math.nan), 1)} | {fmt(m.first_trial_s.get(1, math.nan), 1)} "
             f"| {decodes} | {fmt(m.wall_s)} |"
@@ -548,6 +576,9 @@ def report(rows: Sequence[Measurement]) -> None:
     )
     print()
     print(measurements_table(rows))
+    for m in rows:
+        if m.returncode:
+            print(f"\n{m.size} {m.workers} worker(s) {m.variant} failed (peaks and times up to then): {m.error}")
     print()
     print(ratios_table(rows))
     print()
@@ -572,7 +603,16 @@ def measure(root: Path, args: argparse.Namespace, variants: Sequence[str], rows:
             if "new" in variants and args.warm_trials > 0:
                 planned.append(("warm", args.warm_trials))
             for variant, trials in planned:
-                measured = run_study(root, data_dir, size, workers, variant, trials, cache_dir)
+                needed, free = needed_mb(variant, workers, train, val), available_mb()
+                if args.memory_check and needed > free:  # the OOM killer would pick any process of the machine
+                    measured = Measurement(
+                        size,
+                        workers,
+                        variant,
+                        skipped=f"needs ~{needed / 1024:.1f} GiB, {free / 1024:.1f} GiB available",
+                    )
+                else:
+                    measured = run_study(root, data_dir, size, workers, variant, trials, cache_dir)
                 rows.append(measured)
                 print(f"{size} {workers} worker(s) {variant}: {json.dumps(asdict(measured))}", file=sys.stderr)
 
@@ -592,6 +632,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write every measurement here")
     parser.add_argument(
         "--work-dir", metavar="DIR", help="keep the studies, their logs and caches here (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="start every run even when its estimated peak exceeds the machine's available memory (default: "
+        "such a run is skipped and marked so: on a shared machine the OOM killer may pick another's process)",
     )
     parser.add_argument(
         "--from-json", metavar="PATH", nargs="+", help="measure nothing: print the tables of these --json files"

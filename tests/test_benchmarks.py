@@ -231,3 +231,18 @@ def test_data_scale_measures_a_real_study_end_to_end(tmp_path) -> None:
     assert len(row["trial_seconds"]) == 1 and row["seconds_per_trial"] > 0
     assert 0 < row["first_trial_s"]["0"] < row["wall_s"]
     assert "| 10x10 | 1 | new | auto (" in done.stdout
+
+
+def test_data_scale_skips_a_run_the_machine_has_no_memory_for(data_scale, capsys) -> None:
+    """On a shared machine a run that cannot fit is not started (the OOM killer picks any process)."""
+    today, new = (data_scale.needed_mb(v, 2, 2000, 500) / 1024 for v in ("today", "new"))
+    assert 12 < today < 15 and 3 < new < 4  # measured: ~6.6 GB a worker today, ~1.4 GB with the cache
+    assert data_scale.available_mb() > 0
+    rows = [
+        data_scale.Measurement("2000x500", 2, "today", skipped="needs ~13.3 GiB, 2.4 GiB available"),
+        data_scale.Measurement("2000x500", 2, "new", returncode=1, error="ct-tune: error: worker 0 was killed"),
+    ]
+    data_scale.report(rows)
+    out = capsys.readouterr().out
+    assert "| 2000x500 | 2 | today | skipped: needs ~13.3 GiB, 2.4 GiB available |" in out
+    assert "| 2000x500 | 2 | new (failed) |" in out and "ct-tune: error: worker 0 was killed" in out
