@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_ct",
     "evaluate",
     "units",
+    "cache",
     "ui",
     "db",
 )

@@ -318,3 +318,15 @@ def test_two_workers_map_what_the_launcher_decoded(project, tmp_path, cli):
     assert len(logs) == 2 and not any("cached Pixels" in log.read_text() for log in logs)
     assert len(SplitCache(tmp_path / "cache").entries()) == 2
     assert time.monotonic() - started < 600
+
+
+def test_the_cache_command_lists_and_clears(tmp_path, cli_fast):
+    cache = tmp_path / "cache"
+    create_datamodule("digits", cache_dir=cache).tensors("val")
+    listed = cli_fast("cache", "list", "--cache-dir", str(cache), "--json").json()
+    (entry,) = listed["entries"]
+    assert entry["label"] == "digits-val" and entry["shape"] == [359, 1, 8, 8] and entry["encoding"] == "float32"
+    cleared = cli_fast("cache", "clear", "--cache-dir", str(cache), "--json").json()
+    assert cleared["removed"] == 1 and SplitCache(cache).entries() == []
+    again, _ = create_datamodule("digits", cache_dir=cache).tensors("val")  # rebuilt on the next use
+    assert len(again) == 359
