@@ -7,7 +7,10 @@ here: it belongs to the model (``InputSpec.normalize``), so attacks and other pi
 torchvision's own evaluation transforms (``ImageClassification``: resize the PIL image, then convert) and
 PIL do: the pretrained weights were scored on such pixels, and every value is exactly k/255, so the
 machine's cache stores them in 8 bits (4x smaller). Until 2026-12-04 they were converted first and resized
-as floats; the two differ by at most half a grey level per pixel (see the README for what that moved).
+as floats. Measured 2026-12-04 on 200 val photos of 260-340 x 300-380 pixels brought to 224x224 (resize
+256, centre crop): every pixel moved, by 0.30/255 on average and at most 1.0/255; a probe on torchvision
+resnet18 features scored 0.695 both ways at ReLU (2 of 200 samples flipped, in both directions) and
+0.715 before, 0.720 after at beta 0.8 (1 sample): within noise.
 Float sources (digits, arrays) are resized as floats, as before.
 
 - Fixed-size datasets (digits, MNIST, CIFAR, SVHN, STL-10) are resized whole to the model's size; training
