@@ -32,7 +32,7 @@ def test_defaults_of_a_minimal_spec():
     assert (spec.run.device, spec.run.precision, spec.run.batch_size, spec.run.trials_per_batch) == (
         "auto",
         "fp32",
-        256,
+        "auto",
         1,
     )
     assert spec.model.label == "checkpoints/net.pt" and spec.data.label == "digits"
