@@ -3,7 +3,7 @@ into float32 in its own memory, 256 rows a pass) against the per-machine data ca
 machine as uint8, memory-mapped by every worker, ``run.batch_size: auto``).
 
     python benchmarks/data_scale.py [--sizes 2000x500,4000x1000] [--workers 1,2] [--trials 3]
-                                    [--warm-trials 1] [--variants today,new] [--keep-data DIR]
+                                    [--warm-trials 1] [--variants today,new,warm] [--keep-data DIR]
                                     [--work-dir DIR] [--json PATH]
 
 Builds a synthetic RGB ImageFolder per size (``NxM``: N train and M val images, 10 classes of oriented,
@@ -18,7 +18,7 @@ variants:
 - ``new``: ``data.cache: true`` in a cache folder of its own (cold: the study decodes the splits),
   ``run.batch_size: auto``;
 - ``warm`` (``--warm-trials`` > 0): ``new`` again, on the cache ``new`` filled, ``--warm-trials`` trials
-  per worker.
+  per worker (``--variants warm`` alone: on the caches an earlier run left in ``--work-dir``).
 
 Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are
 divided between the processes mapping them, so the page cache holding one copy of the data is not
@@ -319,6 +319,10 @@ def run_study(
     """Create one study and run it with ``workers`` worker processes, sampling their memory."""
     name = f"{variant}-{size}-w{workers}"
     folder = root / name
+    for again in range(2, 100):  # a --work-dir that holds an earlier run of it: a folder of its own
+        if not folder.exists():
+            break
+        folder = root / f"{name}-{again}"
     folder.mkdir()
     storage, tracking = f"sqlite:///{folder}/optuna.db", f"sqlite:///{folder}/mlflow.db"
     spec = folder / "spec.yaml"
@@ -599,12 +603,14 @@ def measure(root: Path, args: argparse.Namespace, variants: Sequence[str], rows:
         print(f"{size}: images ready in {time.perf_counter() - started:.0f} s ({data_dir})", file=sys.stderr)
         for workers in args.workers:
             cache_dir = root / f"cache-{size}-w{workers}"
-            planned = [(v, args.trials) for v in variants]
-            if "new" in variants and args.warm_trials > 0:
+            planned = [(v, args.trials) for v in variants if v != "warm"]
+            if args.warm_trials > 0 and ("new" in variants or "warm" in variants):
                 planned.append(("warm", args.warm_trials))
             for variant, trials in planned:
                 needed, free = needed_mb(variant, workers, train, val), available_mb()
-                if args.memory_check and needed > free:  # the OOM killer would pick any process of the machine
+                if variant == "warm" and not any(cache_dir.glob("*/meta.json")):
+                    measured = Measurement(size, workers, variant, skipped=f"no cache in {cache_dir} to be warm on")
+                elif args.memory_check and needed > free:  # the OOM killer would pick any process of the machine
                     measured = Measurement(
                         size,
                         workers,
@@ -627,7 +633,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warm-trials", type=int, default=1, help="trials per worker of the warm-cache rerun (0: none; default 1)"
     )
-    parser.add_argument("--variants", default="today,new", help="today, new or both (default both)")
+    parser.add_argument(
+        "--variants",
+        default="today,new",
+        help="today, new (default both); warm follows new unless --warm-trials is 0, and alone runs on the "
+        "caches an earlier run left in --work-dir",
+    )
     parser.add_argument("--keep-data", metavar="DIR", help="write (or reuse) the synthetic images here")
     parser.add_argument("--json", metavar="PATH", help="write every measurement here")
     parser.add_argument(
@@ -649,8 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report([from_dict(row) for row in loaded])
         return 0
     variants = [v for v in args.variants.split(",") if v]
-    if any(v not in VARIANTS[:2] for v in variants):
-        parser.error(f"--variants: choose from today, new (got {args.variants})")
+    if not variants or any(v not in VARIANTS for v in variants):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)} (got {args.variants})")
 
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
