@@ -672,18 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="data-scale-") as scratch:
         root = Path(args.work_dir) if args.work_dir else Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
-        interrupted = False
+        interrupted = ""
         try:
             measure(root, args, variants, rows)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as stop:
+            interrupted = str(stop) or "Ctrl-C"
         finally:
             stop_children()  # before the folder goes: an interrupted launch and its workers stop first
             if args.json:
                 Path(args.json).write_text(json.dumps([asdict(m) for m in rows], indent=1))
     report(rows)
     if interrupted:
-        print("interrupted: the tables hold the runs that ended before (the one running was stopped)", file=sys.stderr)
+        print(f"interrupted ({interrupted}): the tables hold the runs that ended before it", file=sys.stderr)
         return 130
     return 1 if any(m.returncode for m in rows) else 0
 
