@@ -117,7 +117,7 @@ class DataSpec(StrictSpec):
     batch_keys: BatchKeys | None = None  # user data with dict batches
     normalization: Normalization | None = None  # user data served in its own normalised space
     num_classes: int | None = Field(default=None, gt=0)  # user data: else the DataModule's, else the labels'
-    # Decoded splits are cached once per machine and memory-mapped by every process (ct_tune.data._cache);
+    # Decoded splits are cached once per machine and read from there by every process (ct_tune.data._cache);
     # false: every process decodes into its own memory (what ct-tune did before 2026-12-04).
     cache: bool = True
     cache_dir: str | None = None  # default: $CT_TUNE_CACHE, else ~/.cache/ct-tune/splits

@@ -1,5 +1,6 @@
-"""The per-machine cache of decoded splits: decoded, transformed and resized once, memory-mapped by every
-process of the machine, so the page cache holds one copy for all of a machine's workers.
+"""The per-machine cache of decoded splits: decoded, transformed and resized once, read by every process of
+the machine (``pread``, ``ct_tune.data._samples.RowFile``), so the page cache holds one copy for all of a
+machine's workers and no worker's memory grows with the dataset.
 
 Layout: one folder per split under the cache folder, named ``<dataset>-<split>-<key>``; ``key`` hashes
 what the rows depend on (the data's fingerprint, the split, the transform and its size, the source files'
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.data._samples import ENCODINGS, Encoding, Samples, decode, eight_bit
+from ct_tune.data._samples import ENCODINGS, Encoding, RowFile, Samples, decode, eight_bit
 
 import numpy as np
 import torch
@@ -83,11 +84,9 @@ class CacheEntry:
 
     @property
     def samples(self) -> Samples:
-        shape = tuple(self.meta["shape"])
-        dtype = np.uint8 if self.meta["encoding"] != "float32" else np.float32
-        # copy-on-write mapping: pages are the page cache's, shared by every process, until written (never)
-        array = np.memmap(self.folder / "x.bin", dtype=dtype, mode="c", shape=shape)
-        return Samples(torch.from_numpy(array), self.meta["encoding"])
+        """The rows, read from the file a batch at a time (the page cache holds them, no process maps them)."""
+        dtype = torch.uint8 if self.meta["encoding"] != "float32" else torch.float32
+        return Samples(RowFile(self.folder / "x.bin", dtype, tuple(self.meta["shape"])), self.meta["encoding"])
 
     @property
     def labels(self) -> Tensor:
@@ -159,7 +158,7 @@ class SplitWriter:
         self.encoding = "float32"
 
     def finish(self) -> tuple[Samples, Tensor]:
-        """Close the file: the rows (mapped) and the labels."""
+        """Close the file: the rows (read from it) and the labels."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -169,9 +168,8 @@ class SplitWriter:
 
     def mapped(self) -> Samples:
         assert self.encoding is not None and self.shape is not None
-        dtype = np.uint8 if self.encoding != "float32" else np.float32
-        array = np.memmap(self.folder / "x.bin", dtype=dtype, mode="c", shape=(self.rows, *self.shape))
-        return Samples(torch.from_numpy(array), self.encoding)
+        dtype = torch.uint8 if self.encoding != "float32" else torch.float32
+        return Samples(RowFile(self.folder / "x.bin", dtype, (self.rows, *self.shape)), self.encoding)
 
     def abandon(self) -> None:
         with contextlib.suppress(OSError):
@@ -323,7 +321,7 @@ class SplitCache:
 
     def clear(self) -> tuple[int, float]:
         """Remove every entry not being written right now: (entries removed, MB freed). Processes that have
-        an entry mapped keep reading it (the kernel keeps removed files alive while mapped)."""
+        an entry open keep reading it (the kernel keeps a removed file alive while it is open)."""
         removed, freed = 0, 0.0
         if not self.root.is_dir():
             return removed, freed

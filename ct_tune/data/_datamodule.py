@@ -7,7 +7,7 @@
 - Samples are float32 pixels in [0, 1], resized and channel-matched for the model's ``InputSpec``;
   normalisation happens in the model (``LoadedModel.forward``), not here.
 - ``samples(split)`` serves an evaluation set a batch at a time from the per-machine cache
-  (``ct_tune.data._cache``): decoded and resized once per machine, memory-mapped by every worker.
+  (``ct_tune.data._cache``): decoded and resized once per machine, read by every worker.
   ``tensors(split)`` decodes a whole split into one tensor (pretraining, small data, the Python API).
 - Data directory: ``data_dir`` argument (``--data-dir``) > ``$CT_TUNE_DATA`` > ``$XDG_CACHE_HOME/ct-tune/data``
   (``~/.cache/ct-tune/data``). torchvision datasets keep torchvision's layout under it.
@@ -297,7 +297,7 @@ class CTDataModule(L.LightningDataModule):
             "x".join(map(str, x.shape[1:])),
             x.encoding,
             x.nbytes / 2**20,
-            ", mapped from the cache" if self.cache is not None else ", in memory",
+            ", read from the cache" if self.cache is not None else ", in memory",
             time.perf_counter() - started,
         )
         return x, y
@@ -399,7 +399,7 @@ def create_datamodule(
     split; None takes the dataset's default (``ct_tune._datasets.DATASETS``). ``*_size`` keep a seeded,
     stratified subset of a split. ``input_spec`` may be set later (``datamodule.input_spec = model.input_spec``).
     ``cache``: decoded splits are kept in the machine's cache (``cache_dir``, else ``$CT_TUNE_CACHE``, else
-    ``~/.cache/ct-tune/splits``) and mapped by every process; False decodes them in every process.
+    ``~/.cache/ct-tune/splits``) and read by every process; False decodes them in every process.
     """
     check_dataset_name(name)
     info = DATASETS[name]

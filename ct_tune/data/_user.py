@@ -20,7 +20,7 @@ The contract ct-tune keeps with a DataModule, and enforces with one-line errors:
   worker the same samples (a probe is better fitted on unaugmented data).
 
 Each split is read once per machine into the machine's cache (``ct_tune.data._cache``; 8-bit images in 8
-bits) and memory-mapped by every process, and fingerprinted (a hash of the samples and labels, rounded to
+bits) and read from there by every process, and fingerprinted (a hash of the samples and labels, rounded to
 1/1024 so that float noise between machines does not count): a study records the fingerprints it was
 created with and a worker whose data differs refuses to run. The processes that run ``prepare_data`` (create,
 launch, report) always read the loaders afresh, so edited files are seen; the workers a launch starts map
