@@ -57,7 +57,10 @@ def run_worker(
         torch.set_num_threads(settings.threads)
     study = load_study(settings.study, storage=settings.storage_url, tracking_uri=settings.tracking_uri)
     tracker = study.tracker  # MLflow is reachable (and imported) before the worker says it is ready
-    with Bench.open(study.spec, **study.spec.grouping, device=settings.device, prepare=False) as bench:
+    recorded = study.meta.get("data")  # the cached splits holding these values are read, not decoded again
+    with Bench.open(
+        study.spec, **study.spec.grouping, device=settings.device, prepare=False, recorded=recorded
+    ) as bench:
         bench.check_identity(study.meta, study.name)
         loop = LoopSettings(
             target_total=settings.target_total,
