@@ -214,10 +214,16 @@ class Study:
         self._tracker = None
 
     def reopened(self, **storage_settings: Any) -> Study:
-        """The same study on a storage opened with other settings (a worker's heartbeats)."""
+        """The same study on a storage opened with other settings (a worker's heartbeats).
+
+        The first storage's idle connections are closed: a worker goes on with the new one, so it holds one
+        Optuna connection, not two (a later use of the first storage connects again)."""
         import optuna
 
         storage = open_optuna_storage(self.storage_url, **storage_settings)
+        engine = getattr(self.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
         return Study(
             optuna_study=optuna.load_study(study_name=self.name, storage=storage),
             storage_url=self.storage_url,

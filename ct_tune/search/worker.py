@@ -92,6 +92,7 @@ def run_remote(
     they name the same store, else libpq finds the password (``~/.pgpass``, ``PGPASSWORD``)."""
     _log_to_stderr()
     parsed = WorkerSettings.from_dict(settings)
+    _name_connections(parsed.worker)
     parsed.storage_url = _with_secret(parsed.storage_url, os.environ.get(STORAGE_ENV))
     parsed.tracking_uri = _with_secret(parsed.tracking_uri, os.environ.get(TRACKING_ENV))
     return run_worker(parsed, emit=emit or _log_event, keep_going=keep_going)
@@ -101,6 +102,13 @@ def _with_secret(url: str, from_environment: str | None) -> str:
     if from_environment and without_password(from_environment) == without_password(url):
         return from_environment
     return url
+
+
+def _name_connections(worker: int) -> None:
+    """Label this process's database connections ``ct-tune worker N`` (PostgreSQL's ``application_name``,
+    from ``$PGAPPNAME``, which libpq reads at each connect): ``pg_stat_activity`` then shows what each
+    worker holds. A name the user set is kept."""
+    os.environ.setdefault("PGAPPNAME", f"ct-tune worker {worker}")
 
 
 def _log_event(kind: str, **payload: Any) -> None:
@@ -128,6 +136,7 @@ def _log_to_stderr() -> None:
 def main() -> int:
     _log_to_stderr()
     settings = WorkerSettings.from_dict(read_settings())
+    _name_connections(settings.worker)
     try:
         summary = run_worker(settings, launcher_pid=os.getppid())
     except KeyboardInterrupt:

@@ -244,7 +244,14 @@ def test_sqlite_path_and_engine_kwargs(tmp_path):
     assert sqlite_path("sqlite://") is None and sqlite_path("sqlite:///:memory:") is None
     assert sqlite_path("postgresql+psycopg://h/db") is None
     assert engine_kwargs(f"sqlite:///{tmp_path}/o.db") == {"connect_args": {"timeout": 120}}
-    assert engine_kwargs("postgresql+psycopg://ctune@127.0.0.1/optuna") == {"pool_pre_ping": True}
+    # one connection kept per process, one more while two are in use; no server-side prepared statements
+    # (PgBouncer in transaction mode): docs/postgres_scale.md
+    assert engine_kwargs("postgresql+psycopg://ctune@127.0.0.1/optuna") == {
+        "pool_pre_ping": True,
+        "pool_size": 1,
+        "max_overflow": 1,
+        "connect_args": {"prepare_threshold": None},
+    }
 
 
 def test_check_two_databases_sees_through_spellings(tmp_path):
