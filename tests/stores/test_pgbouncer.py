@@ -81,14 +81,15 @@ def pgbouncer(postgres):
             """
         )
     )
-    command = ["pgbouncer", str(root / "pgbouncer.ini")]
+    user: dict = {}
     if postgres.run_as:  # PgBouncer refuses to run as root, as PostgreSQL does
         entry = pwd.getpwnam(postgres.run_as)
         for path in (root, root / "userlist.txt", root / "pgbouncer.ini"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        command = ["runuser", "-u", postgres.run_as, "--", *command]
+        # the process itself changes user (not runuser, whose child a kill would leave running)
+        user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     log = (root / "pgbouncer.log").open("w")
-    proc = spawn(command, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn(["pgbouncer", str(root / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT, **user)
     log.close()
     deadline = time.monotonic() + 30
     while "listening on" not in (root / "pgbouncer.log").read_text():
