@@ -246,3 +246,33 @@ def test_data_scale_skips_a_run_the_machine_has_no_memory_for(data_scale, capsys
     out = capsys.readouterr().out
     assert "| 2000x500 | 2 | today | skipped: needs ~13.3 GiB, 2.4 GiB available |" in out
     assert "| 2000x500 | 2 | new (failed) |" in out and "ct-tune: error: worker 0 was killed" in out
+
+
+# ------------------------------------------------------------------------------ benchmarks/postgres_capacity.py
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_capacity_runs_a_light_worker_on_two_connections(tmp_path) -> None:
+    """The benchmark's own server has PostgreSQL's default connection limit, and a light worker holds its two
+    connections (docs/postgres_scale.md; it held four before the pools were made lean). A sample may catch
+    MLflow's overflow connection in the middle of a call, so the median is what is checked."""
+    from tests.postgres import PASSWORD, find_bin_dir
+
+    if find_bin_dir() is None:
+        if os.environ.get("CT_TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required here (CT_TUNE_REQUIRE_POSTGRES=1) but its binaries were not found")
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    done = subprocess.run(
+        [sys.executable, str(SOURCE_ROOT / "benchmarks" / "postgres_capacity.py"), "--workers", "1", "--seconds", "5"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "PostgreSQL max_connections = 100; MLflow: direct", done.stdout
+    workers, per_second, _, per_worker, _, _, failed = lines[-1].split()
+    assert (workers, failed) == ("1", "0") and float(per_second) > 0, done.stdout
+    assert float(per_worker) <= 2.5, done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
