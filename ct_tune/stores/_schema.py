@@ -26,6 +26,9 @@ from ct_tune.stores._urls import (
 
 __all__ = ["init_stores", "upgrade_stores"]
 
+# `mlflow db upgrade URL`, with the URL read from stdin instead of the command line.
+_MLFLOW_UPGRADE = "import sys; from mlflow.db import commands; commands(['upgrade', sys.stdin.read()], 'mlflow db')"
+
 
 def _urls(storage: str | None, tracking_uri: str | None) -> tuple[str, str]:
     storage_url, tracking = resolve_storage(storage), resolve_tracking_uri(tracking_uri)
@@ -66,8 +69,8 @@ def upgrade_stores(*, storage: str | None = None, tracking_uri: str | None = Non
     mlflow = "a tracking server (upgrade it there)"
     if not is_tracking_server(tracking):
         prepare_sqlite(tracking)
-        proc = subprocess.run(
-            [sys.executable, "-m", "mlflow", "db", "upgrade", tracking], capture_output=True, text=True
+        proc = subprocess.run(  # the URL on stdin: `ps` shows a command line, password and all, to everyone
+            [sys.executable, "-c", _MLFLOW_UPGRADE], input=tracking, capture_output=True, text=True
         )
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]

@@ -84,8 +84,6 @@ def start_ui(
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        tracking_uri,
         "--host",
         host,
         "--port",
@@ -96,7 +94,9 @@ def start_ui(
     artifacts = default_artifact_location(tracking_uri)
     if artifacts:
         command += ["--default-artifact-root", artifacts]
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # The store's URL (a password in it, on PostgreSQL) goes in the environment, which only this user can
+    # read, not on the command line, which `ps` shows to every user of the machine.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, env=env, process_group=0)
     base = f"http://{host}:{port}"
     server = UIServer(process, experiment_url(base, experiment_id) if experiment_id else base, redact(tracking_uri))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,3 +125,22 @@ def test_concurrent_study_create_on_empty_stores(stores, tmp_path, digits_checkp
     assert sorted(s.study_name for s in created) == names
     experiments = MlflowClient(stores.tracking).search_experiments()
     assert sorted(e.name for e in experiments if e.name.startswith("ct-tune/")) == [f"ct-tune/{n}" for n in names]
+
+
+@pytest.mark.postgres
+def test_upgrade_keeps_the_password_off_every_command_line(tmp_path, postgres):
+    """Every process upgrade_stores starts is seen by an audit hook: no command line holds the password."""
+    storage, tracking = postgres.url(postgres.create_database("up_o")), postgres.url(postgres.create_database("up_m"))
+    script = (
+        "import sys, json\n"
+        "seen = []\n"
+        "sys.addaudithook(lambda event, args: seen.append(repr(args[1])) if event == 'subprocess.Popen' else None)\n"
+        "from ct_tune.stores import upgrade_stores\n"
+        f"result = upgrade_stores(storage={storage!r}, tracking_uri={tracking!r})\n"
+        "print(json.dumps({'commands': seen, 'mlflow': result['mlflow']}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["mlflow"] == "upgraded" and report["commands"]  # MLflow's upgrade ran in a process of its own
+    assert not [command for command in report["commands"] if PASSWORD in command]

@@ -172,3 +172,22 @@ def test_a_signal_stops_the_ui_and_everything_it_started(tmp_path, sig, jobs):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=10)
+
+
+@pytest.mark.postgres
+def test_ui_keeps_the_store_password_off_every_command_line(tmp_path, postgres):
+    """`ps` shows every process's command line to every user of the machine: the server gets the store's
+    URL through its environment (readable by its own user only), and no process it starts shows it."""
+    from ct_tune.tracking import start_ui
+
+    from tests.postgres import PASSWORD
+
+    server = start_ui(postgres.url(postgres.create_database("ui")), port=free_port())
+    try:
+        group = [server.pid, *descendants(server.pid, process_table())]
+        lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in group]
+        assert len(lines) >= 2 and any("mlflow" in line for line in lines)  # the server and what it started
+        assert not [line for line in lines if PASSWORD in line]
+        assert PASSWORD not in server.tracking_uri
+    finally:
+        server.stop()
