@@ -1,6 +1,6 @@
 """Memory and speed of a study on a 224x224 ImageFolder: today's path (every worker decodes both splits
 into float32 in its own memory, 256 rows a pass) against the per-machine data cache (decoded once per
-machine as uint8, memory-mapped by every worker, ``run.batch_size: auto``).
+machine as uint8, read by every worker with ``pread``, ``run.batch_size: auto``).
 
     python benchmarks/data_scale.py [--sizes 2000x500,4000x1000] [--workers 1,2] [--trials 3]
                                     [--warm-trials 1] [--variants today,new,warm] [--keep-data DIR]
@@ -21,9 +21,9 @@ variants:
   per worker (``--variants warm`` alone: on the caches an earlier run left in ``--work-dir``).
 
 Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are
-divided between the processes mapping them, so the page cache holding one copy of the data is not
-counted once per worker) of every worker process (with one worker, the ``study run`` process itself:
-it runs that worker in its own process), sampled every 0.5 s, its peak per worker and the peak
+divided between the processes mapping them; the cache is read with ``pread``, so its pages sit in the
+kernel's page cache, one reclaimable copy per machine that counts in no process) of every worker process
+(with one worker, the ``study run`` process itself: it runs that worker in its own process), sampled every 0.5 s, its peak per worker and the peak
 of the sum over workers; peak RSS per worker for contrast (it counts shared pages in full); median
 seconds per trial (Optuna's start to complete); seconds from the launch to the first finished trial of
 worker 1 and of worker 2 (MLflow's ``ct_tune.worker`` tag); how many processes decoded each split (the
