@@ -23,8 +23,8 @@ variants:
 Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are
 divided between the processes mapping them; the cache is read with ``pread``, so its pages sit in the
 kernel's page cache, one reclaimable copy per machine that counts in no process) of every worker process
-(with one worker, the ``study run`` process itself: it runs that worker in its own process), sampled every 0.5 s, its peak per worker and the peak
-of the sum over workers; peak RSS per worker for contrast (it counts shared pages in full); median
+(with one worker, the ``study run`` process itself: it runs that worker in its own process), sampled
+every 0.5 s, its peak per worker and the peak of the sum over workers; peak RSS per worker for contrast (it counts shared pages in full); median
 seconds per trial (Optuna's start to complete); seconds from the launch to the first finished trial of
 worker 1 and of worker 2 (MLflow's ``ct_tune.worker`` tag); how many processes decoded each split (the
 workers' log lines: ``cached <entry>`` from the process that builds an entry, ``... in memory`` from a
