@@ -20,17 +20,17 @@ variants:
 - ``warm`` (``--warm-trials`` > 0): ``new`` again, on the cache ``new`` filled, ``--warm-trials`` trials
   per worker (``--variants warm`` alone: on the caches an earlier run left in ``--work-dir``).
 
-Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are
-divided between the processes mapping them; the cache is read with ``pread``, so its pages sit in the
-kernel's page cache, one reclaimable copy per machine that counts in no process) of every worker process
-(with one worker, the ``study run`` process itself: it runs that worker in its own process), sampled
-every 0.5 s, its peak per worker and the peak of the sum over workers; peak RSS per worker for contrast (it counts shared pages in full); median
-seconds per trial (Optuna's start to complete); seconds from the launch to the first finished trial of
-worker 1 and of worker 2 (MLflow's ``ct_tune.worker`` tag); how many processes decoded each split (the
-workers' log lines: ``cached <entry>`` from the process that builds an entry, ``... in memory`` from a
-process that decodes for itself). Then the ratios new/today and the issue's targets: PSS per worker at
-most 1.5 GB (1.5e9 bytes) and at most a third of today's, growing by less than 15% when the dataset
-doubles, seconds per trial within 10% of today's, and one decode per split on the machine.
+Measured per run: the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``: shared pages are divided
+between the processes mapping them; the cache is read with ``pread``, so its pages sit in the kernel's page
+cache, one reclaimable copy per machine that counts in no process) of every worker process (with one worker,
+the ``study run`` process itself: it runs that worker in its own process), sampled every 0.5 s, its peak per
+worker and the peak of the sum over workers; peak RSS per worker for contrast (it counts shared pages in
+full); median seconds per trial (Optuna's start to complete); seconds from the launch to the first finished
+trial of worker 1 and of worker 2 (MLflow's ``ct_tune.worker`` tag); how many processes decoded each split
+(the workers' log lines: ``cached <entry>`` from the process that builds an entry, ``... in memory`` from a
+process that decodes for itself). Then the ratios new/today and the issue's targets: PSS per worker at most
+1.5 GB (1.5e9 bytes) and at most a third of today's, growing by less than 15% when the dataset doubles,
+seconds per trial within 10% of today's, and one decode per split on the machine.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Every split a study scores is decoded once per machine into this folder and read from it by every worker
 (8-bit images in 8 bits; the kernel's page cache holds one copy for all of them). It lives in
-``data.cache_dir`` when a spec names one, else ``$CT_TUNE_CACHE``, else ``~/.cache/ct-tune/splits``; an entry is rebuilt whenever its data, transform or files change, so
-clearing it is only ever about disk space.
+``data.cache_dir`` when a spec names one, else ``$CT_TUNE_CACHE``, else ``~/.cache/ct-tune/splits``; an
+entry is rebuilt whenever its data, transform or files change, so clearing it is only ever about disk space.
 """
 
 from __future__ import annotations
