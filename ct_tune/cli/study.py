@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
 from ct_tune import InputError
+from ct_tune._names import profile_path
 from ct_tune.cli._common import CommandResult, add_command, add_group, print_table
 from ct_tune.cli._evidence import evidence_cells, evidence_columns, print_evidence
 from ct_tune.cli._study_common import (
@@ -149,10 +151,10 @@ def _next_target(args: argparse.Namespace, study) -> str:
     from ct_tune.stores import without_password
 
     if args.storage is None and args.name is None and (study.spec.storage or study.spec.tracking_uri):
-        return args.spec
+        return shlex.quote(args.spec)  # pasted into a shell: a path with spaces or quotes stays one word
     if args.storage is None and study.spec.storage is None:
         return study.name
-    return f"{study.name} --storage '{without_password(study.storage_url)}'"
+    return f"{study.name} --storage {shlex.quote(without_password(study.storage_url))}"
 
 
 def _run(args: argparse.Namespace) -> CommandResult:
@@ -269,7 +271,7 @@ def _delete(args: argparse.Namespace) -> CommandResult:
 def _export(args: argparse.Namespace) -> CommandResult:
     study = _load(args)
     trial = study.chosen(args.trial)
-    path = args.out or f"profiles/{study.name}-trial{trial.number}.json"
+    path = args.out or profile_path(study.name, trial.number)
     profile = study.export(path, trial=trial.number)
     payload = {"study": study.name, "trial": trial.number, "path": str(path), "profile": profile.to_dict()}
 

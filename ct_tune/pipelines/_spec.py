@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ct_tune._errors import InputError
+from ct_tune._names import MAX_NAME, NAME_RULE, name_problem
 from ct_tune._specs import StrictSpec, parse_yaml, validated
 from ct_tune.search import StudySpec, spec_from_dict
 from ct_tune.trained import TrainCTSpec
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["PipelineSpec", "StageSpec", "load_pipeline", "pipeline_from_dict", "stage_spec", "train_stage_spec"]
 STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
@@ -69,14 +70,28 @@ class StageSpec(StrictSpec):
 
 
 class PipelineSpec(StrictSpec):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     base: dict[str, Any]
     stages: list[StageSpec] = Field(min_length=1)
     report: list[str] | None = None  # stages whose best trials get a test-split report (default: all)
 
+    @field_validator("name")
+    @classmethod
+    def _a_name_for_files(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; use {NAME_RULE}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
         names = [stage.name for stage in self.stages]
+        longest = max(names, key=len)
+        if name_problem(self.study_name(longest)) is not None:  # each stage is the study <pipeline>.<stage>
+            raise ValueError(
+                f"the study name {self.study_name(longest)!r} of stage {longest!r} is longer than {MAX_NAME} "
+                "characters: shorten the pipeline's or the stage's name"
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique; got {', '.join(names)}")
         for index, stage in enumerate(self.stages):

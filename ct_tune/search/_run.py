@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError, StorageLost, WorkerFailed
+from ct_tune._names import default_log_dir
 from ct_tune._quiet import quiet_loggers
 from ct_tune.search._loop import WorkerSummary
 from ct_tune.search._progress import Progress, TrialLine
@@ -364,7 +365,7 @@ def _launch(study: Study, planned: _Launch) -> RunSummary:
     options, progress = planned.options, planned.progress
     assert progress is not None
     names = study.objective_names
-    log_dir = Path(options.log_dir or f"logs/{study.name}")
+    log_dir = default_log_dir(options.log_dir, study.name)
     lines: list[TrialLine] = []
 
     def on_event(index: int, event: dict[str, Any]) -> None:
@@ -432,7 +433,7 @@ def _submit(study: Study, planned: _Launch) -> RunSummary:
     prepare_data(study.spec, recorded=study.meta.get("data"), study=study.name)
     options, progress = planned.options, planned.progress
     assert progress is not None
-    log_dir = Path(options.log_dir or f"logs/{study.name}")
+    log_dir = default_log_dir(options.log_dir, study.name)
     before = study.counts()
     settings = _worker_settings(study, planned)
     jobs = submit_slurm(study, options.slurm, limit=planned.left, settings=settings, log_dir=log_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from ct_tune._errors import InputError
+from ct_tune._names import NAME_RULE, name_problem
 from ct_tune._specs import StrictSpec, parse_yaml, validated
 from ct_tune.bench import BenchSpec
 from ct_tune.stores import without_password
@@ -228,7 +229,7 @@ class BudgetSpec(StrictSpec):
 class StudySpec(BenchSpec):
     """A whole search: the bench (model, data, objectives, run), the space, the sampler and how long."""
 
-    name: str | None = Field(default=None, min_length=1)
+    name: str | None = None
     search: SearchSpec = SearchSpec()
     sampler: SamplerSpec = TPESpec(name="tpe")
     pruner: PrunerSpec = NoPrunerSpec(name="none")
@@ -236,6 +237,14 @@ class StudySpec(BenchSpec):
     storage: str | None = None  # Optuna storage URL (default sqlite:///studies/optuna.db)
     tracking_uri: str | None = None  # MLflow backend store (default sqlite:///mlruns/mlflow.db)
     artifact_location: str | None = None  # MLflow artifact root (default next to a SQLite store)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_for_files(cls, value: str | None) -> str | None:
+        problem = None if value is None else name_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; use {NAME_RULE}")
+        return value
 
     @field_validator("sampler", "pruner", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ct_tune._errors import InputError
+from ct_tune._names import check_name
 from ct_tune._version import __version__
 from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
@@ -530,9 +531,12 @@ def create_study(
     from ct_tune.bench import Bench
 
     parsed, default_name = _as_spec(spec)
-    name = name or default_name
-    if not name:
+    if name is None and not default_name:
         raise InputError("the study needs a name: pass name=... (or --name), or set name: in the spec")
+    if name is None:
+        name = check_name(default_name, what="the study name from the spec", fix="set name: in the spec or pass --name")
+    else:
+        name = check_name(name, what="--name (name=...)", fix="pick another name")
     storage_url = resolve_storage(storage, parsed.storage)
     tracking = resolve_tracking_uri(tracking_uri, parsed.tracking_uri)
     check_two_databases(storage_url, tracking)

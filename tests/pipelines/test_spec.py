@@ -95,6 +95,8 @@ def test_a_warm_started_stage_may_keep_its_baseline():
         ({"name": "p", "base": {**BASE, "search": {}}, "stages": [{"name": "a"}]}, "base.search belongs to a stage"),
         ({"name": "p", "base": {**BASE, "budget": {}}, "stages": [{"name": "a"}]}, "base.budget belongs to a stage"),
         (pipeline({"name": "a b"}), "stages.0.name: got 'a b'; string should match pattern"),
+        ({**pipeline({"name": "a"}), "name": ".."}, "name: '..' starts with '.'; use 1 to 100 letters"),
+        ({**pipeline({"name": "a"}), "name": "p" * 99}, "is longer than 100 characters: shorten the pipeline's"),
         (pipeline(), "stages: got []; list should have at least 1 item"),
         (pipeline({"name": "a", "serach": {}}), "unknown field 'stages.0.serach'"),
         (pipeline({"name": "a"}, {"name": "b", "warm_start": {"from": "a", "width": 0}}), "warm_start.width: got 0"),

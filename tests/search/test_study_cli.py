@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import ct_tune
@@ -212,3 +213,40 @@ def test_run_and_status_of_unknown_study_are_one_line(cli_fast, tmp_path):
         assert result.returncode == 2
         assert "no study named 'nope'" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../../tmp/evil", "--name (name=...) cannot be used: '../../tmp/evil' starts with '.'; use 1 to 100"),
+        ("a/b", "--name (name=...) cannot be used: 'a/b' has other characters"),
+        ("x" * 300, "--name (name=...) cannot be used: it has 300 characters"),
+        ("", "--name (name=...) cannot be used: it is empty"),
+        ("-x", "starts with '-'"),
+    ],
+)
+def test_study_names_that_would_leave_their_folder_are_refused(cli_fast, tmp_path, digits_checkpoint, name, message):
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint)
+    before = listing(tmp_path)
+    result = cli_fast("study", "create", "spec.yaml", f"--name={name}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert listing(tmp_path) == before  # no store, no folder, no log
+
+
+def test_a_spec_file_name_that_is_no_study_name_says_how_to_name_it(cli_fast, tmp_path, digits_checkpoint):
+    write_spec(tmp_path / "my spec.yaml", digits_checkpoint)
+    result = cli_fast("study", "create", "my spec.yaml")
+    assert result.returncode == 2
+    assert "the study name from the spec cannot be used: 'my spec' has other characters" in result.stderr
+    assert "set name: in the spec or pass --name" in result.stderr
+
+
+def test_the_next_hint_is_one_shell_word_per_argument(cli_fast, tmp_path, digits_checkpoint):
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    write_spec(folder / "s.yaml", digits_checkpoint, name="quoted", storage=f"sqlite:///{folder}/optuna.db")
+    result = cli_fast("study", "create", str(folder / "s.yaml"))
+    assert result.returncode == 0, result.stderr
+    hint = next(line for line in result.stdout.splitlines() if line.startswith("next: "))
+    assert shlex.split(hint.removeprefix("next: ")) == ["ct-tune", "study", "run", str(folder / "s.yaml")]
