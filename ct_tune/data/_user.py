@@ -91,6 +91,7 @@ class UserData:
         self.batch_keys = batch_keys
         self.normalization = normalization
         self._num_classes = num_classes
+        self._declared_classes = num_classes  # data.num_classes: the labels are checked against it
         self.sizes_limit = dict(sizes or {})
         self.seed = seed
         self.cache = cache  # None: every process reads the loaders into its memory
@@ -265,6 +266,23 @@ class UserData:
             )
         return self._pixels[split]
 
+    def _check_labels(self, y: Tensor, what: str, *, first: int) -> None:
+        """Labels are class indices: none negative, none past the classes declared (an undeclared count is
+        one more than the largest label, and the model's logits are checked against it)."""
+        declared = self._declared_classes or getattr(self.datamodule, "num_classes", None)
+        top = declared if isinstance(declared, int) and declared > 0 else None
+        bad = (y < 0) | (y >= top) if top is not None else y < 0
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            label = int(y[index])
+            classes = (
+                f"the {top} classes (0 to {top - 1}) the data declares" if top else "the class indices (0 or more)"
+            )
+            raise InputError(
+                f"{what}: sample {first + index} has label {label}, outside {classes}; fix the labels"
+                + (" or data.num_classes" if top else "")
+            )
+
     def _cached(self, split: Split) -> Any:
         """The cache entry of a split: the one holding the recorded values when this process trusts the
         cache, else read from the loaders (under the lock, so one process of the machine reads at a time)."""
@@ -305,7 +323,10 @@ class UserData:
                 x = x.float() if x.dtype in (torch.float16, torch.bfloat16, torch.float64) else x
                 if self.normalization is not None:
                     x = _denormalize(x, *self.normalization, split=split)
-                writer.append(x, y.detach().cpu().long())
+                y = y.detach().cpu().long()
+                _check_finite(x, what, first=writer.rows)
+                self._check_labels(y, what, first=writer.rows)
+                writer.append(x, y)
                 if limit is not None and writer.rows >= limit:
                     break
         if not writer.rows:
@@ -447,3 +468,16 @@ def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
+
+
+def _check_finite(x: Tensor, what: str, *, first: int) -> None:
+    """Refuse NaN or infinite inputs, naming the first such sample (``first`` is the batch's first row)."""
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if not bool(finite.all()):
+        index = first + int((~finite).nonzero()[0, 0])
+        raise InputError(
+            f"{what}: sample {index} holds NaN or infinite values; ct-tune scores finite inputs only: fix the data "
+            "or its transform"
+        )

@@ -103,6 +103,22 @@ class Uint8(Recorded):
         return DataLoader(TensorDataset((x * 255).to(torch.uint8), y), batch_size=100)
 
 
+class BadLabel(Recorded):
+    num_classes = 10
+
+    def _loader(self, split, shuffle=False):
+        x, y = digits(split)
+        y[137] = 12
+        return DataLoader(TensorDataset(x, y), batch_size=100)
+
+
+class NaNInputs(Recorded):
+    def _loader(self, split, shuffle=False):
+        x, y = digits(split)
+        x[4::5] = float("nan")
+        return DataLoader(TensorDataset(x, y), batch_size=100)
+
+
 class NoTest(L.LightningDataModule):
     def val_dataloader(self):
         return DataLoader(TensorDataset(*digits("val")), batch_size=100)
@@ -269,6 +285,8 @@ def test_bad_datamodules_are_one_line(project, class_path, init_args, message):
         ("userdata.ShuffledVal", "val_dataloader() shuffles; every trial must score the same samples"),
         ("userdata.OneHot", "the target is a float32 tensor of shape (100, 10) for 100 inputs"),
         ("userdata.Uint8", "the input is a uint8 tensor of shape (100, 1, 8, 8); it must be a float tensor"),
+        ("userdata.BadLabel", "BadLabel val batches: sample 137 has label 12, outside the 10 classes (0 to 9)"),
+        ("userdata.NaNInputs", "NaNInputs val batches: sample 4 holds NaN or infinite values; ct-tune scores"),
     ],
 )
 def test_batches_that_break_the_contract_are_one_line(project, class_path, message):
@@ -324,12 +342,22 @@ def test_the_test_split_is_fingerprinted_at_the_first_report(project, tmp_path, 
         study.report()
 
 
-def test_bad_user_data_through_the_cli_is_exit_2_and_creates_nothing(project, cli_fast, tmp_path, digits_state_dict):
+@pytest.mark.parametrize(
+    ("class_path", "message"),
+    [
+        ("userdata.OneHot", "one integer class index per sample"),
+        ("userdata.BadLabel", "sample 137 has label 12, outside the 10 classes (0 to 9) the data declares"),
+        ("userdata.NaNInputs", "sample 4 holds NaN or infinite values"),
+    ],
+)
+def test_bad_user_data_through_the_cli_is_exit_2_and_creates_nothing(
+    project, cli_fast, tmp_path, digits_state_dict, class_path, message
+):
     import yaml
 
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec(digits_state_dict, {"class_path": "userdata.OneHot"})))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec(digits_state_dict, {"class_path": class_path})))
     result = cli_fast("study", "create", "bad.yaml", "--name", "bad", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "one integer class index per sample" in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
     listed = cli_fast("study", "list", "--json", cwd=tmp_path)
     assert listed.json()["studies"] == []
