@@ -151,6 +151,7 @@ class MemoryPeaks:
     sum_pss_kb: int = 0
     others_pss_kb: int = 0  # the launcher and any helper processes below it, summed, at their peak
     samples: int = 0
+    cpu_track: list[tuple[float, float]] = field(default_factory=list)  # (time, CPU seconds of the workers)
 
 
 class MemorySampler:
@@ -162,6 +163,7 @@ class MemorySampler:
         self.in_process = in_process
         self.interval = interval
         self.peaks = MemoryPeaks()
+        self._cpu_by_pid: dict[int, float] = {}  # last seen: a worker that exited keeps what it used
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -189,6 +191,10 @@ class MemorySampler:
             total += pss
             self.peaks.pss_kb[pid] = max(self.peaks.pss_kb.get(pid, 0), pss)
             self.peaks.rss_kb[pid] = max(self.peaks.rss_kb.get(pid, 0), rss)
+            used = cpu_seconds(pid)
+            if used is not None:
+                self._cpu_by_pid[pid] = used
+        self.peaks.cpu_track.append((time.time(), sum(self._cpu_by_pid.values())))
         others = sum(m[0] for m in map(memory_kb, below) if m is not None)
         self.peaks.sum_pss_kb = max(self.peaks.sum_pss_kb, total)
         self.peaks.others_pss_kb = max(self.peaks.others_pss_kb, others)
@@ -198,6 +204,25 @@ class MemorySampler:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads) from /proc/<pid>/stat; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_between(track: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """CPU seconds the workers used from ``start`` to ``end`` (epoch seconds), read off the samples."""
+
+    def at(moment: float) -> float:
+        before = [used for when, used in track if when <= moment]
+        return before[-1] if before else (track[0][1] if track else math.nan)
+
+    return at(end) - at(start)
 
 
 def is_worker(pid: int) -> bool:
@@ -245,6 +270,9 @@ class Measurement:
     rss_worker_mb: float = math.nan  # peak RSS of the largest worker
     others_pss_mb: float = math.nan  # the launcher (and helpers) at its peak
     seconds_per_trial: float = math.nan  # median
+    cpu_s_per_trial: float = (
+        math.nan
+    )  # the workers' CPU seconds from the first trial's start to the last's end, per trial
     trial_seconds: list[float] = field(default_factory=list)
     first_trial_s: dict[int, float] = field(default_factory=dict)  # worker index -> seconds from the launch
     decodes: dict[str, int] = field(default_factory=dict)  # split -> processes that decoded it
@@ -350,17 +378,21 @@ def run_study(
         result.pss_sum_mb = peaks.sum_pss_kb / 1024
     result.others_pss_mb = peaks.others_pss_kb / 1024
     result.samples = peaks.samples
-    result.trial_seconds, result.first_trial_s = trial_times(name, storage, tracking, started)
+    result.trial_seconds, result.first_trial_s, window = trial_times(name, storage, tracking, started)
     if result.trial_seconds:
         result.seconds_per_trial = statistics.median(result.trial_seconds)
+        result.cpu_s_per_trial = cpu_between(peaks.cpu_track, *window) / len(result.trial_seconds)
     result.decodes, result.decode_seconds = read_logs([log, *sorted((folder / "logs").glob("*"))])
     result.batch_size = "256" if variant == "today" else f"auto ({auto_rows()})"
     return result
 
 
-def trial_times(name: str, storage: str, tracking: str, started: float) -> tuple[list[float], dict[int, float]]:
-    """Seconds of every completed trial (Optuna), and per worker index the seconds from ``started`` to its
-    first finished trial (MLflow's child runs carry the worker's index as a tag)."""
+def trial_times(
+    name: str, storage: str, tracking: str, started: float
+) -> tuple[list[float], dict[int, float], tuple[float, float]]:
+    """Seconds of every completed trial (Optuna), per worker index the seconds from ``started`` to its
+    first finished trial (MLflow's child runs carry the worker's index as a tag), and the window from the
+    first trial's start to the last one's end (epoch seconds)."""
     from ct_tune.tracking.keys import TAG_WORKER
 
     import optuna
@@ -368,11 +400,17 @@ def trial_times(name: str, storage: str, tracking: str, started: float) -> tuple
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
-    seconds = [
-        (t.datetime_complete - t.datetime_start).total_seconds()
+    done = [
+        t
         for t in study.trials
         if t.state == optuna.trial.TrialState.COMPLETE and t.datetime_start and t.datetime_complete
     ]
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    window = (
+        (min(t.datetime_start for t in done).timestamp(), max(t.datetime_complete for t in done).timestamp())
+        if done
+        else (math.nan, math.nan)
+    )
     client = MlflowClient(tracking_uri=tracking)
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.split("/")[-1] == name]
     first: dict[int, float] = {}
@@ -383,7 +421,7 @@ def trial_times(name: str, storage: str, tracking: str, started: float) -> tuple
                 continue
             ended = run.info.end_time / 1000 - started
             first[int(worker)] = min(first.get(int(worker), math.inf), ended)
-    return seconds, dict(sorted(first.items()))
+    return seconds, dict(sorted(first.items())), window
 
 
 _CACHED = re.compile(r"cached \S+?-(train|val|test)-[0-9a-f]+: .* in ([\d.]+) s")
@@ -445,18 +483,19 @@ def ratio(new: float, old: float) -> float:
 def measurements_table(rows: Sequence[Measurement]) -> str:
     header = (
         "| size | workers | variant | rows/pass | PSS/worker MiB | PSS sum MiB | RSS/worker MiB | s/trial "
-        "| 1st trial w1 s | 1st trial w2 s | decodes train/val | wall s |"
+        "| CPU s/trial | 1st trial w1 s | 1st trial w2 s | decodes train/val | wall s |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for m in rows:
         if m.skipped:
-            lines.append(f"| {m.size} | {m.workers} | {m.variant} | skipped: {m.skipped} |" + " |" * 8)
+            lines.append(f"| {m.size} | {m.workers} | {m.variant} | skipped: {m.skipped} |" + " |" * 9)
             continue
         decodes = f"{m.decodes.get('train', 0)}/{m.decodes.get('val', 0)}"
         lines.append(
             f"| {m.size} | {m.workers} | {m.variant}{' (failed)' if m.returncode else ''} | {m.batch_size} "
             f"| {fmt(m.pss_worker_mb)} "
             f"| {fmt(m.pss_sum_mb)} | {fmt(m.rss_worker_mb)} | {fmt(m.seconds_per_trial, 1)} "
+            f"| {fmt(m.cpu_s_per_trial, 1)} "
             f"| {fmt(m.first_trial_s.get(0, math.nan), 1)} | {fmt(m.first_trial_s.get(1, math.nan), 1)} "
             f"| {decodes} | {fmt(m.wall_s)} |"
         )
@@ -471,7 +510,7 @@ def ratios_table(rows: Sequence[Measurement]) -> str:
     table = by_key(rows)
     header = (
         "| size | workers | PSS/worker new/today | PSS sum new/today | RSS/worker new/today | s/trial new/today "
-        "| 1st trial w2 new/today | 1st trial w2 warm/today |"
+        "| CPU s/trial new/today | 1st trial w2 new/today | 1st trial w2 warm/today |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for size, workers in dict.fromkeys((m.size, m.workers) for m in rows):
@@ -485,6 +524,7 @@ def ratios_table(rows: Sequence[Measurement]) -> str:
             ratio(new.pss_sum_mb, today.pss_sum_mb),
             ratio(new.rss_worker_mb, today.rss_worker_mb),
             ratio(new.seconds_per_trial, today.seconds_per_trial),
+            ratio(new.cpu_s_per_trial, today.cpu_s_per_trial),
             ratio(new.first_trial_s.get(1, math.nan), w2),
             ratio(warm.first_trial_s.get(1, math.nan), w2) if warm else math.nan,
         ]
@@ -525,6 +565,14 @@ def targets(rows: Sequence[Measurement]) -> list[tuple[str, bool | None, str]]:
                     f"s/trial within 10% of today's or faster ({where})",
                     None if math.isnan(speed) else speed <= 1.10,
                     f"{fmt(new.seconds_per_trial, 1)} vs {fmt(today.seconds_per_trial, 1)} s = {fmt(speed, 2)}",
+                )
+            )
+            cpu = ratio(new.cpu_s_per_trial, today.cpu_s_per_trial)  # what a busy machine disturbs less
+            found.append(
+                (
+                    f"CPU s/trial within 10% of today's or less ({where})",
+                    None if math.isnan(cpu) else cpu <= 1.10,
+                    f"{fmt(new.cpu_s_per_trial, 1)} vs {fmt(today.cpu_s_per_trial, 1)} CPU s = {fmt(cpu, 2)}",
                 )
             )
         if workers >= 2:

@@ -105,6 +105,7 @@ def _measured(data_scale, size: str, workers: int, variant: str, pss: float, sec
         pss_sum_mb=pss * workers,
         rss_worker_mb=pss * 1.2,
         seconds_per_trial=seconds,
+        cpu_s_per_trial=2 * seconds,
         first_trial_s={0: 10.0, 1: 12.0} if workers > 1 else {0: 10.0},
         decodes={"train": decodes, "val": decodes},
         batch_size="256" if variant == "today" else "auto (33)",
@@ -206,7 +207,8 @@ def test_data_scale_targets_and_tables(data_scale, capsys) -> None:
     data_scale.report(rows)
     out = capsys.readouterr().out
     assert "| 2000x500 | 2 | new | auto (33) | 1,200 | 2,400 |" in out
-    assert "| 2000x500 | 2 | 0.20 | 0.20 | 0.20 | 1.05 | 1.00 | 1.00 |" in out
+    assert "| 2000x500 | 2 | 0.20 | 0.20 | 0.20 | 1.05 | 1.05 | 1.00 | 1.00 |" in out
+    assert met["CPU s/trial within 10% of today's or less (4000x1000, 2 worker(s))"] is False  # 520 vs 400
     assert "| no |" in out and "| yes |" in out
 
 
@@ -229,6 +231,7 @@ def test_data_scale_measures_a_real_study_end_to_end(tmp_path) -> None:
     assert 100 < row["pss_worker_mb"] <= row["rss_worker_mb"]
     assert row["decodes"] == {"train": 1, "val": 1}  # the worker built both cache entries
     assert len(row["trial_seconds"]) == 1 and row["seconds_per_trial"] > 0
+    assert 0 <= row["cpu_s_per_trial"] < 2 * row["seconds_per_trial"] * (os.cpu_count() or 1)  # from /proc (not nan)
     assert 0 < row["first_trial_s"]["0"] < row["wall_s"]
     assert "| 10x10 | 1 | new | auto (" in done.stdout
 
