@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.objectives import ObjectiveResult
-from ct_tune.search._space import BETA_PREFIX, C_PARAM
+from ct_tune.search._space import BETA_PREFIX, C_PARAM, beta_param
 from ct_tune.stores import count_states, database_reason, is_database_error
-from ct_tune.tracking import Tracker, beta_profile_figure, study_figures
+from ct_tune.tracking import Tracker, beta_profile_figure, mlflow_key, study_figures
 from ct_tune.tracking.keys import (
     ATTR_RUN_ID,
     TAG_ATTACK,
@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+OPTUNA_MAX_NAME = 512  # Optuna's RDB storage: the longest param name (VARCHAR(512))
 
 
 @dataclass
@@ -138,6 +140,22 @@ def mlflow_beta_params(betas: Mapping[str, float], units: Sequence[str] = ()) ->
     width = max(2, len(str(len(order) - 1)))
     index = {unit: k for k, unit in enumerate(order)}
     return {f"{BETA_PREFIX}{index[unit]:0{width}d}.{unit}": value for unit, value in betas.items()}
+
+
+def unit_keys(units: Sequence[str]) -> dict[str, str]:
+    """The units whose MLflow beta param is not ``beta.<k>.<unit>`` itself, with the key they get instead
+    (a study logs them as ``unit_keys.json``; the index k keeps every key unique); one line when a unit's
+    name is too long for Optuna's storage."""
+    from ct_tune._errors import InputError
+
+    too_long = [unit for unit in units if len(beta_param(unit)) > OPTUNA_MAX_NAME]
+    if too_long:
+        raise InputError(
+            f"unit {too_long[0][:60]!r}... has a name of {len(too_long[0])} characters, longer than Optuna stores "
+            f"({OPTUNA_MAX_NAME - len(BETA_PREFIX)}); use a coarser granularity or shorter module names"
+        )
+    raw = mlflow_beta_params(dict.fromkeys(units, 1.0), units)
+    return {unit: mlflow_key(name) for unit, name in zip(units, raw, strict=True) if mlflow_key(name) != name}
 
 
 def objective_tags(objectives: Sequence[Any]) -> dict[str, str]:

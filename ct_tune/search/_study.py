@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import InputError
 from ct_tune._names import check_name
 from ct_tune._version import __version__
+from ct_tune.search._record import unit_keys
 from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
 from ct_tune.steering import BetaProfile
@@ -580,6 +581,7 @@ def new_study(
 
     _quiet_optuna()
     check_units(spec, units)
+    renamed = unit_keys(units)
     if study_exists(name, storage=storage):
         return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
     new_experiment = tracker.experiment_id(name, create=False) is None
@@ -597,6 +599,8 @@ def new_study(
         parent_run_id = tracker.create_study_run(
             experiment_id, name, _parent_params(spec, name, units, storage_url), spec.to_dict()
         )
+        if renamed:  # the MLflow key of each unit whose name MLflow cannot take as it is
+            tracker.client.log_dict(parent_run_id, renamed, "unit_keys.json")
         mlflow_info = {
             "tracking_uri": without_password(tracker.tracking_uri),  # workers get the real one on stdin
             "experiment_id": experiment_id,

@@ -13,9 +13,11 @@ FAILED by whichever worker notices it (see ``close_run``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,13 +46,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "ct-tune/"
+MAX_KEY = 250  # MLflow's longest param or metric key
+_UNSAFE_IN_KEY = re.compile(r"[^A-Za-z0-9_.\- ]")
 # MLflow statuses for Optuna trial states; a pruned trial finished normally, just early.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
 def mlflow_key(name: str) -> str:
-    """An MLflow-safe key for a unit name (MLflow allows letters, digits, _ - . / and spaces)."""
-    return name.replace("relu()", "relu_inline").replace("#", "-")
+    """The MLflow key of a param or metric named after units: valid, stable and unique per name.
+
+    MLflow takes letters, digits, ``_ - . /`` and spaces (and ``:`` off Windows), 250 characters at most,
+    and no ``/`` segments that a path would normalise away. Unit names are module paths: ``relu()`` (a
+    functional call site) and ``#k`` (the k-th call of a reused module) get readable stand-ins; any other
+    character (``@`` or ``+`` in a ``ModuleDict`` key, ``/``) becomes ``_``, and a name that needed that or
+    is too long ends in ``_`` and 8 hex digits of its hash, so two names never share a key. Studies log
+    the mapping of the names they changed (``unit_keys.json`` on the parent run)."""
+    key = name.replace("relu()", "relu_inline").replace("#", "-")
+    if len(key) <= MAX_KEY and not _UNSAFE_IN_KEY.search(key):
+        return key
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{_UNSAFE_IN_KEY.sub('_', key)[: MAX_KEY - 9]}_{digest}"
 
 
 def metric_value(value: Any) -> float:
