@@ -12,7 +12,8 @@ Public API (everything else is internal and may change):
 Subpackages, one concept each, lowest layer first: ``steering``, ``models``, ``stores``, ``evidence``;
 ``data``, ``objectives``, ``tracking``, ``workers``; ``bench`` (what a process loads to score profiles) and
 ``training`` (pretraining); ``search`` (one Optuna study) and ``trained`` (CT trained by gradient);
-``pipelines`` (stages in order, the quickstart); ``cli`` only parses and renders.
+``pipelines`` (stages in order, the quickstart) and ``doctor`` (checks of the machine); ``cli`` only parses
+and renders.
 """
 
 from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)

@@ -25,7 +25,7 @@ LAYERS = [
     ("data", "objectives", "tracking", "workers"),
     ("bench", "training"),
     ("search", "trained"),
-    ("pipelines",),
+    ("pipelines", "doctor"),
     ("cli",),
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

@@ -8,13 +8,15 @@
 - ``steer`` attaches CT and returns a ``SteeringHandle`` (``update`` between trials, ``remove`` after);
   ``BetaProfile`` saves a found set of betas and ``apply_profile`` puts it on a fresh model;
   ``ChannelCT`` steers a unit with one beta and one c per channel (trained CT's profiles).
+- ``fused_status`` / ``set_fused`` / ``fused_setting`` say and choose whether the fused kernels run;
+  ``check_fused`` compiles them on a device now and says whether they match the plain math.
 """
 
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct
 from ct_tune.steering._apply import apply_profile
 from ct_tune.steering._batched import GroupedBeta, split, stack
 from ct_tune.steering._channel import ChannelCT, channel_dim
-from ct_tune.steering._fused import fused_status, set_fused
+from ct_tune.steering._fused import check_fused, fused_setting, fused_status, set_fused
 from ct_tune.steering._grouping import CUSTOM, GRANULARITIES, Groups, check_granularity, group_sites
 from ct_tune.steering._handle import SteeringHandle, checked_trace, steer, steer_traced, units
 from ct_tune.steering._layouts import Layout, find_layout
@@ -37,11 +39,13 @@ __all__ = [
     "channel_dim",
     "check_beta",
     "check_c",
+    "check_fused",
     "check_granularity",
     "checked_trace",
     "ct",
     "describe",
     "find_layout",
+    "fused_setting",
     "fused_status",
     "group_sites",
     "set_fused",

@@ -147,6 +147,27 @@ def test_forced_on_fails_loudly(monkeypatch):
         _fused.set_fused(None)
 
 
+def test_check_fused_runs_the_kernels_whatever_the_setting(monkeypatch):
+    monkeypatch.setenv("CT_TUNE_FUSED", "0")
+    assert ct_tune.steering.check_fused("cpu") is None
+    assert _fused.fused_status() == "eager (CT_TUNE_FUSED=0)"
+
+
+def test_check_fused_says_why_in_one_line_and_leaves_the_process_as_it_was(monkeypatch):
+    def broken(key):
+        raise RuntimeError("no compiler\n\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
+
+    monkeypatch.setattr(_fused, "_kernel", broken)
+    monkeypatch.setattr(_fused, "_checked", set())
+    monkeypatch.setattr(_fused, "_disabled", {"cuda": "no triton"})
+    assert (
+        ct_tune.steering.check_fused("cpu")
+        == "forward kernel for torch.float32 on cpu failed: RuntimeError: no compiler"
+    )
+    assert _fused._disabled == {"cuda": "no triton"} and _fused._forced == [None]
+    assert _fused.fused_status("cuda") == "eager (no triton)"
+
+
 def test_setting_zero_forces_eager(monkeypatch):
     monkeypatch.setenv("CT_TUNE_FUSED", "0")
     monkeypatch.setattr(_fused, "_eager_elements", [_fused.AUTO_AFTER_ELEMENTS])
