@@ -315,7 +315,7 @@ class UserData:
         what = f"{self._owner()} {split} batches"
         limit = self.sizes_limit.get(split)
         with _seeded(self.seed), torch.no_grad():
-            for batch in loader:
+            for batch in _batches(loader, what):
                 x, y = self._unpack(batch, what)
                 if limit is not None:
                     x, y = x[: limit - writer.rows], y[: limit - writer.rows]
@@ -457,6 +457,24 @@ def _call(function: Callable[[], Any], label: str) -> Any:
         raise
     except Exception as error:
         raise InputError(f"{label} failed: {one_line(error)}") from None
+
+
+def _batches(loader: Iterable[Any], label: str) -> Iterator[Any]:
+    """The loader's batches; an error raised while it reads one (a Dataset's ``__getitem__``, a collate
+    function, a worker process) becomes one line naming ``label``, as a failing hook does."""
+    iterator = _call(lambda: iter(loader), label)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except InputError:
+            raise
+        except Exception as error:
+            raise InputError(
+                f"{label}: reading a batch failed: {one_line(error)}; fix the Dataset or DataLoader"
+            ) from None
+        yield batch
 
 
 def _kind_of(cls: type) -> str:
