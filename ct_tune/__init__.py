@@ -16,12 +16,21 @@ Subpackages, one concept each, lowest layer first: ``steering``, ``models``, ``s
 and renders.
 """
 
-from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
-from ct_tune._errors import CTTuneError, InputError, StorageLost, WorkerFailed
-from ct_tune._version import __version__
-from ct_tune.pipelines import run_pipeline
-from ct_tune.search import Study, create_study, load_study
-from ct_tune.steering import GRANULARITIES, BetaProfile, SteeringHandle, apply_profile, ct, steer, units
+import os as _os
+import sys as _sys
+
+try:  # importing torch takes seconds: a Ctrl-C then is the `ct-tune` command's too
+    from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
+    from ct_tune._errors import CTTuneError, InputError, StorageLost, WorkerFailed
+    from ct_tune._version import __version__
+    from ct_tune.pipelines import run_pipeline
+    from ct_tune.search import Study, create_study, load_study
+    from ct_tune.steering import GRANULARITIES, BetaProfile, SteeringHandle, apply_profile, ct, steer, units
+except KeyboardInterrupt:
+    if _os.path.basename(_sys.argv[0]) == "ct-tune":  # the command: one line, not an import traceback
+        print("ct-tune: interrupted (Ctrl-C) while starting: nothing was done", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __all__ = [
     "GRANULARITIES",

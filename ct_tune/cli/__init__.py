@@ -50,16 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    configure_logging(args.verbose - args.quiet)
+    command = "ct-tune"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        command = " ".join(part for part in (args.command, getattr(args, f"{args.command}_command", None)) if part)
+        configure_logging(args.verbose - args.quiet)
         result: CommandResult = args.handler(args)
-    except KeyboardInterrupt as error:  # the library says what was interrupted, and how to resume
-        print(f"ct-tune: {error or 'interrupted'}", file=sys.stderr)
+    except KeyboardInterrupt as error:  # the library says what was interrupted, what was kept, how to resume
+        print(f"ct-tune: {str(error) or f'{command} interrupted (Ctrl-C)'}", file=sys.stderr)
         return 130
     except Exception as error:  # user errors become one line; bugs keep their traceback
         code = fail(error)

@@ -550,16 +550,19 @@ def create_study(
     check_units(parsed, units)  # before the stores are opened: opening a SQLite store writes its file
     optuna_storage = open_optuna_storage(storage_url)
     tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
-    return new_study(
-        parsed,
-        name=name,
-        storage_url=storage_url,
-        storage=optuna_storage,
-        tracker=tracker,
-        units=units,
-        meta=meta,
-        resume_if_exists=resume_if_exists,
-    )
+    try:
+        return new_study(
+            parsed,
+            name=name,
+            storage_url=storage_url,
+            storage=optuna_storage,
+            tracker=tracker,
+            units=units,
+            meta=meta,
+            resume_if_exists=resume_if_exists,
+        )
+    except KeyboardInterrupt:  # new_study removed what it had made: all or nothing
+        raise KeyboardInterrupt(f"study create interrupted (Ctrl-C): study {name!r} was not created") from None
 
 
 def new_study(
@@ -614,8 +617,9 @@ def new_study(
         for params, kind in initial_trials(spec, units):
             study.enqueue_trial(params, user_attrs={ATTR_KIND: kind}, skip_if_exists=True)
     except BaseException:
-        # all or nothing: no orphan study, experiment or parent run
-        if study is not None:
+        # all or nothing: no orphan study, experiment or parent run (a Ctrl-C inside Optuna's create_study
+        # can leave the study it was making: it did not exist before this call)
+        if study is not None or study_exists(name, storage=storage):
             optuna.delete_study(study_name=name, storage=storage)
         if new_experiment:
             tracker.delete_experiment(name)

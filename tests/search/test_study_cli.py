@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -250,3 +251,49 @@ def test_the_next_hint_is_one_shell_word_per_argument(cli_fast, tmp_path, digits
     assert result.returncode == 0, result.stderr
     hint = next(line for line in result.stdout.splitlines() if line.startswith("next: "))
     assert shlex.split(hint.removeprefix("next: ")) == ["ct-tune", "study", "run", str(folder / "s.yaml")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.3, 1.0, 2.5, 4.0])
+def test_ctrl_c_during_create_says_what_was_interrupted_and_leaves_nothing(tmp_path, digits_checkpoint, after):
+    """SIGINT at any moment of `study create`: one line saying what was interrupted, exit 130, no traceback,
+    and either no study in either store or the whole study (when it had finished)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from mlflow import MlflowClient
+
+    from tests.conftest import SOURCE_ROOT
+    from tests.helpers import spawn
+
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="stopped")
+    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = Path(sys.executable).with_name("ct-tune")  # the console script users run (pip install -e)
+    proc = spawn(
+        [str(command), "study", "create", "spec.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    storage = f"sqlite:///{tmp_path}/studies/optuna.db"
+    names = optuna.get_all_study_names(storage) if (tmp_path / "studies/optuna.db").exists() else []
+    experiments = []
+    if (tmp_path / "mlruns/mlflow.db").exists():
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+        experiments = [e.name for e in client.search_experiments() if e.name.startswith("ct-tune/")]
+    if proc.returncode == 0:  # it finished before the signal: the whole study
+        assert names == ["stopped"] and experiments == ["ct-tune/stopped"]
+        return
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ct-tune: ") and "interrupted" in last, err
+    assert names == [] and experiments == [], (last, names, experiments)
