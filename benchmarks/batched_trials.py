@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ct_tune.bench import Bench, bench_spec
+from ct_tune.bench import Bench, BenchSpec, bench_spec
 from ct_tune.steering import _fused
 
 import torch
@@ -37,21 +38,60 @@ def measure(checkpoint: Path, data: str, objective: str, rounds: int, batch_size
         objectives=[objective],
         run={"device": "cpu", "batch_size": batch_size},
     )
-    bench = Bench.open(spec, granularity="block")
+    return measure_spec(spec, rounds=rounds).rates
+
+
+@dataclass
+class Measured:
+    """Per K: the best trials/s over the rounds, and every profile's values (objective name -> value) and
+    per-sample 1/0 (what the value is the mean of), in profile order; ``rows`` is the bench's rows per pass."""
+
+    rates: dict[int, float]
+    values: dict[int, list[dict[str, float]]]
+    correct: dict[int, list[dict[str, torch.Tensor]]]
+    rows: int
+
+
+def measure_spec(
+    spec: BenchSpec,
+    *,
+    rounds: int,
+    ks: tuple[int, ...] = KS,
+    profiles: int = PROFILES,
+    granularity: str = "block",
+    seconds: float | None = None,
+) -> Measured:
+    """Score the same ``profiles`` random per-unit profiles K at a time for every K in ``ks``, the Ks in
+    rotation round after round (the first round's scores are kept; ``seconds``: no round starts after
+    that long). Each K must divide ``profiles``."""
+    started = time.perf_counter()
+    bench = Bench.open(spec, granularity=granularity)
     try:
         evaluator = bench.evaluator("val")
         rng = random.Random(0)
-        profiles = [({unit: rng.uniform(0.7, 1.0) for unit in bench.units}, 0.5) for _ in range(PROFILES)]
-        for k in KS:  # warm-up: tensors materialised, first-call costs
-            evaluator.evaluate_profiles(bench.handle, profiles[:k])
-        rates: dict[int, list[float]] = {k: [] for k in KS}
+        drawn = [({unit: rng.uniform(0.7, 1.0) for unit in bench.units}, 0.5) for _ in range(profiles)]
+        values: dict[int, list[dict[str, float]]] = {}
+        correct: dict[int, list[dict[str, torch.Tensor]]] = {}
+        for k in ks:  # warm-up (tensors materialised, first-call costs), and the scores of each K
+            found = [
+                r
+                for first in range(0, profiles, k)
+                for r in evaluator.evaluate_profiles(bench.handle, drawn[first : first + k])
+            ]
+            values[k] = [{name: result.value for name, result in r.items()} for r in found]
+            correct[k] = [
+                {name: result.correct for name, result in r.items() if result.correct is not None} for r in found
+            ]
+        rates: dict[int, list[float]] = {k: [] for k in ks}
         for _ in range(rounds):
-            for k in KS:
+            if seconds is not None and rates[ks[0]] and time.perf_counter() - started > seconds:
+                break
+            for k in ks:
                 start = time.perf_counter()
-                for first in range(0, PROFILES, k):
-                    evaluator.evaluate_profiles(bench.handle, profiles[first : first + k])
-                rates[k].append(PROFILES / (time.perf_counter() - start))
-        return {k: max(values) for k, values in rates.items()}
+                for first in range(0, profiles, k):
+                    evaluator.evaluate_profiles(bench.handle, drawn[first : first + k])
+                rates[k].append(profiles / (time.perf_counter() - start))
+        return Measured({k: max(v) for k, v in rates.items() if v}, values, correct, bench.batch_size)
     finally:
         bench.close()
 

@@ -30,6 +30,91 @@ def pytest_configure(config: pytest.Config) -> None:
     _restore_ctrl_c()
     _pin_to_a_share_of_the_cores()
     _a_data_cache_of_this_run()
+    _gpus_for_gpu_tests_only()
+
+
+# ------------------------------------------------------------------------------------------------------
+# GPUs: tests marked ``gpu`` run on the machine's GPUs (and are skipped, with the reason, where there are
+# none); every other test runs as on a machine without one. ``run.device`` defaults to ``auto``, which picks
+# a GPU where there is one: a spec, an evaluation or a CLI command that does not name its device would
+# otherwise score on CUDA there, with other numbers and other code paths than the CPU the test means.
+# On a machine with a GPU the whole session hides it (CUDA_VISIBLE_DEVICES="" for every process a test
+# starts, ``torch.cuda.is_available()`` False in this one), from configure on, so session and module
+# fixtures are covered too; an autouse fixture shows it again for the length of each ``gpu`` test.
+# Where no GPU is visible, nothing changes. Child processes started with an environment of their own
+# pass ``visible_gpus()`` on.
+
+CUDA_DEVICES = 0  # GPUs this machine has (set at configure, before anything is hidden)
+GPU_SKIP_REASON = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+_REAL_CUDA: dict[str, object] = {}  # torch.cuda functions and $CUDA_VISIBLE_DEVICES as they were
+
+
+def _gpus_for_gpu_tests_only() -> None:
+    global CUDA_DEVICES
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    # The runtime counts its devices once, now, while $CUDA_VISIBLE_DEVICES is the machine's own: a CUDA
+    # context a test creates later (hidden or not) still sees every GPU, so the gpu tests after it work.
+    count = getattr(torch._C, "_cuda_getDeviceCount", torch.cuda.device_count)()
+    if count < 1:
+        return
+    CUDA_DEVICES = count
+    _REAL_CUDA.update(
+        is_available=torch.cuda.is_available,
+        device_count=torch.cuda.device_count,
+        visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+    hide_gpus(pytest.MonkeyPatch())  # never undone: the session's default
+
+
+def hide_gpus(patch: pytest.MonkeyPatch) -> None:
+    """This process and every process it starts from here on see no GPU (as on a CPU-only machine)."""
+    import torch
+
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")
+    patch.setattr(torch.cuda, "is_available", lambda: False)
+    patch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def show_gpus(patch: pytest.MonkeyPatch) -> None:
+    """Undo ``hide_gpus`` for one test: the machine's GPUs, as the session found them."""
+    import torch
+
+    if _REAL_CUDA.get("visible") is None:
+        patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        patch.setenv("CUDA_VISIBLE_DEVICES", str(_REAL_CUDA["visible"]))
+    patch.setattr(torch.cuda, "is_available", _REAL_CUDA["is_available"])
+    patch.setattr(torch.cuda, "device_count", _REAL_CUDA["device_count"])
+
+
+def visible_gpus() -> dict[str, str]:
+    """What a child process started with an environment of its own needs to see the GPUs this test sees:
+    ``{"CUDA_VISIBLE_DEVICES": ...}`` where that is set (empty while a test hides them), else nothing."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {} if value is None else {"CUDA_VISIBLE_DEVICES": value}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if CUDA_DEVICES:
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _gpus_only_for_gpu_tests(request: pytest.FixtureRequest):
+    """A test marked ``gpu`` sees the machine's GPUs; the others run as on a CPU-only machine."""
+    if CUDA_DEVICES and request.node.get_closest_marker("gpu") is not None:
+        with pytest.MonkeyPatch.context() as patch:
+            show_gpus(patch)
+            yield
+    else:
+        yield
 
 
 def _a_data_cache_of_this_run() -> None:

@@ -241,9 +241,14 @@ def start_cli(cwd: Path, *args: str, own_group: bool = False) -> subprocess.Pope
     """``ct-tune ARGS`` started in ``cwd`` as its own process, output piped, for tests that signal it;
     ``own_group``: it leads a process group of its own and its workers, which ``os.killpg`` signals as a
     terminal's Ctrl-C does."""
-    from tests.conftest import SOURCE_ROOT
+    from tests.conftest import SOURCE_ROOT, visible_gpus
 
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(SOURCE_ROOT),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": "/usr/bin:/bin",
+        **visible_gpus(),
+    }
     return spawn(
         [sys.executable, "-m", "ct_tune.cli", *args],
         cwd=cwd,

@@ -279,3 +279,284 @@ def test_postgres_capacity_runs_a_light_worker_on_two_connections(tmp_path) -> N
     assert (workers, failed) == ("1", "0") and float(per_second) > 0, done.stdout
     assert float(per_worker) <= 2.5, done.stdout
     assert PASSWORD not in done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------- benchmarks/gpu_check.py and its wheels
+GPU_CHECK = SOURCE_ROOT / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    sys.path.insert(0, str(SOURCE_ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("gpu_check")
+    finally:
+        sys.path.remove(str(SOURCE_ROOT / "benchmarks"))
+
+
+def _requirement_lines(path) -> list[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def _norm(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _pins(path) -> dict[str, str]:
+    return {_norm(name): version for name, version in (line.split("==") for line in _requirement_lines(path))}
+
+
+def test_gpu_check_help_names_its_command_and_sections() -> None:
+    done = subprocess.run([sys.executable, str(GPU_CHECK), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "python3 benchmarks/gpu_check.py" in done.stdout
+    for word in ("--out", "--sections", "--quick", "--budget", "numerics", "fused", "study", "batched", "pytest"):
+        assert word in done.stdout
+    assert "--section-child" not in done.stdout  # internal
+
+
+def test_gpu_check_without_cuda_says_skipped_and_writes_its_report(tmp_path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, also on a machine that has one
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "no CUDA GPU: skipped\n"
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["status"] == "skipped" and report["sections"] == []
+    assert report["reason"].startswith("no CUDA GPU") and report["environment"]["torch"]
+    assert "skipped" in (out / "gpu_check.md").read_text()
+
+
+def test_gpu_check_runs_a_section_on_the_cpu_and_reports_it(tmp_path) -> None:
+    """``--device cpu`` runs the same code with tiny sizes: here the numerics, end to end through a section
+    process, its result file, the Markdown and the JSON."""
+    out = tmp_path / "report"
+    command = [sys.executable, str(GPU_CHECK), "--device", "cpu", "--sections", "numerics", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    (section,) = report["sections"]
+    assert report["status"] == section["status"] == "pass"
+    checks = {row["check"]: row for row in section["rows"]}
+    assert checks["CT bf16 on cpu: max relative error, value / gradient"]["status"] == "pass"
+    assert all(row["status"] == "pass" for row in section["rows"]) and len(section["rows"]) == 6
+    assert float(checks["CT fp32 on cpu: max relative error, value / gradient"]["data"]["device"][0]) < 2e-5
+    table = (out / "gpu_check.md").read_text()
+    assert "| numerics (" in table and "| beta = 1 is ReLU on cpu, fp16 | bit-identical value and gradient |" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_data_and_batched_sections_on_the_cpu(tmp_path) -> None:
+    out = tmp_path / "report"
+    command = [sys.executable, str(GPU_CHECK), "--device", "cpu", "--sections", "batched,data", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [s["name"] for s in report["sections"]] == ["batched", "data"]
+    rows = [row for section in report["sections"] for row in section["rows"]]
+    assert {row["status"] for row in rows} == {"pass"}, rows
+    assert any(row["check"] == "decoded pixels, resident vs streamed" for row in rows)
+
+
+def test_gpu_check_budgets_leave_room_for_the_sections_after(gpu_check) -> None:
+    budgets = dict(gpu_check.budgets(["numerics", "study", "pytest"], quick=False, total=300))
+    assert budgets["numerics"](0) == 45  # its own cap
+    assert budgets["study"](200) == 300 - 200 - gpu_check.MIN_SECTION_S  # what the pytest section needs stays
+    assert budgets["pytest"](290) == 10  # below MIN_SECTION_S: not started
+    full = sum(gpu_check.BUDGET_S[name][0] for name in gpu_check.SECTIONS)
+    assert gpu_check.TOTAL_S[0] <= 8 * 60 - 30 < full  # the check fits 8 minutes; each section's cap is a cap
+    with pytest.raises(Exception, match="choose from"):
+        gpu_check.parse_sections("numerics,gpu")
+    assert gpu_check.parse_sections("pytest, numerics") == ["numerics", "pytest"]
+
+
+def test_gpu_check_report_marks_failures_goals_and_sections_not_run(gpu_check, tmp_path) -> None:
+    rows = [
+        gpu_check.Row("CT fp32 on cuda:0", "1.2e-06 / 2.0e-06", "<= 2e-05"),
+        gpu_check.Row("resnet50, bf16, inference: steered/plain", "fused 0.93", "fused >= 0.95", "missed"),
+        gpu_check.Row("|x| too big", "a|b", status="FAIL"),
+    ]
+    sections = [
+        gpu_check.SectionResult("numerics", "n", "fail", 12.0, 45.0, rows),
+        gpu_check.SectionResult("pytest", "p", "skipped", 0.0, 0.0, [], "no time left in the check's budget"),
+    ]
+    report = {
+        "status": "fail",
+        "started": "now",
+        "seconds": 12.0,
+        "options": {"quick": True},
+        "environment": {"gpu": "NVIDIA H200", "torch": "2.11.0+cu130"},
+        "sections": [dataclasses.asdict(s) for s in sections],
+    }
+    gpu_check.write_report(tmp_path, report)
+    page = (tmp_path / "gpu_check.md").read_text()
+    assert page.startswith("# ct-tune GPU check: fail\n") and "gpu NVIDIA H200, torch 2.11.0+cu130" in page
+    assert "| numerics (12 of 45 s) | CT fp32 on cuda:0 | 1.2e-06 / 2.0e-06 | <= 2e-05 | pass |" in page
+    assert r"| \|x\| too big | a\|b |  | FAIL |" in page  # a cell's | cannot break the table
+    assert "| pytest (0 of 0 s) | - | no time left in the check's budget |  | skipped |" in page
+    assert "Sections failed: numerics. Goals missed: 1." in page
+    again = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert gpu_check.SectionResult.from_dict(again["sections"][0]).rows[1].status == "missed"
+
+
+def test_gpu_check_reads_pytest_junit(gpu_check, tmp_path) -> None:
+    junit = tmp_path / "j.xml"
+    junit.write_text(
+        '<testsuites><testsuite><testcase classname="tests.gpu.a" name="t1"/>'
+        '<testcase classname="tests.gpu.a" name="t2"><skipped message="needs a CUDA GPU: none"/></testcase>'
+        '<testcase classname="tests.gpu.b" name="t3"><failure message="assert 1 == 2"/></testcase>'
+        '<testcase classname="tests.gpu.b" name="t4"><error message="fixture broke"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    found = gpu_check.read_junit(junit)
+    assert (found["passed"], found["skipped"], found["failed"], found["errors"]) == (1, 1, 1, 1)
+    assert found["failed_tests"] == ["tests.gpu.b::t3: assert 1 == 2", "tests.gpu.b::t4: fixture broke"]
+    assert found["skipped_tests"] == ["tests.gpu.a::t2: needs a CUDA GPU: none"]
+
+
+def test_gpu_wheels_pin_what_constraints_pin() -> None:
+    """The wheels carried to the GPU machine are the versions this project installs: constraints.txt's, and for
+    the packages it does not pin, the ones installed with it."""
+    from importlib import metadata
+
+    wheels = _pins(SOURCE_ROOT / "benchmarks" / "gpu_wheels.txt")
+    constraints = _pins(SOURCE_ROOT / "constraints.txt")
+    assert len(wheels) == len(_requirement_lines(SOURCE_ROOT / "benchmarks" / "gpu_wheels.txt"))  # each once
+    assert {"optuna", "mlflow", "sqlalchemy", "alembic", "pydantic"} <= set(wheels)
+    disagree = {
+        name: (version, constraints[name])
+        for name, version in wheels.items()
+        if constraints.get(name, version) != version
+    }
+    assert not disagree, f"gpu_wheels.txt vs constraints.txt: {disagree}"
+    installed = {}
+    for name, version in wheels.items():
+        if name not in constraints:
+            try:
+                installed[name] = (version, metadata.version(name))
+            except metadata.PackageNotFoundError:
+                continue
+    assert {name: pair for name, pair in installed.items() if pair[0] != pair[1]} == {}
+
+
+def test_gpu_wheels_hold_every_dependency_the_gpu_machine_lacks() -> None:
+    """Every dependency (for Python 3.12 on Linux, extras left out) of every carried wheel is carried or on the
+    machine: they are installed with --no-deps there. Read from the installed copies of the same versions."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wheels = _pins(SOURCE_ROOT / "benchmarks" / "gpu_wheels.txt")
+    machine = {_norm(name) for name in _requirement_lines(SOURCE_ROOT / "benchmarks" / "gpu_machine_packages.txt")}
+    assert {"torch", "torchvision", "triton", "lightning", "numpy", "scikit-learn", "pytest"} <= machine
+    assert not machine & set(wheels) - {"typing-extensions"}  # carried only when the machine lacks it
+    device = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "os_name": "posix",
+              "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+              "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
+    missing = []
+    for name in wheels:
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            pytest.skip(f"{name} is not installed here: install with -c constraints.txt")
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate(device):
+                continue
+            if _norm(requirement.name) not in wheels and _norm(requirement.name) not in machine:
+                missing.append(f"{name} needs {line}")
+    assert not missing, missing
+
+
+def test_gpu_wheels_fetcher_and_the_ignored_folder() -> None:
+    script = (SOURCE_ROOT / "benchmarks" / "gpu_wheels.sh").read_text()
+    assert "--python-version 3.12 --implementation cp" in script and "-d .whl" in script
+    assert subprocess.run(["bash", "-n", str(SOURCE_ROOT / "benchmarks" / "gpu_wheels.sh")], timeout=30).returncode == 0
+    assert "/.whl/" in (SOURCE_ROOT / ".gitignore").read_text().splitlines()
+
+
+def _device_call() -> dict:
+    import re
+
+    doc = (SOURCE_ROOT / "docs" / "gpu_check.md").read_text()
+    blocks = re.findall(r"<!-- the run call -->\s*```json\n(.*?)```", doc, flags=re.DOTALL)
+    assert len(blocks) == 1, "docs/gpu_check.md holds one run call, after <!-- the run call -->"
+    return json.loads(blocks[0])
+
+
+def test_the_gpu_check_device_command_in_the_docs_fits_the_run_tool(gpu_check) -> None:
+    call = _device_call()
+    command = call["command"]
+    assert len(command) <= 2000 and call["carry"] == [".whl"] and set(call) == {"command", "carry", "timeout_s"}
+    assert gpu_check.TOTAL_S[0] + 60 <= call["timeout_s"] <= 600  # the check, the install, and a margin
+    install = "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site"
+    assert command.count("pip install") == 1 and f"{install} .whl/*.whl" in command  # nothing from an index
+    assert "PYTHONUNBUFFERED=1" in command and "MLFLOW_DISABLE_TELEMETRY=true" in command
+    assert "python3 benchmarks/gpu_check.py --out $OUT" in command and "| tee $OUT/gpu_check.log" in command
+    assert command.startswith("set -o pipefail;")  # the check's exit status, not tee's
+    assert subprocess.run(["bash", "-n", "-c", command], timeout=30).returncode == 0
+
+
+# A subprocess that can import only what the GPU machine has and what is carried to it (modules of any other
+# installed distribution raise ModuleNotFoundError, as they would there; modules of no distribution, such as
+# this source tree's, import as usual), then runs what the GPU check runs, on the CPU.
+ONLY_THE_GPU_MACHINE = """
+import importlib.metadata as metadata, re, sys
+allowed = set(sys.argv[1].split(","))
+owners = metadata.packages_distributions()
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if "." in name or name in sys.stdlib_module_names:
+            return None
+        dists = owners.get(name) or []
+        if dists and not any(norm(d) in allowed for d in dists):
+            raise ModuleNotFoundError(f"{name} ({', '.join(dists)}): neither on the GPU machine nor carried", name=name)
+sys.meta_path.insert(0, Absent())
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/benchmarks"]
+import os, tempfile
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+import ct_tune
+from ct_tune.bench import evaluate_profile
+from ct_tune.stores import open_mlflow_client
+from ct_tune.training import PretrainConfig, pretrain
+root = tempfile.mkdtemp()
+checkpoint = pretrain(PretrainConfig(data="digits", epochs=1, out=f"{root}/d.pt", accelerator="cpu",
+                                     tracking_uri=f"sqlite:///{root}/p.db", progress=False))["checkpoint"]
+objectives = [{"name": "probe"}, {"name": "adversarial", "eps": 0.1, "steps": 2, "n": 40, "random_start": False}]
+spec = {"model": {"checkpoint": checkpoint}, "data": {"name": "digits", "seed": 0}, "objectives": objectives,
+        "search": {"granularity": "block", "enqueue_baseline": True}, "sampler": {"name": "tpe", "seed": 0},
+        "budget": {"n_trials": 2}, "run": {"device": "cpu", "batch_size": 128}}
+study = ct_tune.create_study(spec, name="only", storage=f"sqlite:///{root}/o.db", tracking_uri=f"sqlite:///{root}/m.db")
+study.run(workers=1, devices="cpu", progress=False)
+assert study.baseline() is not None and study.counts()["COMPLETE"] == 2
+evaluate_profile(model={"checkpoint": checkpoint}, data={"name": "digits"}, beta=1.0, objectives=objectives)
+open_mlflow_client(f"sqlite:///{root}/m.db").search_runs([study.experiment_id])
+import gpu_check, steering_speed, batched_trials, data_scale, torchvision.models, PIL.Image, pytest, tests.helpers
+print("imports ok")
+"""
+
+
+@pytest.mark.slow
+def test_what_the_gpu_check_runs_imports_only_the_machines_packages_and_the_wheels(tmp_path) -> None:
+    allowed = set(_pins(SOURCE_ROOT / "benchmarks" / "gpu_wheels.txt"))
+    allowed |= {_norm(n) for n in _requirement_lines(SOURCE_ROOT / "benchmarks" / "gpu_machine_packages.txt")}
+    allowed.add("ct-tune")  # this source tree (the run tool carries it; an editable install names it so)
+    done = subprocess.run(
+        [sys.executable, "-c", ONLY_THE_GPU_MACHINE, ",".join(sorted(allowed)), str(SOURCE_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().endswith("imports ok"), done.stdout[-2000:]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SOURCE_ROOT, on_the_whole_machine
+from tests.conftest import SOURCE_ROOT, on_the_whole_machine, visible_gpus
 
 README = (SOURCE_ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
@@ -80,7 +80,12 @@ def test_python_example_runs(index, readme_workdir):
         cwd=readme_workdir,
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={
+            "PYTHONPATH": str(SOURCE_ROOT),
+            "PATH": "/usr/bin:/bin",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **visible_gpus(),
+        },
         timeout=600,
         preexec_fn=on_the_whole_machine,
     )

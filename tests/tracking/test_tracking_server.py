@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import SOURCE_ROOT, Stores
+from tests.conftest import SOURCE_ROOT, Stores, visible_gpus
 from tests.helpers import child_runs, create_study_cli, descendants, process_table, spawn, trials_of
 from tests.postgres import PASSWORD
 
@@ -86,7 +86,12 @@ def test_a_study_logs_to_a_tracking_server_and_its_worker_holds_no_mlflow_connec
     options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "served", 3)
     # One worker, in the launch's process (two worker processes cost half a minute more to start here; the
     # store calls are the same): its connections carry the name it is given.
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(SOURCE_ROOT),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": "/usr/bin:/bin",
+        **visible_gpus(),
+    }
     command = [sys.executable, "-m", "ct_tune.cli", "study", "run", "served", *options, "--no-progress"]
     with (tmp_path / "launch.log").open("w") as log:  # a file: a pipe nobody reads while we sample could fill
         launch = spawn(command, cwd=tmp_path, env={**env, "PGAPPNAME": WORKER_NAME}, stdout=log, stderr=log)

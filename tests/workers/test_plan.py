@@ -20,8 +20,9 @@ def test_cpu_workers_split_the_cores():
     assert len(many) == cores * 3 and {plan.threads for plan in many} == {1}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="auto means the GPUs on a machine that has some")
 def test_auto_without_gpus_is_cpu():
+    """Runs on every machine: a test not marked gpu sees none (tests/conftest.py hides a machine's GPUs)."""
+    assert not torch.cuda.is_available()
     assert plan_workers(None, "auto") == [WorkerPlan(0, "cpu", None, available_cores())]
     assert [plan.device for plan in plan_workers(2, "auto")] == ["cpu", "cpu"]
 
@@ -44,7 +45,6 @@ def test_bad_workers_and_devices_are_one_line(workers, devices, message):
     assert "\n" not in str(error.value) and message in str(error.value)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("devices", ["cuda", "cuda:0", "cuda:0,cuda:1", "CUDA:1"])
 def test_gpus_are_refused_without_cuda(devices):
     with pytest.raises(InputError) as error:
@@ -52,8 +52,17 @@ def test_gpus_are_refused_without_cuda(devices):
     assert "asks for GPUs, but this machine has no usable CUDA GPU; use cpu" in str(error.value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_one_worker_per_listed_gpu():  # pragma: no cover - GPU machines only
+@pytest.mark.gpu
+def test_auto_with_gpus_is_one_worker_per_gpu():
+    count = torch.cuda.device_count()
+    assert count >= 1
+    plans = plan_workers(None, "auto")
+    assert [(p.index, p.device, p.visible_gpu) for p in plans] == [(i, "cuda", str(i)) for i in range(count)]
+    assert [p.visible_gpu for p in plan_workers(count + 1, "auto")] == [str(i % count) for i in range(count + 1)]
+
+
+@pytest.mark.gpu
+def test_one_worker_per_listed_gpu():
     count = torch.cuda.device_count()
     plans = plan_workers(None, "cuda:0")
     assert [(p.device, p.visible_gpu) for p in plans] == [("cuda", "0")]
