@@ -31,6 +31,7 @@ from ct_tune.evidence import (
     score_row,
 )
 from ct_tune.tracking.keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
+from ct_tune.workers import InterruptGuard
 
 if TYPE_CHECKING:
     from ct_tune.bench import Bench
@@ -118,7 +119,12 @@ def report_study(
         _check_reselect(study, reselect, trial_numbers)
     baseline = study.baseline()
     global_trial, global_note = (None, "") if best_global is not None else _best_global(study)
-    scored = _score(study, chosen, baseline, global_trial, device=device, reselect=reselect, seed=bootstrap.seed)
+    try:
+        scored = _score(study, chosen, baseline, global_trial, device=device, reselect=reselect, seed=bootstrap.seed)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"study report of {study.name!r} interrupted (Ctrl-C) while scoring: nothing recorded"
+        ) from None
     correct = {number: correctness(results) for number, results in scored.results.items()}
 
     def reference_of(trial: TrialResult | None, label: str) -> Reference | None:
@@ -163,7 +169,7 @@ def report_study(
         reselection=scored.reselection,
         correct=correct,
     )
-    _record(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed})
+    _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed})
     return report
 
 
@@ -292,6 +298,26 @@ def _same_samples(given: Reference | None, digest: str, note: str) -> tuple[Refe
     if given.test_digest != digest:
         return None, f"{given.label} was scored on other test samples: not compared"
     return given, f"{given.label} (trial {given.number})"
+
+
+def _record_whole(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
+    """``_record`` with Ctrl-C (and SIGTERM) held until it is done: the trial runs, the study's attribute,
+    the parent run and ``report.json`` are written together (about a second); a second Ctrl-C still stops
+    it at once, and says the record may be partial."""
+    guard, recorded = InterruptGuard(), False
+    try:
+        with guard.installed(), guard.deferred():
+            _record(study, report, run_ids)
+            recorded = True
+    except KeyboardInterrupt:
+        if recorded:
+            raise KeyboardInterrupt(
+                f"study report of {study.name!r} interrupted (Ctrl-C) after its results were recorded in both stores"
+            ) from None
+        raise KeyboardInterrupt(
+            f"study report of {study.name!r} stopped by a second Ctrl-C while recording: the record may be partial; "
+            "run the report again"
+        ) from None
 
 
 def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:

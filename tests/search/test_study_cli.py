@@ -297,3 +297,46 @@ def test_ctrl_c_during_create_says_what_was_interrupted_and_leaves_nothing(tmp_p
     last = err.strip().splitlines()[-1]
     assert last.startswith("ct-tune: ") and "interrupted" in last, err
     assert names == [] and experiments == [], (last, names, experiments)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [1.0, 3.0, 5.0])
+def test_ctrl_c_during_report_records_all_or_nothing(tmp_path, digits_checkpoint, after):
+    """SIGINT at any moment of `study report`: one line, no traceback, and the record is whole or absent:
+    the study's report attribute, report.json on the parent run and the trial runs' test metrics agree."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import SOURCE_ROOT
+    from tests.helpers import spawn
+
+    study = tiny_study(tmp_path, digits_checkpoint, search={"granularity": "global", "enqueue_baseline": True})
+    study.run(n_trials=2, progress=False)
+    stores = ["--storage", study.storage_url, "--tracking-uri", study.tracker.tracking_uri]
+    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = Path(sys.executable).with_name("ct-tune")
+    proc = spawn(
+        [str(command), "study", "report", "tiny", *stores],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130), err
+    if proc.returncode == 130:
+        assert "interrupted (Ctrl-C)" in err.strip().splitlines()[-1], err
+    again = ct_tune.load_study("tiny", storage=study.storage_url, tracking_uri=study.tracker.tracking_uri)
+    recorded = "ct_tune.report" in again.optuna_study.user_attrs
+    client = again.tracker.client
+    artifacts = [a.path for a in client.list_artifacts(again.parent_run_id)]
+    trial_runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in again.optuna_study.trials]
+    with_test = [run for run in trial_runs if any(key.startswith("test.") for key in run.data.metrics)]
+    assert recorded == ("report.json" in artifacts) == bool(with_test), (proc.returncode, err)
+    assert recorded == (proc.returncode == 0 or "after its results were recorded" in err)
