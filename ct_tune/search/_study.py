@@ -35,6 +35,7 @@ from ct_tune.stores import (
     redact,
     resolve_storage,
     resolve_tracking_uri,
+    study_lock,
     without_password,
 )
 from ct_tune.tracking import Tracker
@@ -577,14 +578,33 @@ def new_study(
 
     What ``create_study`` does once the model and data are loaded; a pipeline, which opens the bench
     itself to map earlier profiles onto the new units, calls it directly."""
-    import optuna
-
     _quiet_optuna()
     check_units(spec, units)
+    # The exists-check and the creation are one step for every process on every machine: a second create of
+    # the name waits, then finds the study made (and never touches the experiment this one made).
+    with study_lock(storage_url, name):
+        if study_exists(name, storage=storage):
+            return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
+        _make_study(spec, name=name, storage_url=storage_url, storage=storage, tracker=tracker, units=units, meta=meta)
+    return open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
+
+
+def _make_study(
+    spec: StudySpec,
+    *,
+    name: str,
+    storage_url: str,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    units: Sequence[str],
+    meta: dict[str, Any],
+) -> None:
+    """The Optuna study, its experiment (unless one of that name exists) and parent run, its attributes and
+    first trials: all or nothing. Called under the study's lock, after the name was found free."""
+    import optuna
+
     renamed = unit_keys(units)
-    if study_exists(name, storage=storage):
-        return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
-    new_experiment = tracker.experiment_id(name, create=False) is None
+    new_experiment = tracker.experiment_id(name, create=False) is None  # only one made here is deleted again
     experiment_id = tracker.experiment_id(name, create=True)
     study = None
     parent_run_id = None
@@ -622,7 +642,6 @@ def new_study(
         elif parent_run_id is not None:
             tracker.client.delete_run(parent_run_id)
         raise
-    return open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
 
 
 def _resumed(

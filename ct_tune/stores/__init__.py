@@ -9,6 +9,7 @@
   ``upgrade_stores`` create or migrate both schemas once, before workers start.
 """
 
+from ct_tune.stores._lock import study_lock
 from ct_tune.stores._mlflow import open_mlflow_client
 from ct_tune.stores._optuna import (
     count_states,
@@ -58,6 +59,7 @@ __all__ = [
     "resolve_storage",
     "resolve_tracking_uri",
     "sqlite_path",
+    "study_lock",
     "upgrade_stores",
     "without_password",
 ]

@@ -1,0 +1,79 @@
+"""A study's life against other commands at once, on real processes and stores: two ``study create`` of
+one name, ``study delete`` while a launch runs, and a plain Optuna study where a ct-tune one was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import SOURCE_ROOT, Stores, write_spec
+from tests.helpers import spawn
+
+pytestmark = pytest.mark.slow
+
+# ``ct-tune ARGS`` held twice: once both are about to create the study (so they start together), and for up
+# to 5 s right after the MLflow experiment lookup (where, without a lock per name, both saw no experiment
+# and the loser's clean-up deleted the winner's). With the lock the second waits on it, not at the barrier.
+RACER = """
+import sys, time
+from ct_tune.search import _study
+from ct_tune.tracking import Tracker
+
+barrier, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def meet(point, seconds):
+    (barrier / f"{point}-{me}").touch()
+    deadline = time.monotonic() + seconds
+    while not (barrier / f"{point}-{other}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+new_study, lookup = _study.new_study, Tracker.experiment_id
+
+def held_new_study(*args, **kwargs):
+    meet("start", 600)
+    return new_study(*args, **kwargs)
+
+def held_lookup(self, name, *, create):
+    found = lookup(self, name, create=create)
+    if not create:
+        meet("looked", 5)
+    return found
+
+_study.new_study, Tracker.experiment_id = held_new_study, held_lookup
+from ct_tune.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def test_two_creates_of_one_name_at_once_make_one_study(cli, tmp_path, digits_checkpoint, stores: Stores):
+    write_spec(tmp_path / "race.yaml", digits_checkpoint, name="race", budget={"n_trials": 1})
+    options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
+    env = {"PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    racers = [
+        spawn(
+            [sys.executable, "-c", RACER, str(tmp_path), me, other, "study", "create", "race.yaml", *options],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    results = [(proc, *proc.communicate(timeout=600)) for proc in racers]
+    codes = sorted(proc.returncode for proc, _, _ in results)
+    assert codes == [0, 2], [(proc.returncode, err) for proc, _, err in results]
+    loser = next(err for proc, _, err in results if proc.returncode == 2)
+    assert len(loser.strip().splitlines()) == 1 and "a study named 'race' already exists" in loser, loser
+    assert "Traceback" not in loser
+
+    client = MlflowClient(stores.tracking)
+    experiment = client.get_experiment_by_name("ct-tune/race")
+    assert experiment is not None and experiment.lifecycle_stage == "active"
+    run = cli("study", "run", "race", *options, "--no-progress")
+    assert run.returncode == 0, run.stderr  # the winner's study runs on its experiment
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and not [r for r in runs if r.info.status == "RUNNING"]  # its parent and one trial
