@@ -68,6 +68,7 @@ __all__ = [
     "load_study",
     "new_study",
     "open_study",
+    "study_to_delete",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,15 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+NOT_COMPLETE = "is not a complete ct-tune study (a plain Optuna study, or a ct-tune create that did not finish)"
+DELETE_IT = "delete it with 'ct-tune study delete {name}' (it asks first; --yes does not) and create it again"
+
+
+def is_complete(attrs: Mapping[str, Any]) -> bool:
+    """Whether a study's user attributes are those of a finished ``create``: its spec, units and MLflow record."""
+    return all(key in attrs for key in (ATTR_SPEC, ATTR_UNITS, ATTR_MLFLOW))
+
+
 def study_exists(name: str, *, storage: optuna.storages.BaseStorage) -> bool:
     """Whether the open Optuna ``storage`` holds a study of that name."""
     return any(summary.study_name == name for summary in storage.get_all_studies())
@@ -148,10 +158,8 @@ class Study:
     ) -> None:
         attrs = optuna_study.user_attrs
         name = optuna_study.study_name
-        if ATTR_SPEC not in attrs:
-            raise InputError(
-                f"study {name!r} was not created by ct-tune (no spec stored); create it with 'ct-tune study create'"
-            )
+        if not is_complete(attrs):
+            raise InputError(f"study {name!r} {NOT_COMPLETE}; {DELETE_IT.format(name=name)}")
         self.optuna_study = optuna_study
         self.spec: StudySpec = spec_from_dict(attrs[ATTR_SPEC], source=f"stored spec of study {name!r}")
         self.units: list[str] = list(attrs[ATTR_UNITS])
@@ -475,7 +483,7 @@ class Study:
         n_trials = len(self.optuna_study.get_trials(deepcopy=False))
         optuna.delete_study(study_name=self.name, storage=self.storage)
         experiment = tracker.delete_experiment(self.name)
-        return {"study": self.name, "trials": n_trials, "mlflow_experiment_deleted": experiment}
+        return {"study": self.name, "complete": True, "trials": n_trials, "mlflow_experiment_deleted": experiment}
 
 
 def _options(kind: type, given: Any, name: str) -> Any:
@@ -655,10 +663,15 @@ def _resumed(
     resume_if_exists: bool,
 ) -> Study:
     """The existing study of that name, if asked for and it searches the same space (else one line)."""
+    if not is_complete(storage.get_study_user_attrs(storage.get_study_id_from_name(name))):
+        raise InputError(
+            f"a study named {name!r} exists in {redact(storage_url)} but {NOT_COMPLETE}; choose another --name, "
+            f"or {DELETE_IT.format(name=name)}"
+        )
     if not resume_if_exists:
         raise InputError(
             f"a study named {name!r} already exists in {redact(storage_url)}; choose another --name, "
-            "pass --resume-if-exists, or delete it with 'ct-tune study delete'"
+            f"pass --resume-if-exists, or delete it with 'ct-tune study delete {name}'"
         )
     existing = open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
     if (
@@ -745,11 +758,53 @@ def load_study(name: str | os.PathLike[str], *, storage: str | None = None, trac
     return study
 
 
+def study_to_delete(name: str | os.PathLike[str], *, storage: str | None = None) -> dict[str, Any]:
+    """What ``delete_study`` would delete, to confirm it first: the study's name, whether it is a complete
+    ct-tune study, and its trials (one line when there is no such study)."""
+    study_name, storage_url, _ = _name_and_stores(name, storage)
+    optuna_storage = open_optuna_storage(storage_url)
+    _quiet_optuna()
+    if not study_exists(study_name, storage=optuna_storage):
+        open_study(study_name, storage_url=storage_url, storage=optuna_storage)  # its one line, naming the others
+    study_id = optuna_storage.get_study_id_from_name(study_name)
+    return {
+        "study": study_name,
+        "complete": is_complete(optuna_storage.get_study_user_attrs(study_id)),
+        "trials": sum(count_states(optuna_storage, study_id).values()),
+    }
+
+
 def delete_study(
     name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None
 ) -> dict[str, Any]:
-    """Delete a study and archive its MLflow experiment; what was deleted."""
-    return load_study(name, storage=storage, tracking_uri=tracking_uri).delete()
+    """Delete a study and archive its MLflow experiment; what was deleted.
+
+    A study that is not a complete ct-tune study (a plain Optuna study of that name, or a create that did not
+    finish) is deleted too, and the experiment it recorded, if any, archived: the way out that ``create``
+    points at (``complete`` is False in what is returned)."""
+    study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
+    optuna_storage = open_optuna_storage(storage_url)
+    _quiet_optuna()
+    if study_exists(study_name, storage=optuna_storage):
+        attrs = optuna_storage.get_study_user_attrs(optuna_storage.get_study_id_from_name(study_name))
+        if not is_complete(attrs):
+            recorded = attrs.get(ATTR_MLFLOW, {}).get("tracking_uri")
+            tracking = resolve_tracking_uri(tracking_uri, spec_tracking_uri, recorded=recorded) if recorded else None
+            return _delete_incomplete(study_name, optuna_storage, tracking)
+    study = open_study(study_name, storage_url=storage_url, storage=optuna_storage)
+    study.use_tracking_uri(tracking_uri, spec_tracking_uri)
+    return study.delete()
+
+
+def _delete_incomplete(name: str, storage: optuna.storages.BaseStorage, tracking: str | None) -> dict[str, Any]:
+    """Delete a study that is no complete ct-tune study, and archive the experiment it recorded (if any)."""
+    import optuna
+
+    tracker = Tracker(tracking) if tracking is not None else None  # reachable first, as for any delete
+    n_trials = sum(count_states(storage, storage.get_study_id_from_name(name)).values())
+    optuna.delete_study(study_name=name, storage=storage)
+    experiment = tracker.delete_experiment(name) if tracker is not None else None
+    return {"study": name, "complete": False, "trials": n_trials, "mlflow_experiment_deleted": experiment}
 
 
 def list_studies(*, storage: str | None = None) -> list[dict[str, Any]]:

@@ -77,3 +77,37 @@ def test_two_creates_of_one_name_at_once_make_one_study(cli, tmp_path, digits_ch
     assert run.returncode == 0, run.stderr  # the winner's study runs on its experiment
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2 and not [r for r in runs if r.info.status == "RUNNING"]  # its parent and one trial
+
+
+@pytest.mark.parametrize("kind", ["plain", "half-created"])
+def test_a_study_ct_tune_did_not_finish_creating_can_be_deleted_then_created(
+    cli_fast, tmp_path, digits_checkpoint, kind
+):
+    from ct_tune.tracking.keys import ATTR_SPEC
+
+    import optuna
+
+    write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="taken")
+    (tmp_path / "studies").mkdir()
+    other = optuna.create_study(study_name="taken", storage=f"sqlite:///{tmp_path}/studies/optuna.db")
+    other.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    if kind == "half-created":  # a create stopped (SIGKILL) after the spec, before the units and MLflow record
+        other.set_user_attr(ATTR_SPEC, {"name": "taken"})
+
+    for args in (("study", "create", "spec.yaml"), ("study", "status", "taken"), ("study", "run", "taken")):
+        refused = cli_fast(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "is not a complete ct-tune study" in refused.stderr, refused.stderr
+        assert "delete it with 'ct-tune study delete taken'" in refused.stderr, refused.stderr
+        assert "ct-tune study create'" not in refused.stderr  # no advice that leads back here
+
+    unconfirmed = cli_fast("study", "delete", "taken")
+    assert unconfirmed.returncode == 2 and "not a complete ct-tune study" in unconfirmed.stderr
+    assert "needs confirmation: add --yes" in unconfirmed.stderr
+    deleted = cli_fast("study", "delete", "taken", "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted study 'taken' (not a complete ct-tune study" in deleted.stdout and "(2 trials)" in deleted.stdout
+    created = cli_fast("study", "create", "spec.yaml")
+    assert created.returncode == 0, created.stderr
+    assert cli_fast("study", "status", "taken").returncode == 0
