@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
     delete = add_command(commands, "delete", _delete, help="delete a study (and archive its MLflow experiment)")
     delete.add_argument("study", help="study name")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument(
+        "--force", action="store_true", help="delete a study a launch runs now (the launch then stops, exit 4)"
+    )
     add_store_options(delete)
 
     export = add_command(commands, "export", _export, help="write a trial's beta profile as JSON")
@@ -259,10 +262,12 @@ def _delete(args: argparse.Namespace) -> CommandResult:
         answer = input(f"delete study {args.study!r}{what} and archive its MLflow experiment? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise InputError("not deleted")
-    payload = delete_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+    payload = delete_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri, force=args.force)
 
     def render() -> None:
         print(f"deleted study {args.study!r}{what} ({payload['trials']} trials)")
+        if payload.get("live_trials"):
+            print(f"  {payload['live_trials']} trial(s) were running: their launch stops with exit 4")
         if payload["mlflow_experiment_deleted"]:
             print(
                 f"  MLflow experiment {payload['mlflow_experiment_deleted']} archived (restorable from the MLflow UI)"

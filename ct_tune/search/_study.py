@@ -35,6 +35,7 @@ from ct_tune.stores import (
     redact,
     resolve_storage,
     resolve_tracking_uri,
+    running_ages,
     study_lock,
     without_password,
 )
@@ -475,15 +476,53 @@ class Study:
             self, trial_numbers=trials, device=device, best_global=best_global, relu=relu, reselect=reselect
         )
 
-    def delete(self) -> dict[str, Any]:
-        """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI)."""
+    def delete(self, *, force: bool = False) -> dict[str, Any]:
+        """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI).
+
+        Refused while a launch runs the study (RUNNING trials with a heartbeat in the last ``LIVE_SECONDS``)
+        unless ``force``: then the launch's workers find the study gone and stop (``StudyDeleted``, exit 4).
+        Every MLflow run of the study still RUNNING (its trials', its parent's) is ended KILLED first: an
+        archived experiment keeps no RUNNING run."""
         import optuna
 
+        live = self.live_trials()
+        if live and not force:
+            ages = sorted(live.values())
+            raise InputError(
+                f"study {self.name!r} is running: {len(live)} RUNNING trial(s), the freshest heartbeat "
+                f"{ages[0]:.0f} s ago; stop its launch first (Ctrl-C), or pass --force (force=True) to delete it "
+                "anyway (the launch then stops)"
+            )
         tracker = self.tracker  # reachable first: never an Optuna study deleted and its experiment left
         n_trials = len(self.optuna_study.get_trials(deepcopy=False))
+        killed = _kill_running_runs(tracker, self.experiment_id)
         optuna.delete_study(study_name=self.name, storage=self.storage)
+        killed |= _kill_running_runs(tracker, self.experiment_id)  # one a worker opened meanwhile
         experiment = tracker.delete_experiment(self.name)
-        return {"study": self.name, "complete": True, "trials": n_trials, "mlflow_experiment_deleted": experiment}
+        return {
+            "study": self.name,
+            "complete": True,
+            "trials": n_trials,
+            "live_trials": len(live),
+            "mlflow_runs_killed": len(killed),
+            "mlflow_experiment_deleted": experiment,
+        }
+
+    def live_trials(self) -> dict[int, float]:
+        """Trial number -> seconds since its last heartbeat, of the RUNNING trials a launch runs now."""
+        ages = running_ages(self.storage, self.study_id)
+        return {number: age for number, age in ages.items() if age <= LIVE_SECONDS}
+
+
+LIVE_SECONDS = 120  # a heartbeat (every 10 s by default, --heartbeat) this recent: a launch runs the trial
+
+
+def _kill_running_runs(tracker: Tracker, experiment_id: str) -> set[str]:
+    """End every RUNNING MLflow run of the experiment KILLED; their ids."""
+    runs = tracker.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    for run in runs:
+        tracker.set_status(run.info.run_id, "KILLED")
+    return {run.info.run_id for run in runs}
 
 
 def _options(kind: type, given: Any, name: str) -> Any:
@@ -775,13 +814,14 @@ def study_to_delete(name: str | os.PathLike[str], *, storage: str | None = None)
 
 
 def delete_study(
-    name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None
+    name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Delete a study and archive its MLflow experiment; what was deleted.
 
     A study that is not a complete ct-tune study (a plain Optuna study of that name, or a create that did not
     finish) is deleted too, and the experiment it recorded, if any, archived: the way out that ``create``
-    points at (``complete`` is False in what is returned)."""
+    points at (``complete`` is False in what is returned). A study a launch runs now is refused unless
+    ``force`` (see ``Study.delete``)."""
     study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
     optuna_storage = open_optuna_storage(storage_url)
     _quiet_optuna()
@@ -793,7 +833,7 @@ def delete_study(
             return _delete_incomplete(study_name, optuna_storage, tracking)
     study = open_study(study_name, storage_url=storage_url, storage=optuna_storage)
     study.use_tracking_uri(tracking_uri, spec_tracking_uri)
-    return study.delete()
+    return study.delete(force=force)
 
 
 def _delete_incomplete(name: str, storage: optuna.storages.BaseStorage, tracking: str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ct_tune.stores._optuna import (
     database_reason,
     is_database_error,
     open_optuna_storage,
+    running_ages,
 )
 from ct_tune.stores._reach import check_reachable
 from ct_tune.stores._schema import init_stores, upgrade_stores
@@ -58,6 +59,7 @@ __all__ = [
     "redact",
     "resolve_storage",
     "resolve_tracking_uri",
+    "running_ages",
     "sqlite_path",
     "study_lock",
     "upgrade_stores",

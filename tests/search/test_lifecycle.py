@@ -111,3 +111,42 @@ def test_a_study_ct_tune_did_not_finish_creating_can_be_deleted_then_created(
     created = cli_fast("study", "create", "spec.yaml")
     assert created.returncode == 0, created.stderr
     assert cli_fast("study", "status", "taken").returncode == 0
+
+
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)
+def test_delete_refuses_a_live_launch_and_force_stops_it_cleanly(cli_fast, tmp_path, digits_checkpoint, stores):
+    from mlflow.entities import ViewType
+
+    from tests.helpers import SLOW_OBJECTIVES, create_study_cli, read_until, start_launch, wait_until_inside_a_trial
+
+    options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "live", 40, objectives=SLOW_OBJECTIVES)
+    experiment_id = MlflowClient(stores.tracking).get_experiment_by_name("ct-tune/live").experiment_id
+    proc = start_launch(tmp_path, "study", "run", "live", *options, "--workers", "2", "--heartbeat", "1")
+    seen: list[str] = []
+    for _ in range(2):
+        read_until(proc, r"worker \d ready", seen, timeout=300)
+    wait_until_inside_a_trial(stores, "live", worker=0)
+
+    refused = cli_fast("study", "delete", "live", *options, "--yes")
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert (
+        "study 'live' is running: " in refused.stderr and "RUNNING trial(s), the freshest heartbeat" in refused.stderr
+    )
+    assert "stop its launch first (Ctrl-C), or pass --force" in refused.stderr
+    assert proc.poll() is None  # nothing was deleted: the launch goes on
+
+    forced = cli_fast("study", "delete", "live", *options, "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr
+    _, rest = proc.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 4, stderr
+    assert "Traceback" not in stderr and "Record does not exist" not in stderr, stderr
+    assert "study 'live' was deleted while it ran" in stderr.strip().splitlines()[-1], stderr
+    logs = "".join(path.read_text() for path in (tmp_path / "logs" / "live").glob("*.log"))
+    assert "Traceback" not in logs, logs
+
+    client = MlflowClient(stores.tracking)
+    assert client.get_experiment(experiment_id).lifecycle_stage == "deleted"
+    runs = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    assert len(runs) > 1 and not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
