@@ -113,7 +113,7 @@ def test_a_study_ct_tune_did_not_finish_creating_can_be_deleted_then_created(
     assert cli_fast("study", "status", "taken").returncode == 0
 
 
-@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("stores", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_delete_refuses_a_live_launch_and_force_stops_it_cleanly(cli_fast, tmp_path, digits_checkpoint, stores):
     from mlflow.entities import ViewType
 
