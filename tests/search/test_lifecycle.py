@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 # and the loser's clean-up deleted the winner's). With the lock the second waits on it, not at the barrier.
 RACER = """
 import sys, time
+from pathlib import Path
 from ct_tune.search import _study
 from ct_tune.tracking import Tracker
 
