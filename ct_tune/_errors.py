@@ -1,7 +1,8 @@
 """Exceptions ct-tune raises for problems a user can act on; the CLI prints them as one line.
 
 Exit codes: ``InputError`` 2 (bad input, or a store that cannot be reached at start), ``StorageLost`` 3
-(a database went away during a run: run again to resume), ``WorkerFailed`` 1. ``InputError`` is a
+(a database went away during a run: run again to resume), ``StudyDeleted`` 4 (the study was deleted while
+it ran: ``study delete --force``), ``WorkerFailed`` 1. ``InputError`` is a
 ``ValueError`` so library callers can catch the usual type.
 """
 
@@ -24,6 +25,12 @@ class StorageLost(CTTuneError):
     """The Optuna storage (or the MLflow store) stopped answering during a run."""
 
     exit_code = 3
+
+
+class StudyDeleted(CTTuneError):
+    """The study was deleted (``study delete --force``) while a launch ran it: its workers stopped."""
+
+    exit_code = 4
 
 
 class WorkerFailed(CTTuneError):

@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
     delete = add_command(commands, "delete", _delete, help="delete a study (and archive its MLflow experiment)")
     delete.add_argument("study", help="study name")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument(
+        "--force", action="store_true", help="delete a study a launch runs now (the launch then stops, exit 4)"
+    )
     add_store_options(delete)
 
     export = add_command(commands, "export", _export, help="write a trial's beta profile as JSON")
@@ -249,17 +252,22 @@ def _list(args: argparse.Namespace) -> CommandResult:
 
 
 def _delete(args: argparse.Namespace) -> CommandResult:
-    study = _load(args)
+    from ct_tune.search import delete_study, study_to_delete
+
+    target = study_to_delete(args.study, storage=args.storage)
+    what = "" if target["complete"] else " (not a complete ct-tune study: a plain Optuna study or an unfinished create)"
     if not args.yes:
         if not sys.stdin.isatty():
-            raise InputError(f"deleting study {args.study!r} needs confirmation: add --yes")
-        answer = input(f"delete study {args.study!r} and archive its MLflow experiment? [y/N] ")
+            raise InputError(f"deleting study {args.study!r}{what} needs confirmation: add --yes")
+        answer = input(f"delete study {args.study!r}{what} and archive its MLflow experiment? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise InputError("not deleted")
-    payload = study.delete()
+    payload = delete_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri, force=args.force)
 
     def render() -> None:
-        print(f"deleted study {args.study!r} ({payload['trials']} trials)")
+        print(f"deleted study {args.study!r}{what} ({payload['trials']} trials)")
+        if payload.get("live_trials"):
+            print(f"  {payload['live_trials']} trial(s) were running: their launch stops with exit 4")
         if payload["mlflow_experiment_deleted"]:
             print(
                 f"  MLflow experiment {payload['mlflow_experiment_deleted']} archived (restorable from the MLflow UI)"

@@ -26,6 +26,7 @@ from ct_tune.search._study import (
     new_study,
     open_study,
     study_exists,
+    study_to_delete,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "parse_duration",
     "spec_from_dict",
     "study_exists",
+    "study_to_delete",
 ]
 
 # Names that lived here before each concept got its own package: resolved on first use (an import here

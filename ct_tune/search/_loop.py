@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ct_tune._errors import StorageLost
+from ct_tune._errors import StorageLost, StudyDeleted
 from ct_tune.bench import Bench
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._budget import Budget, DatabaseGone
@@ -202,6 +202,10 @@ class TrialLoop:
             raise
         except Exception as error:
             status = "FAILED"
+            if self._study_deleted():
+                status = None  # its runs were ended KILLED by the delete, its experiment archived
+                self.summary.reason = "the study was deleted"
+                raise StudyDeleted(deleted_message(self.study.name)) from None
             if is_database_error(error) or isinstance(error, DatabaseGone):
                 status = None  # MLflow may be on the same lost server: the error below is the one line
                 reason = database_reason(database_cause(error))
@@ -219,6 +223,14 @@ class TrialLoop:
                     self.refresh_plots(force=True)
                 self.tracker.flush()
         return self.summary
+
+    def _study_deleted(self) -> bool:
+        """Whether the error came from a study deleted under this worker (``study delete --force``): Optuna
+        then raises KeyError 'Record does not exist.' (or an integrity error) wherever it next looks."""
+        try:
+            return all(summary.study_name != self.study.name for summary in self.study.storage.get_all_studies())
+        except Exception:  # the database itself is gone: that is the one line
+            return False
 
     def _stop_reason(self) -> str | None:
         if self.settings.keep_going is not None and not self.settings.keep_going():
@@ -447,3 +459,11 @@ class TrialLoop:
             return
         self._last_plots = now
         refresh_study_plots(self.study, self.tracker, wait=force)
+
+
+def deleted_message(name: str) -> str:
+    """The one line of a launch whose study was deleted while it ran (exit 4)."""
+    return (
+        f"study {name!r} was deleted while it ran ('ct-tune study delete --force'); its workers stopped and its "
+        f"MLflow runs were ended KILLED; create it again with 'ct-tune study create' to search again"
+    )

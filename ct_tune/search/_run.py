@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ct_tune._errors import InputError, StorageLost, WorkerFailed
+from ct_tune._errors import InputError, StorageLost, StudyDeleted, WorkerFailed
 from ct_tune._names import default_log_dir
 from ct_tune._quiet import quiet_loggers
-from ct_tune.search._loop import WorkerSummary
+from ct_tune.search._loop import WorkerSummary, deleted_message
 from ct_tune.search._progress import Progress, TrialLine
 from ct_tune.search._remote import (
     EXECUTORS,
@@ -37,6 +37,7 @@ from ct_tune.search._repair import close_orphan_runs, requeue_initial_trials
 from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
 from ct_tune.workers import (
     EXIT_DATABASE_LOST,
+    EXIT_STUDY_DELETED,
     LaunchResult,
     RayOptions,
     SlurmOptions,
@@ -247,7 +248,7 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     except KeyboardInterrupt as stop:  # the CLI prints the line, once
         status = "KILLED"
         raise KeyboardInterrupt(str(stop) or INTERRUPTED.format(name=study.name)) from None
-    except StorageLost:
+    except (StorageLost, StudyDeleted):  # a lost database: the next launch closes them; a deleted study: done
         lost = True
         raise
     finally:
@@ -409,6 +410,8 @@ def _check_ended(study: Study, planned: _Launch, result: LaunchResult) -> None:
         raise KeyboardInterrupt(f"interrupted ({happened}). Resume with: ct-tune study run {study.name}")
     if result.interrupted:
         raise KeyboardInterrupt
+    if EXIT_STUDY_DELETED in result.exit_codes.values():
+        raise StudyDeleted(deleted_message(study.name))
     lost = [i for i, code in result.exit_codes.items() if code == EXIT_DATABASE_LOST]
     if lost:
         raise StorageLost(

@@ -35,6 +35,8 @@ from ct_tune.stores import (
     redact,
     resolve_storage,
     resolve_tracking_uri,
+    running_ages,
+    study_lock,
     without_password,
 )
 from ct_tune.tracking import Tracker
@@ -67,6 +69,7 @@ __all__ = [
     "load_study",
     "new_study",
     "open_study",
+    "study_to_delete",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +127,15 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+NOT_COMPLETE = "is not a complete ct-tune study (a plain Optuna study, or a ct-tune create that did not finish)"
+DELETE_IT = "delete it with 'ct-tune study delete {name}' (it asks first; --yes does not) and create it again"
+
+
+def is_complete(attrs: Mapping[str, Any]) -> bool:
+    """Whether a study's user attributes are those of a finished ``create``: its spec, units and MLflow record."""
+    return all(key in attrs for key in (ATTR_SPEC, ATTR_UNITS, ATTR_MLFLOW))
+
+
 def study_exists(name: str, *, storage: optuna.storages.BaseStorage) -> bool:
     """Whether the open Optuna ``storage`` holds a study of that name."""
     return any(summary.study_name == name for summary in storage.get_all_studies())
@@ -147,10 +159,8 @@ class Study:
     ) -> None:
         attrs = optuna_study.user_attrs
         name = optuna_study.study_name
-        if ATTR_SPEC not in attrs:
-            raise InputError(
-                f"study {name!r} was not created by ct-tune (no spec stored); create it with 'ct-tune study create'"
-            )
+        if not is_complete(attrs):
+            raise InputError(f"study {name!r} {NOT_COMPLETE}; {DELETE_IT.format(name=name)}")
         self.optuna_study = optuna_study
         self.spec: StudySpec = spec_from_dict(attrs[ATTR_SPEC], source=f"stored spec of study {name!r}")
         self.units: list[str] = list(attrs[ATTR_UNITS])
@@ -466,15 +476,53 @@ class Study:
             self, trial_numbers=trials, device=device, best_global=best_global, relu=relu, reselect=reselect
         )
 
-    def delete(self) -> dict[str, Any]:
-        """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI)."""
+    def delete(self, *, force: bool = False) -> dict[str, Any]:
+        """Delete the Optuna study and archive its MLflow experiment (restorable from the MLflow UI).
+
+        Refused while a launch runs the study (RUNNING trials with a heartbeat in the last ``LIVE_SECONDS``)
+        unless ``force``: then the launch's workers find the study gone and stop (``StudyDeleted``, exit 4).
+        Every MLflow run of the study still RUNNING (its trials', its parent's) is ended KILLED first: an
+        archived experiment keeps no RUNNING run."""
         import optuna
 
+        live = self.live_trials()
+        if live and not force:
+            ages = sorted(live.values())
+            raise InputError(
+                f"study {self.name!r} is running: {len(live)} RUNNING trial(s), the freshest heartbeat "
+                f"{ages[0]:.0f} s ago; stop its launch first (Ctrl-C), or pass --force (force=True) to delete it "
+                "anyway (the launch then stops)"
+            )
         tracker = self.tracker  # reachable first: never an Optuna study deleted and its experiment left
         n_trials = len(self.optuna_study.get_trials(deepcopy=False))
+        killed = _kill_running_runs(tracker, self.experiment_id)
         optuna.delete_study(study_name=self.name, storage=self.storage)
+        killed |= _kill_running_runs(tracker, self.experiment_id)  # one a worker opened meanwhile
         experiment = tracker.delete_experiment(self.name)
-        return {"study": self.name, "trials": n_trials, "mlflow_experiment_deleted": experiment}
+        return {
+            "study": self.name,
+            "complete": True,
+            "trials": n_trials,
+            "live_trials": len(live),
+            "mlflow_runs_killed": len(killed),
+            "mlflow_experiment_deleted": experiment,
+        }
+
+    def live_trials(self) -> dict[int, float]:
+        """Trial number -> seconds since its last heartbeat, of the RUNNING trials a launch runs now."""
+        ages = running_ages(self.storage, self.study_id)
+        return {number: age for number, age in ages.items() if age <= LIVE_SECONDS}
+
+
+LIVE_SECONDS = 120  # a heartbeat (every 10 s by default, --heartbeat) this recent: a launch runs the trial
+
+
+def _kill_running_runs(tracker: Tracker, experiment_id: str) -> set[str]:
+    """End every RUNNING MLflow run of the experiment KILLED; their ids."""
+    runs = tracker.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    for run in runs:
+        tracker.set_status(run.info.run_id, "KILLED")
+    return {run.info.run_id for run in runs}
 
 
 def _options(kind: type, given: Any, name: str) -> Any:
@@ -580,14 +628,33 @@ def new_study(
 
     What ``create_study`` does once the model and data are loaded; a pipeline, which opens the bench
     itself to map earlier profiles onto the new units, calls it directly."""
-    import optuna
-
     _quiet_optuna()
     check_units(spec, units)
+    # The exists-check and the creation are one step for every process on every machine: a second create of
+    # the name waits, then finds the study made (and never touches the experiment this one made).
+    with study_lock(storage_url, name):
+        if study_exists(name, storage=storage):
+            return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
+        _make_study(spec, name=name, storage_url=storage_url, storage=storage, tracker=tracker, units=units, meta=meta)
+    return open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
+
+
+def _make_study(
+    spec: StudySpec,
+    *,
+    name: str,
+    storage_url: str,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    units: Sequence[str],
+    meta: dict[str, Any],
+) -> None:
+    """The Optuna study, its experiment (unless one of that name exists) and parent run, its attributes and
+    first trials: all or nothing. Called under the study's lock, after the name was found free."""
+    import optuna
+
     renamed = unit_keys(units)
-    if study_exists(name, storage=storage):
-        return _resumed(spec, name, storage_url, storage, tracker, units, resume_if_exists=resume_if_exists)
-    new_experiment = tracker.experiment_id(name, create=False) is None
+    new_experiment = tracker.experiment_id(name, create=False) is None  # only one made here is deleted again
     experiment_id = tracker.experiment_id(name, create=True)
     study = None
     parent_run_id = None
@@ -626,7 +693,6 @@ def new_study(
         elif parent_run_id is not None:
             tracker.client.delete_run(parent_run_id)
         raise
-    return open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
 
 
 def _resumed(
@@ -640,10 +706,15 @@ def _resumed(
     resume_if_exists: bool,
 ) -> Study:
     """The existing study of that name, if asked for and it searches the same space (else one line)."""
+    if not is_complete(storage.get_study_user_attrs(storage.get_study_id_from_name(name))):
+        raise InputError(
+            f"a study named {name!r} exists in {redact(storage_url)} but {NOT_COMPLETE}; choose another --name, "
+            f"or {DELETE_IT.format(name=name)}"
+        )
     if not resume_if_exists:
         raise InputError(
             f"a study named {name!r} already exists in {redact(storage_url)}; choose another --name, "
-            "pass --resume-if-exists, or delete it with 'ct-tune study delete'"
+            f"pass --resume-if-exists, or delete it with 'ct-tune study delete {name}'"
         )
     existing = open_study(name, storage_url=storage_url, storage=storage, tracker=tracker)
     if (
@@ -730,11 +801,54 @@ def load_study(name: str | os.PathLike[str], *, storage: str | None = None, trac
     return study
 
 
+def study_to_delete(name: str | os.PathLike[str], *, storage: str | None = None) -> dict[str, Any]:
+    """What ``delete_study`` would delete, to confirm it first: the study's name, whether it is a complete
+    ct-tune study, and its trials (one line when there is no such study)."""
+    study_name, storage_url, _ = _name_and_stores(name, storage)
+    optuna_storage = open_optuna_storage(storage_url)
+    _quiet_optuna()
+    if not study_exists(study_name, storage=optuna_storage):
+        open_study(study_name, storage_url=storage_url, storage=optuna_storage)  # its one line, naming the others
+    study_id = optuna_storage.get_study_id_from_name(study_name)
+    return {
+        "study": study_name,
+        "complete": is_complete(optuna_storage.get_study_user_attrs(study_id)),
+        "trials": sum(count_states(optuna_storage, study_id).values()),
+    }
+
+
 def delete_study(
-    name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None
+    name: str | os.PathLike[str], *, storage: str | None = None, tracking_uri: str | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Delete a study and archive its MLflow experiment; what was deleted."""
-    return load_study(name, storage=storage, tracking_uri=tracking_uri).delete()
+    """Delete a study and archive its MLflow experiment; what was deleted.
+
+    A study that is not a complete ct-tune study (a plain Optuna study of that name, or a create that did not
+    finish) is deleted too, and the experiment it recorded, if any, archived: the way out that ``create``
+    points at (``complete`` is False in what is returned). A study a launch runs now is refused unless
+    ``force`` (see ``Study.delete``)."""
+    study_name, storage_url, spec_tracking_uri = _name_and_stores(name, storage)
+    optuna_storage = open_optuna_storage(storage_url)
+    _quiet_optuna()
+    if study_exists(study_name, storage=optuna_storage):
+        attrs = optuna_storage.get_study_user_attrs(optuna_storage.get_study_id_from_name(study_name))
+        if not is_complete(attrs):
+            recorded = attrs.get(ATTR_MLFLOW, {}).get("tracking_uri")
+            tracking = resolve_tracking_uri(tracking_uri, spec_tracking_uri, recorded=recorded) if recorded else None
+            return _delete_incomplete(study_name, optuna_storage, tracking)
+    study = open_study(study_name, storage_url=storage_url, storage=optuna_storage)
+    study.use_tracking_uri(tracking_uri, spec_tracking_uri)
+    return study.delete(force=force)
+
+
+def _delete_incomplete(name: str, storage: optuna.storages.BaseStorage, tracking: str | None) -> dict[str, Any]:
+    """Delete a study that is no complete ct-tune study, and archive the experiment it recorded (if any)."""
+    import optuna
+
+    tracker = Tracker(tracking) if tracking is not None else None  # reachable first, as for any delete
+    n_trials = sum(count_states(storage, storage.get_study_id_from_name(name)).values())
+    optuna.delete_study(study_name=name, storage=storage)
+    experiment = tracker.delete_experiment(name) if tracker is not None else None
+    return {"study": name, "complete": False, "trials": n_trials, "mlflow_experiment_deleted": experiment}
 
 
 def list_studies(*, storage: str | None = None) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@
   ``upgrade_stores`` create or migrate both schemas once, before workers start.
 """
 
+from ct_tune.stores._lock import study_lock
 from ct_tune.stores._mlflow import open_mlflow_client
 from ct_tune.stores._optuna import (
     count_states,
@@ -16,6 +17,7 @@ from ct_tune.stores._optuna import (
     database_reason,
     is_database_error,
     open_optuna_storage,
+    running_ages,
 )
 from ct_tune.stores._reach import check_reachable
 from ct_tune.stores._schema import init_stores, upgrade_stores
@@ -57,7 +59,9 @@ __all__ = [
     "redact",
     "resolve_storage",
     "resolve_tracking_uri",
+    "running_ages",
     "sqlite_path",
+    "study_lock",
     "upgrade_stores",
     "without_password",
 ]

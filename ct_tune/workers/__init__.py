@@ -6,7 +6,7 @@ study is: ``ct_tune.search.worker`` is what a launch runs.
 from ct_tune.workers._events import EVENT_PREFIX, emit_event, parse_event, read_settings
 from ct_tune.workers._heartbeats import Heartbeats, heartbeat_interval
 from ct_tune.workers._interrupts import InterruptGuard, interrupt_on
-from ct_tune.workers._launch import EXIT_DATABASE_LOST, LaunchResult, check_log_dir, launch
+from ct_tune.workers._launch import EXIT_DATABASE_LOST, EXIT_STUDY_DELETED, LaunchResult, check_log_dir, launch
 from ct_tune.workers._plan import WorkerPlan, available_cores, check_cores, plan_workers
 from ct_tune.workers._ray import RayOptions, connected, import_ray, launch_on_ray, local_cpus, plan_actors
 from ct_tune.workers._slurm import SlurmOptions, SubmittedJob, import_submitit, job_state, submit_array
@@ -14,6 +14,7 @@ from ct_tune.workers._slurm import SlurmOptions, SubmittedJob, import_submitit, 
 __all__ = [
     "EVENT_PREFIX",
     "EXIT_DATABASE_LOST",
+    "EXIT_STUDY_DELETED",
     "Heartbeats",
     "InterruptGuard",
     "LaunchResult",

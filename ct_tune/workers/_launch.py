@@ -34,13 +34,14 @@ from ct_tune.workers._events import parse_event
 from ct_tune.workers._interrupts import interrupt_on
 from ct_tune.workers._plan import WorkerPlan
 
-__all__ = ["EXIT_DATABASE_LOST", "LaunchResult", "check_log_dir", "launch"]
+__all__ = ["EXIT_DATABASE_LOST", "EXIT_STUDY_DELETED", "LaunchResult", "check_log_dir", "launch"]
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 60
 OWN_SIGNAL_SECONDS = 10  # after a Ctrl-C, workers get this long to stop on the terminal's own signal
 EXIT_DATABASE_LOST = 3  # a worker's exit code when its storage went away during the run
+EXIT_STUDY_DELETED = 4  # a worker's exit code when its study was deleted during the run
 
 
 @dataclass
