@@ -17,7 +17,7 @@ and renders.
 """
 
 from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
-from ct_tune._errors import CTTuneError, InputError, StorageLost, WorkerFailed
+from ct_tune._errors import CTTuneError, InputError, StorageLost, StoreFailed, WorkerFailed
 from ct_tune._version import __version__
 from ct_tune.pipelines import run_pipeline
 from ct_tune.search import Study, create_study, load_study
@@ -30,6 +30,7 @@ __all__ = [
     "InputError",
     "SteeringHandle",
     "StorageLost",
+    "StoreFailed",
     "Study",
     "WorkerFailed",
     "__version__",

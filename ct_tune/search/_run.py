@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import InputError, StorageLost, WorkerFailed
 from ct_tune._names import default_log_dir
 from ct_tune._quiet import quiet_loggers
+from ct_tune.search._budget import storage_failure
 from ct_tune.search._loop import WorkerSummary
 from ct_tune.search._progress import Progress, TrialLine
 from ct_tune.search._remote import (
@@ -34,7 +35,7 @@ from ct_tune.search._remote import (
     submit_slurm,
 )
 from ct_tune.search._repair import close_orphan_runs, requeue_initial_trials
-from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
+from ct_tune.stores import check_writable, count_states, is_database_error, redact
 from ct_tune.workers import (
     EXIT_DATABASE_LOST,
     LaunchResult,
@@ -223,6 +224,8 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     options.check()
     if options.remote:
         check_shared_stores(study, options.executor)
+    check_writable(study.storage_url, what="Optuna storage")  # reading alone passed: the first write failed mid-run
+    check_writable(study.tracking_uri, what="MLflow tracking store")
     planned = _plan(study, options)
     if planned.target is not None and planned.finished >= planned.target:
         reason = f"budget already reached ({planned.finished} trials); use --n-trials to run more"
@@ -464,11 +467,7 @@ def _finished(study: Study) -> int:
     except Exception as error:
         if not is_database_error(error):
             raise
-        reason = database_reason(database_cause(error))
-        raise StorageLost(
-            f"the Optuna storage {redact(study.storage_url)} stopped answering ({reason}); "
-            f"run 'ct-tune study run {study.name}' again once it is back: the study resumes"
-        ) from None
+        raise storage_failure(error, study=study.name, storage_url=study.storage_url) from None
     return states["COMPLETE"] + states["PRUNED"]
 
 
