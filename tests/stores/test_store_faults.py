@@ -10,13 +10,14 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import Stores
+from tests.conftest import SOURCE_ROOT, Stores, write_spec
 from tests.helpers import create_study_cli
 
 pytestmark = pytest.mark.slow
@@ -184,3 +185,60 @@ def postgres_or_none(request: pytest.FixtureRequest):
         return request.getfixturevalue("postgres")
     except pytest.skip.Exception:
         return None
+
+
+# -- item 10: a first MLflow schema creation stopped by a full disk does not brick the store -------------------
+FIRST_USE_ON_A_FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150000, 150000))  # the disk fills after 150 kB of a file
+from ct_tune.stores import open_mlflow_client
+open_mlflow_client(sys.argv[1])
+"""
+
+
+def tables_of(database: Path) -> set[str]:
+    with sqlite3.connect(database) as connection:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_schema_half_created_on_a_full_disk_is_created_again(cli, tmp_path, digits_checkpoint):
+    stores = sqlite_stores(tmp_path)
+    database = tmp_path / "mlruns/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    first = subprocess.run(
+        [sys.executable, "-c", FIRST_USE_ON_A_FULL_DISK, stores.tracking],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode != 0 and "cannot open the MLflow tracking store" in first.stderr, first.stderr
+    assert any(t.startswith("_alembic_tmp_") for t in tables_of(database))  # stopped inside a migration
+    upgraded = cli("db", "upgrade", "--storage", stores.storage, "--tracking-uri", stores.tracking)
+    assert upgraded.returncode == 0, upgraded.stderr
+    said = upgraded.stdout + upgraded.stderr
+    assert "created again (it was half-created: a migration's leftover table _alembic_tmp_" in said, said
+    assert "it held no data)" in said and "Traceback" not in said
+    assert not any(t.startswith("_alembic_tmp_") for t in tables_of(database))
+    write_spec(tmp_path / "s.yaml", digits_checkpoint, name="s", budget={"n_trials": 1})
+    options = ["--storage", stores.storage, "--tracking-uri", stores.tracking]
+    assert cli("db", "init", *options).returncode == 0
+    created = cli("study", "create", "s.yaml", *options)
+    assert created.returncode == 0, created.stderr
+
+
+def test_a_half_created_store_that_holds_runs_is_left_alone(tmp_path):
+    """Only a store that provably holds no data is created again: one with a run gets one line instead."""
+    from ct_tune import InputError
+    from ct_tune.stores import open_mlflow_client
+
+    url = f"sqlite:///{tmp_path}/mlflow.db"
+    client = open_mlflow_client(url)
+    run = client.create_run(client.create_experiment("kept"))
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        connection.execute("CREATE TABLE _alembic_tmp_runs (x INTEGER)")  # a migration stopped midway
+    with pytest.raises(InputError, match=r"half-migrated schema \(a migration's leftover table _alembic_tmp_runs\) "):
+        open_mlflow_client(url)
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        assert connection.execute("SELECT run_uuid FROM runs").fetchall() == [(run.info.run_id,)]
