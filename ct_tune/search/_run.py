@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ct_tune._errors import InputError, StorageLost, WorkerFailed
+from ct_tune._errors import InputError, StorageLost, StoreFailed, WorkerFailed
 from ct_tune._names import default_log_dir
 from ct_tune._quiet import quiet_loggers
 from ct_tune.search._budget import storage_failure
@@ -419,6 +419,10 @@ def _check_ended(study: Study, planned: _Launch, result: LaunchResult) -> None:
             f"{study.name}' again once it is back: the study resumes (logs: {result.log_files[lost[0]]})"
         )
     broken = {i: code for i, code in result.exit_codes.items() if code != 0}
+    for i in broken:  # a store that failed for good: the worker's one line says what to do, so the launcher does
+        line = _store_failure_line(result.log_files.get(i))
+        if line is not None:
+            raise StoreFailed(f"worker {i}: {line} (logs: {result.log_files[i]})")
     if broken:
         finished_total = _finished(study)
         texts = [f"worker {i} {_exit_text(code)}; see {result.log_files[i]}" for i, code in broken.items()]
@@ -459,6 +463,21 @@ def _submit(study: Study, planned: _Launch) -> RunSummary:
         workers=workers,
         jobs=records,
     )
+
+
+STORE_FAILED_PREFIX = "ct-tune: error: the Optuna storage "  # how a worker's StoreFailed line starts
+
+
+def _store_failure_line(log_file: Path | None) -> str | None:
+    """The StoreFailed line a worker ended its log with (a damaged, read-only or full Optuna storage)."""
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines() if log_file is not None else []
+    except OSError:
+        return None
+    last = lines[-1] if lines else ""
+    if last.startswith(STORE_FAILED_PREFIX) and "stopped answering" not in last:
+        return last.removeprefix("ct-tune: error: ")
+    return None
 
 
 def _finished(study: Study) -> int:

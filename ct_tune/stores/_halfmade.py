@@ -89,8 +89,8 @@ def half_created(connection: sqlalchemy.engine.Connection) -> str | None:
         version = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
     if not others:
         return None if version is None else "a schema version but no tables"
-    if "experiments" not in others:
-        return "tables without MLflow's experiments table"
+    if "experiments" not in others:  # not MLflow's (another program's database): opening it says so
+        return None
     if version is None:
         return "tables but no schema version"
     from mlflow.store.db.base_sql_model import Base
