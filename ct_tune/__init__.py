@@ -21,7 +21,7 @@ import sys as _sys
 
 try:  # importing torch takes seconds: a Ctrl-C then is the `ct-tune` command's too
     from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
-    from ct_tune._errors import CTTuneError, InputError, StorageLost, StudyDeleted, WorkerFailed
+    from ct_tune._errors import CTTuneError, InputError, StorageLost, StoreFailed, StudyDeleted, WorkerFailed
     from ct_tune._version import __version__
     from ct_tune.pipelines import run_pipeline
     from ct_tune.search import Study, create_study, load_study
@@ -39,6 +39,7 @@ __all__ = [
     "InputError",
     "SteeringHandle",
     "StorageLost",
+    "StoreFailed",
     "Study",
     "StudyDeleted",
     "WorkerFailed",

@@ -1,8 +1,9 @@
 """Exceptions ct-tune raises for problems a user can act on; the CLI prints them as one line.
 
 Exit codes: ``InputError`` 2 (bad input, or a store that cannot be reached at start), ``StorageLost`` 3
-(a database went away during a run: run again to resume), ``StudyDeleted`` 4 (the study was deleted while
-it ran: ``study delete --force``), ``WorkerFailed`` 1. ``InputError`` is a
+(a database went away during a run: run again to resume), ``StoreFailed`` 2 (a store failed in a way that
+waiting does not mend: damaged, read-only, full; the message says what to do), ``StudyDeleted`` 4 (the study
+was deleted while it ran: ``study delete --force``), ``WorkerFailed`` 1. ``InputError`` is a
 ``ValueError`` so library callers can catch the usual type.
 """
 
@@ -31,6 +32,13 @@ class StudyDeleted(CTTuneError):
     """The study was deleted (``study delete --force``) while a launch ran it: its workers stopped."""
 
     exit_code = 4
+
+
+class StoreFailed(CTTuneError):
+    """A store failed during a run in a way that waiting does not mend (a damaged file, a store that
+    refuses writes, a full disk): the message names the store and what to do."""
+
+    exit_code = 2
 
 
 class WorkerFailed(CTTuneError):

@@ -13,17 +13,35 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ct_tune.stores import count_states, database_reason, is_database_error
+from ct_tune._errors import CTTuneError, StorageLost, StoreFailed
+from ct_tune.stores import count_states, database_cause, database_fault, database_reason, is_database_error, redact
 from ct_tune.tracking.keys import ATTR_DISCARDED
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Budget", "DatabaseGone"]
+__all__ = ["Budget", "DatabaseGone", "storage_failure"]
 
 
 class DatabaseGone(Exception):
     """The Optuna storage stopped answering during a run."""
+
+
+def storage_failure(error: BaseException, *, study: str, storage_url: str, who: str = "") -> CTTuneError:
+    """The one-line error of a database failure during a run. A server that went away is ``StorageLost``
+    (exit 3: run again once it is back, the study resumes); a damaged file, a store that refuses writes or
+    a full disk is ``StoreFailed`` (exit 2) with what to do, as waiting for it would be waiting for ever."""
+    cause = database_cause(error)
+    reason = database_reason(cause)
+    fault = database_fault(cause)
+    store = f"the Optuna storage {redact(storage_url)}"
+    if fault is not None:
+        happened, fix = fault
+        return StoreFailed(f"{store} {happened} ({reason}){who}: {fix}")
+    return StorageLost(
+        f"the Optuna storage stopped answering ({reason}){who}. "
+        f"Run 'ct-tune study run {study}' again once {redact(storage_url)} is back: the study resumes"
+    )
 
 
 class Budget:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import StorageLost, StudyDeleted
 from ct_tune.bench import Bench
 from ct_tune.objectives import ObjectiveResult
-from ct_tune.search._budget import Budget, DatabaseGone
+from ct_tune.search._budget import Budget, DatabaseGone, storage_failure
 from ct_tune.search._progress import TrialLine
 from ct_tune.search._record import TrialRecorder, objective_tags, refresh_study_plots, stale_trial_callback
 from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
@@ -175,6 +175,7 @@ class TrialLoop:
         self._interrupts = InterruptGuard()
         self._val_samples = len(self.evaluator.data.val_y)
         self._last_plots = 0.0
+        self._open_runs: dict[str, int] = {}  # MLflow run id -> trial number, for runs this worker has not closed
 
     # ----------------------------------------------------------------------------------------------
     # The loop
@@ -207,13 +208,15 @@ class TrialLoop:
                 self.summary.reason = "the study was deleted"
                 raise StudyDeleted(deleted_message(self.study.name)) from None
             if is_database_error(error) or isinstance(error, DatabaseGone):
-                status = None  # MLflow may be on the same lost server: the error below is the one line
-                reason = database_reason(database_cause(error))
-                self.summary.reason = f"database unreachable: {reason}"
-                raise StorageLost(
-                    f"the Optuna storage stopped answering ({reason}); this worker stopped. "
-                    f"Run 'ct-tune study run {self.study.name}' again once it is back: the study resumes"
-                ) from None
+                failure = storage_failure(
+                    error, study=self.study.name, storage_url=self.study.storage_url, who="; this worker stopped"
+                )
+                self.summary.reason = f"database failed: {database_reason(database_cause(error))}"
+                if isinstance(failure, StorageLost):
+                    status = None  # MLflow may be on the same lost server: the error is the one line
+                else:  # the Optuna storage broke for good; MLflow is another store: close what it still can
+                    self._close_open_runs(str(failure))
+                raise failure from None
             raise
         finally:
             if status is not None:
@@ -231,6 +234,13 @@ class TrialLoop:
             return all(summary.study_name != self.study.name for summary in self.study.storage.get_all_studies())
         except Exception:  # the database itself is gone: that is the one line
             return False
+
+    def _close_open_runs(self, reason: str) -> None:
+        """End FAILED the trial runs this worker opened and could not end (Optuna could not be told)."""
+        for run_id, number in list(self._open_runs.items()):
+            self.tracker.close_run(run_id, state="FAIL", reason=reason)
+            logger.info("worker %d: trial %d: its MLflow run ended FAILED", self.settings.worker, number)
+        self._open_runs.clear()
 
     def _stop_reason(self) -> str | None:
         if self.settings.keep_going is not None and not self.settings.keep_going():
@@ -344,6 +354,7 @@ class TrialLoop:
             trial.set_user_attr(ATTR_KIND, kind)
         tracking_started = time.perf_counter()
         run_id = self.recorder.open(trial, betas, c, kind, sampler_seed=seed)
+        self._open_runs[run_id] = trial.number
         self._trial_tracking += time.perf_counter() - tracking_started
         return _Begun(trial, betas, c, run_id)
 
@@ -417,6 +428,7 @@ class TrialLoop:
             logger.warning("worker %d: trial %d: %s", self.settings.worker, trial.number, failure)
             results = {}
         tracking_started = time.perf_counter()
+        self._open_runs.pop(begun.run_id, None)
         metrics = self.recorder.close(
             trial.number,
             begun.run_id,

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ct_tune._errors import InputError, StorageLost, StudyDeleted, WorkerFailed
+from ct_tune._errors import InputError, StorageLost, StoreFailed, StudyDeleted, WorkerFailed
 from ct_tune._names import default_log_dir
 from ct_tune._quiet import quiet_loggers
+from ct_tune.search._budget import storage_failure
 from ct_tune.search._loop import WorkerSummary, deleted_message
 from ct_tune.search._progress import Progress, TrialLine
 from ct_tune.search._remote import (
@@ -34,7 +35,7 @@ from ct_tune.search._remote import (
     submit_slurm,
 )
 from ct_tune.search._repair import close_orphan_runs, requeue_initial_trials
-from ct_tune.stores import count_states, database_cause, database_reason, is_database_error, redact
+from ct_tune.stores import check_writable, count_states, is_database_error, redact
 from ct_tune.workers import (
     EXIT_DATABASE_LOST,
     EXIT_STUDY_DELETED,
@@ -224,6 +225,8 @@ def run_study(study: Study, options: RunOptions) -> RunSummary:
     options.check()
     if options.remote:
         check_shared_stores(study, options.executor)
+    check_writable(study.storage_url, what="Optuna storage")  # reading alone passed: the first write failed mid-run
+    check_writable(study.tracking_uri, what="MLflow tracking store")
     planned = _plan(study, options)
     if planned.target is not None and planned.finished >= planned.target:
         reason = f"budget already reached ({planned.finished} trials); use --n-trials to run more"
@@ -419,6 +422,10 @@ def _check_ended(study: Study, planned: _Launch, result: LaunchResult) -> None:
             f"{study.name}' again once it is back: the study resumes (logs: {result.log_files[lost[0]]})"
         )
     broken = {i: code for i, code in result.exit_codes.items() if code != 0}
+    for i in broken:  # a store that failed for good: the worker's one line says what to do, so the launcher does
+        line = _store_failure_line(result.log_files.get(i))
+        if line is not None:
+            raise StoreFailed(f"worker {i}: {line} (logs: {result.log_files[i]})")
     if broken:
         finished_total = _finished(study)
         texts = [f"worker {i} {_exit_text(code)}; see {result.log_files[i]}" for i, code in broken.items()]
@@ -461,17 +468,28 @@ def _submit(study: Study, planned: _Launch) -> RunSummary:
     )
 
 
+STORE_FAILED_PREFIX = "ct-tune: error: the Optuna storage "  # how a worker's StoreFailed line starts
+
+
+def _store_failure_line(log_file: Path | None) -> str | None:
+    """The StoreFailed line a worker ended its log with (a damaged, read-only or full Optuna storage)."""
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines() if log_file is not None else []
+    except OSError:
+        return None
+    last = lines[-1] if lines else ""
+    if last.startswith(STORE_FAILED_PREFIX) and "stopped answering" not in last:
+        return last.removeprefix("ct-tune: error: ")
+    return None
+
+
 def _finished(study: Study) -> int:
     try:
         states = count_states(study.storage, study.study_id)
     except Exception as error:
         if not is_database_error(error):
             raise
-        reason = database_reason(database_cause(error))
-        raise StorageLost(
-            f"the Optuna storage {redact(study.storage_url)} stopped answering ({reason}); "
-            f"run 'ct-tune study run {study.name}' again once it is back: the study resumes"
-        ) from None
+        raise storage_failure(error, study=study.name, storage_url=study.storage_url) from None
     return states["COMPLETE"] + states["PRUNED"]
 
 

@@ -30,6 +30,7 @@ from ct_tune.steering import BetaProfile
 from ct_tune.stores import (
     check_reachable,
     check_two_databases,
+    check_writable,
     count_states,
     open_optuna_storage,
     redact,
@@ -598,6 +599,8 @@ def create_study(
     check_units(parsed, units)  # before the stores are opened: opening a SQLite store writes its file
     optuna_storage = open_optuna_storage(storage_url)
     tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
+    check_writable(storage_url, what="Optuna storage")  # both opened (read): before anything is written
+    check_writable(tracking, what="MLflow tracking store")
     try:
         return new_study(
             parsed,

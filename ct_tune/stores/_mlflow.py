@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
 from ct_tune._quiet import quiet_loggers
+from ct_tune.stores._halfmade import repair_half_created
 from ct_tune.stores._lock import schema_lock
 from ct_tune.stores._optuna import database_reason
 from ct_tune.stores._reach import check_reachable
@@ -45,8 +46,11 @@ def open_mlflow_client(tracking_uri: str) -> MlflowClient:
     try:
         # Schema creation logs at INFO (not the user's news), and is done by one process at a time.
         with quiet_loggers("mlflow.store.db.utils", "alembic"), schema_lock(tracking_uri), lean_pool(tracking_uri):
+            repair_half_created(tracking_uri)  # a first creation that stopped midway fails every later open
             client = MlflowClient(tracking_uri=tracking_uri)
             client.search_experiments(max_results=1)  # creates the store, and so its engine
+    except InputError:
+        raise
     except Exception as error:
         raise InputError(
             f"cannot open the MLflow tracking store {redact(tracking_uri)}: {database_reason(error)}"

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = [
     "count_states",
     "database_cause",
+    "database_fault",
+    "database_fix",
     "database_reason",
     "is_database_error",
     "open_optuna_storage",
@@ -89,6 +91,45 @@ def database_reason(error: BaseException) -> str:
     if "no password supplied" in reason:  # libpq's words when neither the URL, PGPASSWORD nor ~/.pgpass has one
         return NO_PASSWORD_HINT
     return reason[:300]
+
+
+# Faults that waiting does not mend, by the words SQLite and PostgreSQL use (and PostgreSQL's SQLSTATE):
+# (what happened, what to do). Anything else (a connection refused, reset or closed) is a server that went
+# away, and running again once it is back resumes the study.
+DAMAGED = (
+    "is damaged",
+    "restore it from a backup (for SQLite, `sqlite3 FILE .recover` saves what it can); running again will not help",
+)
+READ_ONLY = (
+    "refuses writes",
+    "make the file and its folder writable for the user that runs ct-tune (PostgreSQL: grant the role INSERT, "
+    "UPDATE and DELETE on its tables), then run again",
+)
+DISK_FULL = ("has no room left", "free space on the disk that holds it, then run again")
+PERMANENT_FAULTS: tuple[tuple[tuple[str, ...], tuple[str, str]], ...] = (
+    (("database disk image is malformed", "file is not a database", "XX001", "XX002", "invalid page in"), DAMAGED),
+    (("readonly database", "read-only", "permission denied", "42501", "25006"), READ_ONLY),
+    (("database or disk is full", "no space left on device", "could not extend file", "53100", "quota"), DISK_FULL),
+)
+
+
+def database_fault(error: BaseException) -> tuple[str, str] | None:
+    """(what happened, what to do) when a database error in ``error``'s chain is one that waiting does not
+    mend (a damaged file, a store that refuses writes, a full disk); None for anything else, such as a
+    server that went away."""
+    cause = database_cause(error)
+    orig = getattr(cause, "orig", None) or cause
+    words = " ".join([str(orig), str(getattr(orig, "sqlstate", "") or getattr(orig, "pgcode", "") or "")]).lower()
+    for markers, fault in PERMANENT_FAULTS:
+        if any(marker.lower() in words for marker in markers):
+            return fault
+    return None
+
+
+def database_fix(error: BaseException) -> str | None:
+    """What to do about a fault that waiting does not mend (``database_fault``), else None."""
+    fault = database_fault(error)
+    return None if fault is None else fault[1]
 
 
 def is_database_error(error: BaseException) -> bool:

@@ -12,10 +12,10 @@ import os
 import re
 
 from ct_tune._errors import InputError
-from ct_tune.stores._optuna import database_reason
+from ct_tune.stores._optuna import database_fix, database_reason
 from ct_tune.stores._urls import is_tracking_server, redact
 
-__all__ = ["check_reachable"]
+__all__ = ["check_reachable", "check_writable"]
 
 TIMEOUT_SECONDS = 10
 PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"  # any MLflow server answers it (and checks the login)
@@ -31,10 +31,48 @@ def check_reachable(url: str, *, what: str) -> None:
         return
     reason = _server_reason(url) if is_tracking_server(url) else _database_reason(url)
     if reason is not None:
-        password = _password(url)
-        if password:
-            reason = reason.replace(password, "***")
-        raise InputError(f"cannot open the {what} {redact(url)}: {reason}")
+        raise InputError(f"cannot open the {what} {redact(url)}: {_hide_password(reason, url)}")
+
+
+# A write that changes nothing, in a transaction that is rolled back: both stores have this table (their
+# schema version), and the database checks the right to write at the statement, whatever rows it matches.
+WRITE_PROBE = "UPDATE alembic_version SET version_num = version_num WHERE 1 = 0"
+NO_SCHEMA_YET = ("no such table", "does not exist")  # an empty store: it is created (written) when opened
+
+
+def check_writable(url: str, *, what: str) -> None:
+    """Raise a one-line ``InputError`` naming ``what`` and the fix when the database at ``url`` answers but
+    refuses a write (a read-only SQLite file, a PostgreSQL role without the right): checked before a launch,
+    as reading alone passed and the first write failed mid-run, blamed on the wrong store. Tracking servers
+    and Databricks workspaces are not checked (their own server writes)."""
+    if is_tracking_server(url) or url.split(":", 1)[0] == "databricks":
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, connect_args=_connect_args(url))
+    try:
+        with engine.connect() as connection, connection.begin() as transaction:
+            connection.exec_driver_sql(WRITE_PROBE)
+            transaction.rollback()
+    except Exception as error:
+        reason = database_reason(error)
+        if any(words in reason for words in NO_SCHEMA_YET):
+            return
+        fix = database_fix(error) or "check that the database accepts writes"
+        raise InputError(f"cannot write to the {what} {redact(url)}: {_hide_password(reason, url)}; {fix}") from None
+    finally:
+        engine.dispose()
+
+
+def _connect_args(url: str) -> dict[str, int]:
+    if url.startswith("postgresql"):
+        return {"connect_timeout": TIMEOUT_SECONDS}
+    return {"timeout": TIMEOUT_SECONDS} if url.startswith("sqlite") else {}
+
+
+def _hide_password(reason: str, url: str) -> str:
+    password = _password(url)
+    return reason.replace(password, "***") if password else reason
 
 
 def _database_reason(url: str) -> str | None:

@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune.stores._halfmade import repair_half_created
+from ct_tune.stores._lock import schema_lock
 from ct_tune.stores._mlflow import open_mlflow_client
 from ct_tune.stores._optuna import database_reason, open_optuna_storage
 from ct_tune.stores._urls import (
@@ -69,13 +71,15 @@ def upgrade_stores(*, storage: str | None = None, tracking_uri: str | None = Non
     mlflow = "a tracking server (upgrade it there)"
     if not is_tracking_server(tracking):
         prepare_sqlite(tracking)
+        with schema_lock(tracking):
+            repaired = repair_half_created(tracking)  # else MLflow's migrations stop on what a first try left
         proc = subprocess.run(  # the URL on stdin: `ps` shows a command line, password and all, to everyone
             [sys.executable, "-c", _MLFLOW_UPGRADE], input=tracking, capture_output=True, text=True
         )
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise InputError(f"cannot upgrade the MLflow store {redact(tracking)}: {reason[:300]}")
-        mlflow = "upgraded"
+        mlflow = f"{repaired}; upgraded" if repaired else "upgraded"
     return {
         "storage": redact(storage_url),
         "optuna_schema": {"before": before, "after": after},
