@@ -101,7 +101,7 @@ def test_a_damaged_optuna_storage_is_not_an_outage_and_mlflow_runs_are_closed(
     stores = sqlite_stores(tmp_path)
     options = create_study_cli(cli_fast, tmp_path, digits_checkpoint, stores, "torn", 2)
     corrupt_table(tmp_path / "studies/optuna.db", "trial_values")  # the first tell of a value fails
-    result = cli("study", "run", "torn", *options, "--workers", str(workers), "--no-progress")
+    result = cli("study", "run", "torn", *options, "--workers", str(workers), "--oversubscribe", "--no-progress")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
