@@ -13,9 +13,13 @@ function; heavy imports (lightning, optuna, mlflow) happen inside the command, s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ct_tune.cli._common import CommandResult, build_root_parser, configure_logging, emit, fail
 
@@ -50,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    with _ctrl_c_noted() as noted:
+        return _run(argv, noted)
+
+
+def _run(argv: list[str] | None, noted: list[bool]) -> int:
     command = "ct-tune"
     try:
         parser = build_parser()
@@ -65,11 +74,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as error:  # user errors become one line; bugs keep their traceback
         code = fail(error)
-        if code is None:
-            raise
-        return code
+        if code is not None:
+            return code
+        if noted:  # a Ctrl-C that landed inside a library's import came out as another error: still a Ctrl-C
+            print(f"ct-tune: {command} interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
+        raise
     emit(result, as_json=getattr(args, "json", False))
     return result.exit_code
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[list[bool]]:
+    """SIGINT raises KeyboardInterrupt as usual, and is noted: a Ctrl-C during numpy's or Lightning's lazy
+    imports can surface as another error (a RecursionError from a half-imported numpy was seen), which is
+    then reported as the interrupt it was, not as a traceback."""
+    noted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield noted  # a process started with SIGINT ignored (a background job of a script) keeps it ignored
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        noted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
