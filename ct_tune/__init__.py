@@ -19,6 +19,11 @@ and renders.
 import os as _os
 import sys as _sys
 
+from ct_tune._ctrl_c import note_ctrl_c as _note_ctrl_c
+
+if _os.path.basename(_sys.argv[0]) == "ct-tune":  # the command, from before torch loads (see _ctrl_c)
+    _note_ctrl_c()
+
 try:  # importing torch takes seconds: a Ctrl-C then is the `ct-tune` command's too
     from ct_tune import _torchvision_compat  # noqa: F401  (must run before torchvision/lightning import)
     from ct_tune._errors import CTTuneError, InputError, StorageLost, StoreFailed, StudyDeleted, WorkerFailed

@@ -13,14 +13,11 @@ function; heavy imports (lightning, optuna, mlflow) happen inside the command, s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
+from ct_tune._ctrl_c import NOTED, note_ctrl_c
 from ct_tune.cli._common import CommandResult, build_root_parser, configure_logging, emit, fail
 
 __all__ = ["build_parser", "main"]
@@ -54,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    with _ctrl_c_noted() as noted:
-        return _run(argv, noted)
+    note_ctrl_c()  # where the command's first import did not already
+    return _run(argv)
 
 
-def _run(argv: list[str] | None, noted: list[bool]) -> int:
+def _run(argv: list[str] | None) -> int:
     command = "ct-tune"
     try:
         parser = build_parser()
@@ -76,33 +73,12 @@ def _run(argv: list[str] | None, noted: list[bool]) -> int:
         code = fail(error)
         if code is not None:
             return code
-        if noted:  # a Ctrl-C that landed inside a library's import came out as another error: still a Ctrl-C
+        if NOTED:  # a Ctrl-C that landed inside a library's import came out as another error: still a Ctrl-C
             print(f"ct-tune: {command} interrupted (Ctrl-C)", file=sys.stderr)
             return 130
         raise
     emit(result, as_json=getattr(args, "json", False))
     return result.exit_code
-
-
-@contextlib.contextmanager
-def _ctrl_c_noted() -> Iterator[list[bool]]:
-    """SIGINT raises KeyboardInterrupt as usual, and is noted: a Ctrl-C during numpy's or Lightning's lazy
-    imports can surface as another error (a RecursionError from a half-imported numpy was seen), which is
-    then reported as the interrupt it was, not as a traceback."""
-    noted: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield noted  # a process started with SIGINT ignored (a background job of a script) keeps it ignored
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        noted.append(True)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
