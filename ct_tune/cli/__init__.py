@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from ct_tune._ctrl_c import NOTED, note_ctrl_c
@@ -51,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow logs its schema migrations at INFO on stderr; keep stderr for ct-tune's own lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    note_ctrl_c()  # where the command's first import did not already
-    return _run(argv)
+    previous = signal.getsignal(signal.SIGINT)
+    noting = note_ctrl_c()  # where the command's first import did not already
+    try:
+        return _run(argv)
+    finally:
+        if noting and previous is not None:  # a caller in Python gets its own handler back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(argv: list[str] | None) -> int:
