@@ -258,31 +258,11 @@ def test_the_next_hint_is_one_shell_word_per_argument(cli_fast, tmp_path, digits
 def test_ctrl_c_during_create_says_what_was_interrupted_and_leaves_nothing(tmp_path, digits_checkpoint, after):
     """SIGINT at any moment of `study create`: one line saying what was interrupted, exit 130, no traceback,
     and either no study in either store or the whole study (when it had finished)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import optuna
     from mlflow import MlflowClient
 
-    from tests.conftest import SOURCE_ROOT
-    from tests.helpers import spawn
-
     write_spec(tmp_path / "spec.yaml", digits_checkpoint, name="stopped")
-    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = Path(sys.executable).with_name("ct-tune")  # the console script users run (pip install -e)
-    proc = spawn(
-        [str(command), "study", "create", "spec.yaml"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(after)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc, err = interrupted_command(tmp_path, ["study", "create", "spec.yaml"], after=after, timeout=120)
     assert "Traceback" not in err, err
     storage = f"sqlite:///{tmp_path}/studies/optuna.db"
     names = optuna.get_all_study_names(storage) if (tmp_path / "studies/optuna.db").exists() else []
@@ -304,30 +284,11 @@ def test_ctrl_c_during_create_says_what_was_interrupted_and_leaves_nothing(tmp_p
 def test_ctrl_c_during_report_records_all_or_nothing(tmp_path, digits_checkpoint, after):
     """SIGINT at any moment of `study report`: one line, no traceback, and the record is whole or absent:
     the study's report attribute, report.json on the parent run and the trial runs' test metrics agree."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import SOURCE_ROOT
-    from tests.helpers import spawn
 
     study = tiny_study(tmp_path, digits_checkpoint, search={"granularity": "global", "enqueue_baseline": True})
     study.run(n_trials=2, progress=False)
     stores = ["--storage", study.storage_url, "--tracking-uri", study.tracker.tracking_uri]
-    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = Path(sys.executable).with_name("ct-tune")
-    proc = spawn(
-        [str(command), "study", "report", "tiny", *stores],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(after)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
+    proc, err = interrupted_command(tmp_path, ["study", "report", "tiny", *stores], after=after, timeout=180)
     assert "Traceback" not in err, err
     assert proc.returncode in (0, 130), err
     if proc.returncode == 130:
@@ -340,3 +301,23 @@ def test_ctrl_c_during_report_records_all_or_nothing(tmp_path, digits_checkpoint
     with_test = [run for run in trial_runs if any(key.startswith("test.") for key in run.data.metrics)]
     assert recorded == ("report.json" in artifacts) == bool(with_test), (proc.returncode, err)
     assert recorded == (proc.returncode == 0 or "after its results were recorded" in err)
+
+
+def interrupted_command(cwd: Path, args: list[str], *, after: float, timeout: float):
+    """The installed ``ct-tune ARGS`` (the console script users run) sent SIGINT ``after`` seconds in: the
+    finished process and its stderr."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import SOURCE_ROOT
+    from tests.helpers import spawn
+
+    env = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = Path(sys.executable).with_name("ct-tune")
+    proc = spawn([str(command), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=timeout)
+    return proc, err
