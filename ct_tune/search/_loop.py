@@ -133,7 +133,9 @@ class TrialLoop:
         spec = self.study.spec
         self._param_names = param_names(spec, self.study.units)
         # Replaced before each trial draws its betas (``_begin``); this one only serves the first ask.
-        first_sampler = build_sampler(spec, self._param_names, seed=trial_seed(spec.sampler.seed, -1 - settings.worker))
+        first_sampler = build_sampler(
+            spec, self._param_names, seed=trial_seed(spec.sampler.seed, -1 - settings.worker), families=study.families
+        )
         self.optuna_study = optuna.load_study(
             study_name=self.study.name, storage=self.study.storage, sampler=first_sampler, pruner=build_pruner(spec)
         )
@@ -157,7 +159,8 @@ class TrialLoop:
             device_label=bench.device_label,
             device=bench.device,
             trials_per_batch=self.batch,
-            lowest_beta=spec.search.lowest,
+            lowest_beta=spec.search.lowest(study.families_used),
+            baselines=study.baselines,
             run_tags=objective_tags(self.evaluator.objectives),
             units=self.study.units,
         )
@@ -347,8 +350,10 @@ class TrialLoop:
     def _begin(self, trial: optuna.Trial) -> _Begun:
         """Sample the trial's betas (with its own sampler seed) and open its MLflow child run."""
         seed = trial_seed(self.study.spec.sampler.seed, trial.number)
-        self.optuna_study.sampler = build_sampler(self.study.spec, self._param_names, seed=seed)
-        betas, c = suggest(trial, self.study.spec, self.study.units)
+        self.optuna_study.sampler = build_sampler(
+            self.study.spec, self._param_names, seed=seed, families=self.study.families
+        )
+        betas, c = suggest(trial, self.study.spec, self.study.units, self.study.families)
         kind, stored_kind = self._kind(trial)
         if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
             trial.set_user_attr(ATTR_KIND, kind)

@@ -66,6 +66,7 @@ class TrialRecorder:
     device: Any  # torch.device, for the memory metrics
     trials_per_batch: int = 1
     lowest_beta: float = 0.7  # the plots' axis floor
+    baselines: dict[str, float] = field(default_factory=dict)  # SiLU/GELU units' beta0, for the plots
     run_tags: Mapping[str, str] = field(default_factory=dict)  # on every trial run (``objective_tags``)
     units: Sequence[str] = ()  # in network order (the study's); default: the order of the betas given
 
@@ -118,10 +119,11 @@ class TrialRecorder:
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {TAG_FAILURE: failure} if failure else {}
-        low = self.lowest_beta
+        low, baselines = self.lowest_beta, self.baselines
 
         def figure() -> Figure:
-            return beta_profile_figure(dict(betas), title=f"trial {trial_number} ({state})", low=low)
+            title = f"trial {trial_number} ({state})"
+            return beta_profile_figure(dict(betas), title=title, low=low, baselines=baselines)
 
         try:
             self.tracker.finish_trial_run(
@@ -219,7 +221,10 @@ def refresh_study_plots(study: Study, tracker: Tracker, *, wait: bool = True) ->
         if len(best) == 1:
             values = ", ".join(f"{n}={v:.4f}" for n, v in best[0].values.items())
             drawn["plots/best_beta_profile.png"] = beta_profile_figure(
-                best[0].betas, title=f"best trial {best[0].number}: {values}", low=study.spec.search.lowest
+                best[0].betas,
+                title=f"best trial {best[0].number}: {values}",
+                low=study.spec.search.lowest(study.families_used),
+                baselines=study.baselines,
             )
         return drawn
 

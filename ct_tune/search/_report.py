@@ -135,9 +135,10 @@ def report_study(
     reference, global_note = _same_samples(best_global, scored.digest, global_note)
     reference = reference or reference_of(global_trial, f"best global profile of {study.name}")
     relu_ref, relu_note = _same_samples(relu, scored.digest, "")
-    relu_ref = reference_of(baseline, f"ReLU baseline of {study.name}") or relu_ref
+    label = study.baseline_label
+    relu_ref = reference_of(baseline, f"{label} baseline of {study.name}") or relu_ref
     if relu_ref is None:
-        relu_note = relu_note or f"study {study.name} has no completed ReLU baseline (enqueue_baseline adds it)"
+        relu_note = relu_note or f"study {study.name} has no completed {label} baseline (enqueue_baseline adds it)"
     rows = [
         score_row(
             number=trial.number,
@@ -150,6 +151,7 @@ def report_study(
             relu=relu_ref,
             best_global=reference,
             bootstrap=bootstrap,
+            baseline_label=study.baseline_label,
         )
         for trial, role in scored.listed
     ]
@@ -221,15 +223,31 @@ def _best_global(study: Study) -> tuple[TrialResult | None, str]:
     """The paper's pick: of the completed trials with one beta for every unit (the ReLU baseline included, as
     the paper includes it), the best by val on the first objective; none when the baseline is the only one."""
     name, direction = study.objective_names[0], study.directions[0]
-    candidates = [t for t in study.trials() if len(set(t.betas.values())) == 1 and name in t.values]
-    if all(next(iter(t.betas.values())) == 1.0 for t in candidates):
-        return None, "no completed trial with one beta below 1 for every unit (enqueue_paper_grid adds them)"
+    own = study.baseline_betas
+    candidates = [t for t in study.trials() if name in t.values and _global(t.betas, own)]
+    if all(t.betas == own for t in candidates):
+        if study.baseline_label == "ReLU":
+            return None, "no completed trial with one beta below 1 for every unit (enqueue_paper_grid adds them)"
+        return (
+            None,
+            "no completed trial with one beta per family other than the baseline (enqueue_paper_grid adds them)",
+        )
     sign = 1 if direction == "maximize" else -1
     best = max(candidates, key=lambda t: (sign * t.values[name], -t.number))
-    relu = (
-        " (the ReLU baseline: no beta below 1 did better on val)" if best.betas[next(iter(best.betas))] == 1.0 else ""
-    )
+    relu = ""
+    if best.betas == own:
+        other = "no beta below 1" if study.baseline_label == "ReLU" else "no other global beta"
+        relu = f" (the {study.baseline_label} baseline: {other} did better on val)"
     return best, f"best global profile of {study.name} by val {name} (trial {best.number}){relu}"
+
+
+def _global(betas: Mapping[str, float], own: Mapping[str, float]) -> bool:
+    """One beta for every unit (the paper's global profile); a network mixing families: one per family
+    (the paper grid's trials, and the network's own activation)."""
+    by_family: dict[float, set[float]] = {}
+    for unit, beta in betas.items():
+        by_family.setdefault(own[unit], set()).add(beta)
+    return all(len(values) == 1 for values in by_family.values())
 
 
 def _check_reselect(study: Study, k: int, trial_numbers: Sequence[int] | None) -> None:
