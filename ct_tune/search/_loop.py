@@ -27,7 +27,7 @@ from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
 from ct_tune.stores import database_cause, database_reason, is_database_error
-from ct_tune.tracking import Tracker
+from ct_tune.tracking import Tracker, split_datasets
 from ct_tune.tracking.keys import ATTR_KIND
 from ct_tune.workers import Heartbeats, InterruptGuard, heartbeat_interval
 
@@ -163,6 +163,7 @@ class TrialLoop:
             baselines=study.baselines,
             run_tags=objective_tags(self.evaluator.objectives),
             units=self.study.units,
+            datasets=split_datasets(self.study.meta.get("data") or {}, ["val"]),
         )
         logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1

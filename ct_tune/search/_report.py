@@ -6,7 +6,8 @@ objectives. Each test value comes with a bootstrap interval over test samples, a
 compared on the same samples with the baseline and with the best global profile (paired interval of the
 difference, exact McNemar p-value; see ``ct_tune.evidence``), next to its val-test gap (a large one is val overfit).
 Results go to the study (user attribute ``ct_tune.report``, since Optuna freezes finished trials), to each
-trial's MLflow run and to the parent run (``test.*`` metrics and a ``report.json`` artifact).
+trial's MLflow run and to the parent run (``test.*`` metrics, the test split as a dataset and a ``report.json``
+artifact).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ct_tune.evidence import (
     rank_on_resamples,
     score_row,
 )
+from ct_tune.tracking import SplitDataset, split_datasets
 from ct_tune.tracking.keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 from ct_tune.workers import InterruptGuard
 
@@ -89,6 +91,7 @@ class _Scored:
     test_samples: int
     digest: str
     reselection: dict[str, Any] | None
+    datasets: list[SplitDataset]  # the test split, as the MLflow runs of the report carry it
 
 
 def report_study(
@@ -171,7 +174,7 @@ def report_study(
         reselection=scored.reselection,
         correct=correct,
     )
-    _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed})
+    _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed}, scored.datasets)
     return report
 
 
@@ -216,7 +219,8 @@ def _score(
                 results[trial.number] = evaluator.evaluate()
         labels = evaluator.data.val_y
         digest = hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()[:16]
-        return _Scored(listed, results, len(labels), digest, reselection)
+        datasets = split_datasets(bench.data.describe(), ["test"])
+        return _Scored(listed, results, len(labels), digest, reselection, datasets)
 
 
 def _best_global(study: Study) -> tuple[TrialResult | None, str]:
@@ -318,14 +322,16 @@ def _same_samples(given: Reference | None, digest: str, note: str) -> tuple[Refe
     return given, f"{given.label} (trial {given.number})"
 
 
-def _record_whole(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
+def _record_whole(
+    study: Study, report: StudyReport, run_ids: Mapping[int, str | None], datasets: Sequence[SplitDataset]
+) -> None:
     """``_record`` with Ctrl-C (and SIGTERM) held until it is done: the trial runs, the study's attribute,
     the parent run and ``report.json`` are written together (about a second); a second Ctrl-C still stops
     it at once, and says the record may be partial."""
     guard, recorded = InterruptGuard(), False
     try:
         with guard.installed(), guard.deferred():
-            _record(study, report, run_ids)
+            _record(study, report, run_ids, datasets)
             recorded = True
     except KeyboardInterrupt:
         if recorded:
@@ -338,8 +344,11 @@ def _record_whole(study: Study, report: StudyReport, run_ids: Mapping[int, str |
         ) from None
 
 
-def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
-    """The report on the study (its test values), on each trial's MLflow run and on the parent run."""
+def _record(
+    study: Study, report: StudyReport, run_ids: Mapping[int, str | None], datasets: Sequence[SplitDataset]
+) -> None:
+    """The report on the study (its test values), on each trial's MLflow run and on the parent run, each run
+    with the test split as a dataset."""
     tracker = study.tracker
     rows = report.trials
     logged: set[int | str] = set()
@@ -347,6 +356,7 @@ def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]
         run_id = run_ids.get(row.number)  # type: ignore[arg-type]
         if run_id and row.number not in logged:
             tracker.log(run_id, metrics=row.metrics())
+            tracker.log_datasets(run_id, datasets)
             logged.add(row.number)
     stored = dict(study.optuna_study.user_attrs.get(ATTR_REPORT, {}))
     for row in rows:
@@ -360,6 +370,7 @@ def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]
         elif row.role == GLOBAL:
             metrics.update(row.metrics("test.global"))
     tracker.log(study.parent_run_id, metrics=metrics)
+    tracker.log_datasets(study.parent_run_id, datasets)
     tracker.client.log_dict(study.parent_run_id, report.to_dict(), "report.json")
 
 

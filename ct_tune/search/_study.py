@@ -41,7 +41,7 @@ from ct_tune.stores import (
     study_lock,
     without_password,
 )
-from ct_tune.tracking import Tracker
+from ct_tune.tracking import Tracker, split_datasets
 from ct_tune.tracking.keys import (
     ATTR_DISCARDED,
     ATTR_KIND,
@@ -699,7 +699,8 @@ def _make_study(
         )
         study.set_metric_names(spec.objective_names)
         params = _parent_params(spec, name, units, storage_url, meta.get("families") or {})
-        parent_run_id = tracker.create_study_run(experiment_id, name, params, spec.to_dict())
+        val = split_datasets(meta.get("data") or {}, ["val"])
+        parent_run_id = tracker.create_study_run(experiment_id, name, params, spec.to_dict(), datasets=val)
         if renamed:  # the MLflow key of each unit whose name MLflow cannot take as it is
             tracker.client.log_dict(parent_run_id, renamed, "unit_keys.json")
         mlflow_info = {
