@@ -294,8 +294,12 @@ class SteeringHandle:
 
     @property
     def c(self) -> float | None:
-        """The c every site uses, or None: each site's family's (0.5 for ReLU, 1 for SiLU and GELU)."""
-        return self._state.c
+        """The c every site uses: the one given, else the families' own when they share one (0.5 for ReLU,
+        1 for SiLU and GELU); None for a network mixing them without a c (each site takes its family's)."""
+        if self._state.c is not None:
+            return self._state.c
+        defaults = {family_named(name).default_c for name in self._families.values()} or {0.5}
+        return defaults.pop() if len(defaults) == 1 else None
 
     @property
     def families(self) -> dict[str, str]:
