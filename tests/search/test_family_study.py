@@ -158,3 +158,20 @@ def test_a_vit_study_runs_from_the_cli(tmp_path, cli):
         result = cli(*args)
         assert result.returncode == 0, result.stderr
     assert "own activation" in result.stdout
+
+
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_trained_ct_starts_from_and_records_the_own_activation(granularity):
+    from ct_tune.trained import train_ct
+
+    data = {"name": "digits", "seed": 0, "train_size": 200, "val_size": 100, "test_size": 100}
+    trained = train_ct(
+        model=MODEL,
+        data=data,
+        objective="accuracy",
+        settings={"granularity": granularity, "epochs": 1, "lr": 0.01},
+    )
+    assert set(trained.profile.families.values()) == {"gelu"}
+    # one epoch at a small learning rate stays next to where training started: GELU's beta0, c near 1
+    start = trained.history[0]
+    assert abs(start["beta_mean"] - 1.702 / 2.702) < 0.05 and start["c_mean"] > 0.95
