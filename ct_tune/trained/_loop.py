@@ -56,7 +56,7 @@ class TrainedCT:
     profile: BetaProfile
     objective: str
     value: float  # val score of ``profile``, as a trial would score it
-    baseline: float  # val score of the ReLU baseline (beta = 1 everywhere)
+    baseline: float  # val score of the network's own activation (ReLU: beta = 1 everywhere)
     best_epoch: int
     history: list[dict[str, float]]  # per epoch: epoch, train_loss, train_accuracy, val, lr, beta_mean, c_mean
     settings: TrainCTSettings
@@ -70,6 +70,7 @@ class TrainedCT:
             "objective": self.objective,
             "value": self.value,
             "baseline": self.baseline,
+            "baseline_label": "ReLU" if not self.profile.families else "own activation",
             "gain": self.value - self.baseline,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
