@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from ct_tune._errors import InputError
-from ct_tune.steering._layouts import Layout, find_layout
+from ct_tune.steering._layouts import Layout, find_layout, refined
 from ct_tune.steering._sites import Site, Trace, describe
 
 from torch import nn
@@ -132,12 +132,15 @@ def _group(model: nn.Module, trace: Trace, granularity: str, groups: Groups | No
     layout = find_layout(model, trace)
     if layout is None:
         return _group_generic(sites, 1 if granularity == "stage" else 2)
-    return _group_layout(layout, sites, blocks=granularity == "block")
+    block_lists = model if refined(trace) and granularity == "block" else None
+    return _group_layout(layout, sites, blocks=granularity == "block", block_lists=block_lists)
 
 
 # ------------------------------------------------------------------------------------------------
 # Layouts: stages and blocks
-def _group_layout(layout: Layout, sites: Sequence[Site], *, blocks: bool) -> dict[str, str]:
+def _group_layout(
+    layout: Layout, sites: Sequence[Site], *, blocks: bool, block_lists: nn.Module | None = None
+) -> dict[str, str]:
     paths = [site.path for site in sites]
     totals = Counter(prefix for path in paths for prefix in _prefixes(path))
     names = _Names()
@@ -155,6 +158,8 @@ def _group_layout(layout: Layout, sites: Sequence[Site], *, blocks: bool) -> dic
             unit = names.claim(".".join(dominant) if dominant else _peer_range(stage_paths, common))
             mapping.update((sites[i].name, unit) for i in members)
             continue
+        if block_lists is not None and dominant is not None:
+            dominant = _block_list(block_lists, dominant, stage_paths)
         in_stage: dict[str, str] = {}  # block name -> unit, so sites of one block share it
         for i in members:
             block = ".".join(_block_of(paths[i], dominant, common))
@@ -212,6 +217,26 @@ def _peer_range(stage_paths: Sequence[Path], common: Path) -> str:
     if first == last:
         return ".".join(first)
     return f"{'.'.join(first)}..{'.'.join(last[len(common) :])}"
+
+
+def _block_list(model: nn.Module, dominant: Path, stage_paths: Sequence[Path]) -> Path:
+    """The list of blocks inside a stage module: its only child holding sites while that child is a plain
+    ``nn.Sequential`` or ``nn.ModuleList`` whose every child holds sites (ConvNeXt's and Swin's
+    ``stages.1.blocks`` next to an activation-free ``downsample``). Off for ReLU-only networks: see
+    ``ct_tune.steering._layouts.refined``."""
+    while True:
+        below = [path for path in stage_paths if len(path) > len(dominant) + 1 and path[: len(dominant)] == dominant]
+        children = {path[: len(dominant) + 1] for path in below}
+        if len(below) != sum(path[: len(dominant)] == dominant for path in stage_paths) or len(children) != 1:
+            return dominant
+        child = next(iter(children))
+        module = model.get_submodule(".".join(child))
+        if type(module) not in (nn.Sequential, nn.ModuleList):
+            return dominant
+        holding = {path[len(child)] for path in below if len(path) > len(child)}
+        if holding != {name for name, _ in module.named_children()}:
+            return dominant
+        dominant = child
 
 
 def _block_of(path: Path, dominant: Path | None, common: Path) -> Path:

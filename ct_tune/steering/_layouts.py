@@ -9,10 +9,19 @@ b. torchvision families, known by class: DenseNet (its dense blocks), VGG and Al
    between max-pools), RegNet (``trunk_output.blockN``), GoogLeNet (runs of inception modules between
    max-pools), Inception3 (``Mixed_5*``, ``Mixed_6*``, ``Mixed_7*``), SqueezeNet (runs of Fire modules
    between max-pools), ShuffleNetV2 (``stage2..4``), MNASNet (its six stacks), MobileNetV2/V3 (a new
-   stage at each block that lowers the resolution, where torchvision's detection backbones cut them).
+   stage at each block that lowers the resolution, where torchvision's detection backbones cut them),
+   EfficientNet and Swin (the plain ``nn.Sequential`` children of ``features``).
 c. timm models: ``feature_info`` names the module each stage's output is tapped at (used when every
-   entry names a real submodule).
+   entry names a real submodule). In networks with SiLU or GELU sites, taps that are numbered children of
+   one container (``blocks.0``, ``stages.1``, ``layers.2``) are stages themselves, not a stem followed by
+   stages: the stem is what runs before the first (ConvNeXt, Swin and ViT have no stem activation); an
+   isotropic run of taps (a ViT's ``blocks.0``..``blocks.11``, all at one resolution) is one stage; where
+   timm taps only the last of several stage containers at each resolution (EfficientNet's ``blocks.0``..
+   ``blocks.6``, plain ``nn.Sequential`` each) every container is a stage.
 d. timm's HighResolutionNet, whose ``feature_info`` names no real module: ``layer1``, ``stage2..4``.
+
+ReLU-only networks keep the rules they had before SiLU and GELU were steered (c's refinement, and the
+block look-through of ``_grouping``, are off for them): saved profiles and studies name their units.
 
 No rule fits: no layout (``group_sites`` then uses top-level children).
 
@@ -35,7 +44,7 @@ from ct_tune.steering._sites import Trace
 
 from torch import nn
 
-__all__ = ["Group", "Layout", "find_layout"]
+__all__ = ["Group", "Layout", "find_layout", "refined"]
 
 _LAYER = re.compile(r"layer(\d+)")
 
@@ -59,14 +68,20 @@ class Layout:
 
 def find_layout(model: nn.Module, trace: Trace) -> Layout | None:
     """The layout of the first rule that fits ``model`` (see the module docstring), or None."""
-    for rule, groups in _candidates(model, trace.spans, len(trace.sites)):
+    for rule, groups in _candidates(model, trace.spans, len(trace.sites), refine=refined(trace)):
         if groups:
             return Layout(rule, groups)
     return None
 
 
+def refined(trace: Trace) -> bool:
+    """Whether the rules refined for SiLU and GELU networks apply: off for ReLU-only networks, whose unit
+    names saved profiles and studies already use."""
+    return any(site.family != "relu" for site in trace.sites)
+
+
 def _candidates(
-    model: nn.Module, spans: Mapping[str, tuple[int, int]], n: int
+    model: nn.Module, spans: Mapping[str, tuple[int, int]], n: int, *, refine: bool
 ) -> Iterator[tuple[str, tuple[Group, ...] | None]]:
     """Each rule's layout, in order, computed only when asked for (None: the rule's modules did not run)."""
     layers = _resnet_layers(model, spans)
@@ -77,7 +92,11 @@ def _candidates(
         yield f"torchvision {known[0]}", _from_stages(known[1](model), spans, n)
     taps = _timm_taps(model)
     if taps is not None:
-        yield "timm feature_info", _from_taps(*taps, spans, n)
+        stages = _numbered_stages(model, *taps) if refine else None
+        if stages is not None:
+            yield "timm feature_info", _from_stages(stages, spans, n)
+        else:
+            yield "timm feature_info", _from_taps(taps[0], taps[1][0] >= 2, spans, n)
     known = _known_class(model, _TIMM)
     if known is not None:
         yield f"timm {known[0]}", _from_stages(known[1](model), spans, n)
@@ -206,6 +225,16 @@ def _mnasnet(model: nn.Module) -> list[list[str]]:
     return [[f"layers.{name}"] for name, child in children if isinstance(child, nn.Sequential)]
 
 
+def _plain_sequentials(model: nn.Module) -> list[list[str]]:
+    """EfficientNet, Swin: the plain ``nn.Sequential`` children of ``features`` are the stages.
+
+    The stem and head convolutions (``Conv2dNormActivation``, a Sequential subclass) and Swin's patch
+    merging layers are not; Swin's patch embedding is, and holds no activation.
+    """
+    children = model.get_submodule("features").named_children()
+    return [[f"features.{name}"] for name, child in children if type(child) is nn.Sequential]
+
+
 _TORCHVISION: dict[str, StagesOf] = {
     "torchvision.models.densenet.DenseNet": _named_children("features", r"denseblock\d+"),
     "torchvision.models.vgg.VGG": _between_pools,
@@ -218,6 +247,8 @@ _TORCHVISION: dict[str, StagesOf] = {
     "torchvision.models.mnasnet.MNASNet": _mnasnet,
     "torchvision.models.mobilenetv2.MobileNetV2": _mobilenet,
     "torchvision.models.mobilenetv3.MobileNetV3": _mobilenet,
+    "torchvision.models.efficientnet.EfficientNet": _plain_sequentials,
+    "torchvision.models.swin_transformer.SwinTransformer": _plain_sequentials,
 }
 _TIMM: dict[str, StagesOf] = {
     "timm.models.hrnet.HighResolutionNet": lambda _model: [["layer1"], ["stage2"], ["stage3"], ["stage4"]],
@@ -226,8 +257,8 @@ _TIMM: dict[str, StagesOf] = {
 
 # ------------------------------------------------------------------------------------------------
 # c. timm's feature_info
-def _timm_taps(model: nn.Module) -> tuple[list[str], bool] | None:
-    """The tapped module paths and whether the first group is a stem, when every entry names a module."""
+def _timm_taps(model: nn.Module) -> tuple[list[str], list[int]] | None:
+    """The tapped module paths and their reductions, when every entry names a module."""
     info = getattr(model, "feature_info", None)
     if not isinstance(info, list) or not info:
         return None
@@ -239,4 +270,40 @@ def _timm_taps(model: nn.Module) -> tuple[list[str], bool] | None:
             model.get_submodule(path)
         except AttributeError:
             return None
-    return paths, (info[0].get("reduction") or 1) >= 2
+    return paths, [entry.get("reduction") or 1 for entry in info]
+
+
+def _numbered_parent(path: str) -> str | None:
+    """``"blocks.3"`` -> ``"blocks"``, ``"3"`` -> ``""``; None when the last component is not a number."""
+    parent, _, last = path.rpartition(".")
+    return parent if last.isdigit() else None
+
+
+def _numbered_stages(model: nn.Module, taps: list[str], reductions: list[int]) -> list[list[str]] | None:
+    """Stages from leading taps that are numbered children of one container (see c. in the module docstring).
+
+    Later taps elsewhere (a final norm or convolution) run after the last stage: the head.
+    """
+    parent = _numbered_parent(taps[0])
+    run = list(itertools.takewhile(lambda tap: _numbered_parent(tap) == parent, taps))
+    if parent is None or len(run) < 2:
+        return None
+    container = model.get_submodule(parent) if parent else model
+    names = [name for name, _ in container.named_children()]
+    indices = [names.index(tap.rpartition(".")[2]) for tap in run]
+    if indices != sorted(set(indices)):
+        return None
+    prefix = f"{parent}." if parent else ""
+    spanned = names[indices[0] : indices[-1] + 1]
+    if all(type(container.get_submodule(name)) is nn.Sequential for name in spanned):
+        return [[prefix + name] for name in spanned]
+    stages: list[list[str]] = []
+    after, resolution = indices[0], 0
+    for index, reduction in zip(indices, reductions, strict=False):
+        members = [prefix + name for name in names[after : index + 1]]
+        if reduction == resolution:
+            stages[-1] += members  # the same resolution as the previous tap: one isotropic stage
+        else:
+            stages.append(members)
+        after, resolution = index + 1, reduction
+    return stages
