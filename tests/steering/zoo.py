@@ -18,7 +18,15 @@ from torch import nn
 LARGE_INPUT = {"inception_v3"}
 # timm's vgg11 with a 512-wide first pre-logits conv instead of 4096: the same modules and ReLUs with
 # 24M weights instead of 129M, which every deep copy and build of the tests would otherwise move
-TIMM_KWARGS = {"vgg11": {"mlp_ratio": 0.125}}
+# ViT, DeiT and Swin are built for 64-pixel inputs (4x4 patches of 16; Swin's windows shrink to fit);
+# ConvNeXt's layer scale starts at 1, not 1e-6, so that its blocks' activations show in the output
+TIMM_KWARGS = {
+    "convnext_atto": {"ls_init_value": 1.0},
+    "vgg11": {"mlp_ratio": 0.125},
+    "vit_tiny_patch16_224": {"img_size": 64},
+    "deit_tiny_patch16_224": {"img_size": 64},
+    "swin_tiny_patch4_window7_224": {"img_size": 64},
+}
 
 
 @functools.cache
