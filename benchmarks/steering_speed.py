@@ -1,9 +1,13 @@
-"""Images/s of a CT-steered model vs the same model with plain ReLU, measured side by side.
+"""Images/s of a CT-steered model vs the same model with its own activation, measured side by side.
 
-    python benchmarks/steering_speed.py [--batch-size 64] [--repeats 7] [--quick] [--models all|cifar|torchvision]
+    python benchmarks/steering_speed.py [--batch-size 64] [--repeats 7] [--quick]
+        [--models all|cifar|torchvision|families]
 
 Three sides run in turn, round after round: the plain model, the steered copy with the eager CT formula
-(``CT_TUNE_FUSED=0``) and the same steered copy with the fused kernels (``ct_tune._fused``). Each
+(``CT_TUNE_FUSED=0``) and the same steered copy with the fused kernels (``ct_tune._fused``). ``families``
+(in ``all``) adds a GELU network (timm convnext_atto) and a SiLU one (timm efficientnet_b0) at 64x64:
+SiLU sites share ReLU's fused kernel (the sigmoid gate); GELU sites run the eager formula at every setting,
+so their fused column is ``-``. Each
 side's fastest round is kept (other load on a shared machine only ever slows a round down; medians of
 paired ratios swung by 0.2 between runs here) and the ratios are plain/steered images per second. A
 ratio of 1.0 means steering is free. The last line is the compile cost a fresh process pays on its
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import ct_tune
+from ct_tune.steering._families import FAMILIES
 from ct_tune.steering._fused import set_fused
 
 import torch
@@ -52,16 +57,28 @@ def best_times(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return {name: min(t) for name, t in times.items()}
 
 
+def family_models() -> dict[str, tuple[nn.Module, int]]:
+    """A GELU and a SiLU network from timm (an optional dependency: imported only when asked for)."""
+    import timm
+
+    return {
+        f"timm {name} ({label}) @64x64": (timm.create_model(name, pretrained=False, num_classes=10).eval(), 64)
+        for name, label in (("convnext_atto", "GELU"), ("efficientnet_b0", "SiLU"))
+    }
+
+
 def measure(
-    name: str, model: nn.Module, batch: int, repeats: int
-) -> list[tuple[str, str, dict[str, tuple[float, float]]]]:
-    """Time the model with plain ReLU against an identical copy steered with a per-block profile, with
-    the eager CT formula and with the fused kernels (switched per call: the same hooks, the same model)."""
-    x = torch.rand(batch, 3, 32, 32)
+    name: str, model: nn.Module, size: int, batch: int, repeats: int
+) -> list[tuple[str, str, dict[str, float]]]:
+    """Time the model with its own activation against an identical copy steered with a per-block profile, with
+    the eager CT formula and with the fused kernels (switched per call: the same hooks, the same model); no
+    fused side where a family has no fused kernel (GELU)."""
+    x = torch.rand(batch, 3, size, size)
     steered_model = copy.deepcopy(model)
     blocks = ct_tune.units(steered_model, x[:1], "block")
     profile = {unit: 0.9 - 0.01 * i for i, unit in enumerate(blocks)}
-    ct_tune.steer(steered_model, profile, granularity="block", example_input=x[:1])
+    handle = ct_tune.steer(steered_model, profile, granularity="block", example_input=x[:1])
+    fusable = all(FAMILIES[family].fused for family in handle.families.values())
     rows = []
     for label, inference in (("inference", True), ("forward+backward", False)):
 
@@ -76,7 +93,9 @@ def measure(
 
             return work
 
-        sides = {"plain": run(model), "eager": run(steered_model, False), "fused": run(steered_model, True)}
+        sides = {"plain": run(model), "eager": run(steered_model, False)}
+        if fusable:
+            sides["fused"] = run(steered_model, True)
         rows.append((name, label, best_times(sides, repeats)))
     set_fused(None)
     return rows
@@ -94,40 +113,42 @@ def compile_seconds() -> dict[str, float]:
     return {"forward": float(out[0]), "backward": float(out[1])}
 
 
+SIDES = ("plain", "eager", "fused")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats (a smoke run)")
-    parser.add_argument("--models", choices=["all", "cifar", "torchvision"], default="all")
+    parser.add_argument("--models", choices=["all", "cifar", "torchvision", "families"], default="all")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     batch, repeats = (8, 2) if args.quick else (args.batch_size, args.repeats)
     torch.manual_seed(0)
-    models = {
-        "torchvision resnet18 @32x32": tvm.resnet18(num_classes=10).eval(),
-        "CIFAR-style resnet18 @32x32": cifar_resnet18().eval(),
-    }
-    if args.models != "all":
-        models = {
-            name: model
-            for name, model in models.items()
-            if name.startswith(args.models[:5].upper()) or name.startswith(args.models)
-        }
+    models = {}
+    if args.models in ("all", "torchvision"):
+        models["torchvision resnet18 @32x32"] = (tvm.resnet18(num_classes=10).eval(), 32)
+    if args.models in ("all", "cifar"):
+        models["CIFAR-style resnet18 @32x32"] = (cifar_resnet18().eval(), 32)
+    if args.models in ("all", "families"):
+        models.update(family_models())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, per-block betas, {repeats} pairs"
     )
     print(
-        f"{'model':<30} {'pass':<18} {'plain img/s':>12} {'eager img/s':>12} {'fused img/s':>12} "
+        f"{'model':<38} {'pass':<18} {'plain img/s':>12} {'eager img/s':>12} {'fused img/s':>12} "
         f"{'eager/plain':>12} {'fused/plain':>12}"
     )
-    for name, model in models.items():
-        for model_name, label, sides in measure(name, model, batch, repeats):
-            speeds = "".join(f" {batch / sides[side]:>12.1f}" for side in ("plain", "eager", "fused"))
-            ratios = "".join(f" {sides['plain'] / sides[side]:>12.3f}" for side in ("eager", "fused"))
-            print(f"{model_name:<30} {label:<18}{speeds}{ratios}")
+    for name, (model, size) in models.items():
+        for model_name, label, sides in measure(name, model, size, batch, repeats):
+            speeds = "".join(f" {batch / sides[side]:>12.1f}" if side in sides else f" {'-':>12}" for side in SIDES)
+            ratios = "".join(
+                f" {sides['plain'] / sides[side]:>12.3f}" if side in sides else f" {'-':>12}" for side in SIDES[1:]
+            )
+            print(f"{model_name:<38} {label:<18}{speeds}{ratios}")
     first = compile_seconds()
     print(f"first fused call in a fresh process: forward {first['forward']:.1f} s, backward {first['backward']:.1f} s")
 

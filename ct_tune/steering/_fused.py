@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ct_tune.steering._families import FAMILIES
+
 import torch
 
 logger = logging.getLogger(__name__)
@@ -108,7 +110,8 @@ def fused_setting(enabled: bool | None) -> Iterator[None]:
 
 
 def fused_status(device_type: str = "cpu") -> str:
-    """``fused``, ``auto (...)`` or ``eager (why)`` for a device type, as the hooks would run now."""
+    """``fused ...``, ``auto (...) ...`` or ``eager (why)`` for a device type, as the hooks would run now; the
+    first two say which families run eager whatever the setting (GELU: the kernels compute the sigmoid gate)."""
     setting = _setting()
     if setting is False:
         return "eager (CT_TUNE_FUSED=0)" if _forced[0] is None else "eager (set_fused(False))"
@@ -116,9 +119,14 @@ def fused_status(device_type: str = "cpu") -> str:
         return f"eager (no fused kernel for {device_type})"
     if device_type in _disabled:
         return f"eager ({_disabled[device_type]})"
+    fused = ", ".join(family.label for family in FAMILIES.values() if family.fused)
+    eager = " and ".join(family.label for family in FAMILIES.values() if not family.fused)
     if setting is None and _eager_elements[0] < AUTO_AFTER_ELEMENTS:
-        return f"auto (eager until {AUTO_AFTER_ELEMENTS:.0e} elements, {_eager_elements[0]:.2e} so far)"
-    return "fused"
+        return (
+            f"auto (eager until {AUTO_AFTER_ELEMENTS:.0e} elements, {_eager_elements[0]:.2e} so far; then fused "
+            f"for {fused}); {eager} sites run the eager formula"
+        )
+    return f"fused for {fused}; {eager} sites run the eager formula"
 
 
 def use_fused(x: torch.Tensor) -> bool:

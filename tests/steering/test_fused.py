@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import ct_tune
-from ct_tune.steering import _fused
+from ct_tune.steering import _fused, fused_setting
 from ct_tune.steering._activation import ct_hot, ct_unchecked
 
 import pytest
@@ -183,3 +183,15 @@ def test_auto_waits_until_the_compile_pays(monkeypatch):
     assert not _fused.use_fused(x)  # 60 elements
     assert not _fused.use_fused(x)  # 120: from the next call on
     assert _fused.use_fused(x)
+
+
+def test_status_says_gelu_runs_eager_in_one_line(monkeypatch):
+    monkeypatch.setattr(_fused, "_disabled", {})
+    monkeypatch.setattr(_fused, "_eager_elements", [0])
+    with fused_setting(True):
+        assert _fused.fused_status("cpu") == "fused for ReLU, SiLU; GELU and GELU (tanh) sites run the eager formula"
+    with fused_setting(None):
+        monkeypatch.delenv("CT_TUNE_FUSED", raising=False)
+        status = _fused.fused_status("cpu")
+    assert status.startswith("auto (eager until 2e+09 elements") and "\n" not in status
+    assert status.endswith("then fused for ReLU, SiLU); GELU and GELU (tanh) sites run the eager formula")
