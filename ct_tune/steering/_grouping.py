@@ -10,8 +10,9 @@
 - ``block``:  within a stage, the children of its dominant module (``layer1.0``,
   ``features.denseblock2.denselayer3``); its other sites (a transition before a dense block) go to the
   child of the stage's common prefix that holds them (``features.transition1``); a stage of peers has
-  the peers as blocks; ``stem`` and ``head`` are one block each. Without a layout: the children of each
-  stage, looked through likewise.
+  the peers as blocks; ``stem`` and ``head`` are one block each. In SiLU and GELU networks a stage module
+  whose sites all lie in one list of blocks is looked through (ConvNeXt's ``stages.1.blocks.0``).
+  Without a layout: the children of each stage, looked through likewise.
 - ``site``:   one unit per ReLU call (see ``ct_tune.steering.trace_sites``).
 - ``custom``: units named by the user, each a module-path prefix or a list of them (``groups``);
   prefixes match whole path components and the longest one wins.
