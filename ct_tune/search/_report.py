@@ -105,7 +105,8 @@ def report_study(
     bootstrap: Bootstrap | None = None,
 ) -> StudyReport:
     """Rows for the chosen trials (best, or Pareto front, or given numbers), then the best global profile and
-    the ReLU baseline, each scored on the test split (a trial in several roles is evaluated once).
+    the baseline (the network's own activation), each scored on the test split (a trial in several roles is
+    evaluated once).
 
     ``best_global`` replaces the study's own best global profile (a pipeline passes its global stage's best),
     ``relu`` stands for the ReLU baseline of a study without one (a pipeline passes its first stage's);
@@ -113,13 +114,7 @@ def report_study(
     resamples of val (a best val value that was luck does not hold up); ``bootstrap`` sets the intervals
     (default: 95%, 4,000 resamples, seed 0)."""
     bootstrap = bootstrap or Bootstrap()
-    chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
-    if not chosen:
-        raise InputError(
-            f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
-        )
-    if reselect is not None:
-        _check_reselect(study, reselect, trial_numbers)
+    chosen = _chosen(study, trial_numbers, reselect)
     baseline = study.baseline()
     global_trial, global_note = (None, "") if best_global is not None else _best_global(study)
     try:
@@ -176,6 +171,18 @@ def report_study(
     )
     _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed}, scored.datasets)
     return report
+
+
+def _chosen(study: Study, trial_numbers: Sequence[int] | None, reselect: int | None) -> list[TrialResult]:
+    """The trials a report is about: the given numbers, else the best one(s); none yet is one line."""
+    chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
+    if not chosen:
+        raise InputError(
+            f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
+        )
+    if reselect is not None:
+        _check_reselect(study, reselect, trial_numbers)
+    return chosen
 
 
 def _reference_record(reference: Reference | None, note: str) -> dict[str, Any]:

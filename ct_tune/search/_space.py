@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.search._spec import CRange, StudySpec, enqueued_problem, paper_grid
-from ct_tune.steering._families import family_named
+from ct_tune.steering import family_named
 
 if TYPE_CHECKING:
     import optuna

@@ -19,7 +19,7 @@ from ct_tune._errors import InputError
 from ct_tune._names import NAME_RULE, name_problem
 from ct_tune._specs import StrictSpec, parse_yaml, validated
 from ct_tune.bench import BenchSpec
-from ct_tune.steering._families import family_named
+from ct_tune.steering import family_named
 from ct_tune.stores import without_password
 
 from pydantic import Field, field_validator, model_validator

@@ -26,8 +26,7 @@ from ct_tune._version import __version__
 from ct_tune.search._record import unit_keys
 from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
-from ct_tune.steering import BetaProfile
-from ct_tune.steering._families import family_named
+from ct_tune.steering import BetaProfile, family_named
 from ct_tune.stores import (
     check_reachable,
     check_two_databases,

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct_hot
@@ -79,8 +79,9 @@ def steer(
     Args:
         model: the network, steered in place through forward hooks (no copy); its weights are untouched.
         beta: a float in (0, 1] for every site (1 is ReLU exactly; a SiLU site is itself at 0.5, a GELU
-            site at 0.6299 with c = 1), or ``{unit: beta}`` where missing units become ReLU (unit names as
-            ``ct_tune.units`` lists them; ``handle.baselines`` gives each unit's own-activation beta).
+            site at 0.6299 with c = 1), or ``{unit: beta}`` where missing units keep their own activation
+            (ReLU units beta = 1, SiLU and GELU ones their beta0: ``handle.baselines``; unit names as
+            ``ct_tune.units`` lists them).
         c: the mix of CT's two smoothings, in [0, 1]; ``None``: each site's family's (0.5 for ReLU, the
             paper's default; 1 for SiLU and GELU).
         granularity: ``global`` (one beta), ``stage``, ``block``, ``site`` (one per ReLU call) or ``custom``.
@@ -205,13 +206,14 @@ class SteeringHandle:
 
     # ----------------------------------------------------------------------------------------------
     # Betas
-    def update(self, beta: BetaSpec, *, c: float | None = None) -> None:
-        """Set new betas (and optionally c) without touching the model's structure."""
-        if c is not None:
+    def update(self, beta: BetaSpec, *, c: float | Literal["family"] | None = None) -> None:
+        """Set new betas (and optionally c) without touching the model's structure; ``c="family"`` gives
+        every site its family's c again (0.5 for ReLU, 1 for SiLU and GELU), ``None`` keeps the current one."""
+        if c is not None and c != "family":
             check_c(c)
         betas = self._resolve(beta)
         if c is not None:
-            self._state.c = float(c)
+            self._state.c = None if c == "family" else float(c)
         self._profiles = 1
         self._distribute(betas)
 
@@ -283,7 +285,8 @@ class SteeringHandle:
             for name, value in beta.items():
                 if not isinstance(value, ChannelCT):  # checked when it was made
                     check_beta(value, name=f"beta[{name!r}]")
-            return {unit: _as_beta(beta.get(unit, 1.0)) for unit in self.units}
+            own = self.baselines
+            return {unit: _as_beta(beta.get(unit, own.get(unit, 1.0))) for unit in self.units}
         check_beta(beta)
         return dict.fromkeys(self.units, _as_beta(beta))
 

@@ -36,8 +36,16 @@ from ct_tune._errors import InputError
 from ct_tune.bench import Bench, BenchSpec, bench_spec
 from ct_tune.data import Samples
 from ct_tune.objectives import FeatureTap, default_feature_layer
-from ct_tune.steering import BetaProfile, ChannelCT, SteeringHandle, channel_dim, steer_traced
-from ct_tune.steering._families import RELU, Family, family_named
+from ct_tune.steering import (
+    FAMILIES,
+    BetaProfile,
+    ChannelCT,
+    Family,
+    SteeringHandle,
+    channel_dim,
+    family_named,
+    steer_traced,
+)
 from ct_tune.trained._settings import BETA_HIGH, BETA_LOW, TrainCTSettings, check_trainable
 
 import torch
@@ -111,7 +119,7 @@ class _Counter(ChannelCT):
     def __init__(self, name: str) -> None:
         self.name, self.counts = name, set()
 
-    def __call__(self, x: torch.Tensor, family: Family = RELU) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, family: Family = FAMILIES["relu"]) -> torch.Tensor:
         self.counts.add(int(x.shape[channel_dim(x)]) if x.dim() >= 2 else 1)
         return family.native(x)
 

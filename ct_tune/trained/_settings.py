@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune._specs import StrictSpec, validated
-from ct_tune.steering._families import Family
+from ct_tune.steering import Family
 
 from pydantic import Field, model_validator
 

@@ -191,13 +191,15 @@ def test_baselines_are_the_network_itself_with_its_gradient(name):
 @pytest.mark.parametrize("c", [1.0, 0.4])
 @pytest.mark.parametrize("name", list(ZOO))
 def test_block_betas_match_the_formula(name, c):
-    """Random betas in (0.3, 1) per block; every fourth block left out, so it must be ReLU (beta 1)."""
+    """Random betas in (0.3, 1) per block; every fourth block left out, so it keeps its family's beta0."""
     model, x = build(name)
-    site_units = group_sites(model, trace_sites(model, x), "block")
+    trace = trace_sites(model, x)
+    site_units = group_sites(model, trace, "block")
+    own = {site.name: ct_tune.steering.family_named(site.family).baseline for site in trace.sites}
     units = list(dict.fromkeys(site_units.values()))
     rng = random.Random(len(units))
     betas = {unit: rng.uniform(0.3, 1.0) for i, unit in enumerate(units) if i % 4 != 3}
-    expected = reference(model, {site: betas.get(unit, 1.0) for site, unit in site_units.items()}, c)(x)
+    expected = reference(model, {site: betas.get(unit, own[site]) for site, unit in site_units.items()}, c)(x)
     with ct_tune.steer(model, betas, c=c, granularity="block", example_input=x):
         out = model(x)
     assert_close(out, expected)

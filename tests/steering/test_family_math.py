@@ -162,3 +162,14 @@ def test_trained_ct_starts_each_unit_at_its_own_activation():
     assert settings.start(family_named("silu")) == (0.5, 0.999)
     given = TrainCTSettings(init_beta=0.7, init_c=0.3)
     assert given.start(family_named("gelu")) == (0.7, 0.3)
+
+
+def test_missing_units_keep_their_own_activation_and_c_can_go_back_to_the_familys():
+    model, x = Mixed().eval(), torch.randn(5, 6)
+    plain = model(x)
+    with steer(model, {"global:relu": 0.8}, granularity="global", example_input=x) as handle:
+        assert handle.betas == {**handle.baselines, "global:relu": 0.8}
+        handle.update({}, c=0.4)
+        assert handle.c == 0.4 and not torch.equal(model(x), plain)  # c = 0.4: not the gated sites' own
+        handle.update({}, c="family")
+        assert handle.c is None and torch.equal(model(x), plain)
