@@ -112,14 +112,7 @@ def report_study(
     resamples of val (a best val value that was luck does not hold up); ``bootstrap`` sets the intervals
     (default: 95%, 4,000 resamples, seed 0)."""
     bootstrap = bootstrap or Bootstrap()
-    chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
-    infeasible = None if trial_numbers else study.infeasible_note()
-    if infeasible is not None:
-        raise InputError(infeasible)
-    if not chosen:
-        raise InputError(
-            f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
-        )
+    chosen = _chosen(study, trial_numbers)
     if reselect is not None:
         _check_reselect(study, reselect, trial_numbers)
     baseline = study.baseline()
@@ -177,6 +170,21 @@ def report_study(
     )
     _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed})
     return report
+
+
+def _chosen(study: Study, trial_numbers: Sequence[int] | None) -> list[TrialResult]:
+    """The given trials, else the best (feasible) one or the Pareto front; one line when there is none."""
+    if trial_numbers:
+        return [study.trial(n) for n in trial_numbers]
+    infeasible = study.infeasible_note()
+    if infeasible is not None:
+        raise InputError(infeasible)
+    chosen = study.best()
+    if not chosen:
+        raise InputError(
+            f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
+        )
+    return chosen
 
 
 def _feasibility_line(study: Study, chosen: Sequence[TrialResult]) -> str:
