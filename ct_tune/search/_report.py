@@ -195,7 +195,12 @@ def _feasibility_line(study: Study, chosen: Sequence[TrialResult]) -> str:
     completed = study.trials()
     feasible = sum(1 for t in completed if t.feasible)
     held = "; ".join(b.describe() for b in bounds)
-    named = ", ".join(f"trial {t.number} is {'the best feasible' if t.feasible else 'INFEASIBLE'}" for t in chosen)
+    best = {t.number for t in study.best()}
+
+    def verdict(trial: TrialResult) -> str:
+        return "the best feasible" if trial.number in best else "feasible" if trial.feasible else "INFEASIBLE"
+
+    named = ", ".join(f"trial {t.number} is {verdict(t)}" for t in chosen)
     return f"{named} ({feasible} of {len(completed)} completed trials feasible: {held})"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ct_tune
 from ct_tune.search import spec_from_dict
+from ct_tune.search._constraints import Bound
 from ct_tune.search._space import uniform_params
 from ct_tune.tracking.keys import ATTR_CONSTRAINT_REFERENCE, ATTR_FEASIBLE
 
@@ -41,6 +42,15 @@ def test_constrained_objectives_are_scored_but_not_optimised(digits_checkpoint):
     assert (spec.objective_names, spec.directions) == (["adversarial"], ["maximize"])
     with_pruner = constrained(digits_checkpoint, max_drop=0.01, beta={}, baseline=True, n_trials=4)
     spec_from_dict({**with_pruner, "pruner": {"name": "wilcoxon"}})  # one optimised objective: it may prune
+
+
+def test_a_bound_is_met_within_the_drop_in_the_objective_s_direction():
+    accuracy = Bound("accuracy", "maximize", reference=0.90, max_drop=0.02)
+    assert accuracy.violation(0.88) == pytest.approx(0.0) and accuracy.violation(0.95) < 0 < accuracy.violation(0.87)
+    loss = Bound("loss", "minimize", reference=0.30, max_drop=0.05)
+    assert loss.violation(0.35) == pytest.approx(0.0) and loss.violation(0.2) < 0 < loss.violation(0.36)
+    assert accuracy.describe() == "accuracy >= 0.8800 (baseline 0.9000 - 0.02)"
+    assert loss.describe() == "loss <= 0.3500 (baseline 0.3000 + 0.05)"
 
 
 @pytest.mark.slow
