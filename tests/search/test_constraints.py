@@ -6,9 +6,11 @@ from __future__ import annotations
 import ct_tune
 from ct_tune.search import spec_from_dict
 from ct_tune.search._constraints import Bound
+from ct_tune.search._samplers import build_pruner
 from ct_tune.search._space import uniform_params
 from ct_tune.tracking.keys import ATTR_CONSTRAINT_REFERENCE, ATTR_FEASIBLE
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -16,7 +18,7 @@ from optuna.trial import TrialState
 from tests.conftest import write_spec
 from tests.helpers import listing
 
-ROBUST = [{"name": "accuracy"}, {"name": "adversarial", "eps": 0.05, "steps": 2, "restarts": 1, "n": 60}]
+ROBUST = [{"name": "accuracy"}, {"name": "adversarial", "eps": 0.05, "steps": 2, "restarts": 1, "n": 40}]
 
 
 def stores(tmp_path) -> dict[str, str]:
@@ -41,7 +43,13 @@ def test_constrained_objectives_are_scored_but_not_optimised(digits_checkpoint):
     assert [o.name for o in spec.objectives] == ["accuracy", "adversarial"]
     assert (spec.objective_names, spec.directions) == (["adversarial"], ["maximize"])
     with_pruner = constrained(digits_checkpoint, max_drop=0.01, beta={}, baseline=True, n_trials=4)
-    spec_from_dict({**with_pruner, "pruner": {"name": "wilcoxon"}})  # one optimised objective: it may prune
+    pruned = spec_from_dict({**with_pruner, "pruner": {"name": "wilcoxon", "p_threshold": 0.05, "n_startup_steps": 3}})
+    pruner = build_pruner(pruned)  # one optimised objective: it may prune
+    assert isinstance(pruner, optuna.pruners.WilcoxonPruner)
+    assert (pruner._p_threshold, pruner._n_startup_steps) == (0.05, 3)
+    two = {**with_pruner, "constraints": [], "pruner": "wilcoxon"}
+    with pytest.raises(ct_tune.InputError, match="pruning needs a single objective"):
+        spec_from_dict(two)
 
 
 def test_a_bound_is_met_within_the_drop_in_the_objective_s_direction():
@@ -54,16 +62,16 @@ def test_a_bound_is_met_within_the_drop_in_the_objective_s_direction():
 
 
 @pytest.mark.slow
-def test_constrained_robustness_study_names_the_best_feasible_profile(cli, tmp_path, digits_checkpoint):
-    spec = constrained(digits_checkpoint, max_drop=0.02, beta={"low": 0.5, "high": 1.0}, baseline=True, n_trials=6)
+def test_constrained_robustness_study_names_the_best_feasible_profile(cli_fast, tmp_path, digits_checkpoint):
+    spec = constrained(digits_checkpoint, max_drop=0.02, beta={"low": 0.5, "high": 1.0}, baseline=True, n_trials=5)
     write_spec(tmp_path / "spec.yaml", digits_checkpoint, **{k: v for k, v in spec.items() if k != "model"})
-    assert cli("study", "create", "spec.yaml", "--name", "robust").returncode == 0
-    run = cli("study", "run", "robust", "--no-progress")
+    assert cli_fast("study", "create", "spec.yaml", "--name", "robust").returncode == 0
+    run = cli_fast("study", "run", "robust", "--no-progress")
     assert run.returncode == 0, run.stderr
 
     study = ct_tune.load_study("robust", storage=f"sqlite:///{tmp_path}/studies/optuna.db")
     trials = study.optuna_study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 6
+    assert len(trials) == 5
     reference = study.optuna_study.user_attrs[ATTR_CONSTRAINT_REFERENCE]["accuracy"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     accuracy = {t.number: client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics["accuracy"] for t in trials}
@@ -80,32 +88,32 @@ def test_constrained_robustness_study_names_the_best_feasible_profile(cli, tmp_p
     feasible_values = {t.number: t.value for t in trials if t.user_attrs[ATTR_FEASIBLE]}
     expected = max(feasible_values, key=lambda n: (feasible_values[n], -n))
 
-    best = cli("study", "best", "robust", "--json")
+    best = cli_fast("study", "best", "robust", "--json")
     assert best.returncode == 0, best.stderr
     assert [t["number"] for t in best.json()["trials"]] == [expected]
-    report = cli("study", "report", "robust")
+    report = cli_fast("study", "report", "robust")
     assert report.returncode == 0, report.stderr
     assert (
-        f"trial {expected} is the best feasible ({len(feasible_values)} of 6 completed trials feasible" in report.stdout
+        f"trial {expected} is the best feasible ({len(feasible_values)} of 5 completed trials feasible" in report.stdout
     )
     assert f"accuracy >= {reference - 0.02:.4f} (baseline {reference:.4f} - 0.02)" in report.stdout
 
 
 @pytest.mark.slow
-def test_a_study_without_a_feasible_trial_says_so(cli, tmp_path, digits_checkpoint):
+def test_a_study_without_a_feasible_trial_says_so(cli_fast, tmp_path, digits_checkpoint):
     """No baseline trial (beta 1 is outside the range): the worker scores the reference itself; betas of
     0.3-0.4 lose far more than nothing, so no trial is feasible, and best, export and report say so."""
     spec = constrained(digits_checkpoint, max_drop=0.0, beta={"low": 0.3, "high": 0.4}, baseline=False, n_trials=3)
     write_spec(tmp_path / "spec.yaml", digits_checkpoint, **{k: v for k, v in spec.items() if k != "model"})
-    assert cli("study", "create", "spec.yaml", "--name", "none").returncode == 0
-    assert cli("study", "run", "none", "--no-progress").returncode == 0
+    assert cli_fast("study", "create", "spec.yaml", "--name", "none").returncode == 0
+    assert cli_fast("study", "run", "none", "--no-progress").returncode == 0
     study = ct_tune.load_study("none", storage=f"sqlite:///{tmp_path}/studies/optuna.db")
     trials = study.optuna_study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3 and not any(t.user_attrs[ATTR_FEASIBLE] for t in trials)
     assert study.best() == []
     before = listing(tmp_path)
     for command in (("best",), ("export", "--out", "p.json"), ("report",)):
-        result = cli("study", command[0], "none", *command[1:])
+        result = cli_fast("study", command[0], "none", *command[1:])
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.strip().splitlines() == [
             f"study 'none': none of its 3 completed trials is feasible (accuracy >= "
