@@ -2,6 +2,7 @@
 pruner, measured side by side in one run.
 
     python benchmarks/wilcoxon_pruning.py [--data mnist5k|digits] [--checkpoint PATH] [--trials 24] [--rounds 4]
+        [--attacked N] [--chunk 25]
 
 The study is a robustness pipeline's per-block search (``pipelines/mnist5k-robustness.yaml``: the small
 ResNet pretrained on mnist5k, PGD-10 Linf 0.1 on 500 val samples; ``--data digits``:
@@ -38,8 +39,8 @@ ATTACK = {"mnist5k": (0.1, 500), "digits": (8 / 255, 300)}  # the pipelines' eps
 CHUNK = 25
 
 
-def spec(data: str, checkpoint: Path, pruner: dict, n_trials: int) -> dict:
-    eps, attacked = ATTACK[data]
+def spec(data: str, checkpoint: Path, pruner: dict, n_trials: int, attacked: int, chunk: int) -> dict:
+    eps = ATTACK[data][0]
     return {
         "model": {"checkpoint": str(checkpoint)},
         "data": {"name": data, "seed": 0},
@@ -52,7 +53,7 @@ def spec(data: str, checkpoint: Path, pruner: dict, n_trials: int) -> dict:
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 6},
         "pruner": pruner,
         "budget": {"n_trials": n_trials},
-        "run": {"device": "cpu", "batch_size": CHUNK},
+        "run": {"device": "cpu", "batch_size": chunk},
     }
 
 
@@ -77,10 +78,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="finished trials per arm")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (trials split evenly)")
     parser.add_argument("--data", choices=sorted(ATTACK), default="mnist5k", help="which robustness pipeline")
+    parser.add_argument("--attacked", type=int, help="attacked val samples (default: the pipeline's)")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="samples per Wilcoxon chunk and per batch")
     parser.add_argument("--checkpoint", help="the model pretrained on --data (default: pretrained now)")
     parser.add_argument("--checkpoint-dir", help="where the checkpoint is cached, or is trained (default: scratch)")
     args = parser.parse_args()
-    arms = {"none": {"name": "none"}, "wilcoxon": {"name": "wilcoxon", "p_threshold": 0.1, "chunk": CHUNK}}
+    attacked = args.attacked or ATTACK[args.data][1]
+    arms = {"none": {"name": "none"}, "wilcoxon": {"name": "wilcoxon", "p_threshold": 0.1, "chunk": args.chunk}}
     with tempfile.TemporaryDirectory(prefix="wilcoxon-") as scratch:
         root = Path(scratch)
         cache = Path(args.checkpoint_dir or scratch)
@@ -88,7 +92,9 @@ def main() -> None:
         studies = {}
         for arm, pruner in arms.items():
             stores = {"storage": f"sqlite:///{root}/{arm}.db", "tracking_uri": f"sqlite:///{root}/{arm}-mlflow.db"}
-            studies[arm] = ct_tune.create_study(spec(args.data, checkpoint, pruner, args.trials), name=arm, **stores)
+            studies[arm] = ct_tune.create_study(
+                spec(args.data, checkpoint, pruner, args.trials, attacked, args.chunk), name=arm, **stores
+            )
         seconds = dict.fromkeys(arms, 0.0)
         per_round = math.ceil(args.trials / args.rounds)
         for index in range(args.rounds):
@@ -98,7 +104,7 @@ def main() -> None:
                 summary = studies[arm].run(n_trials=per_round, workers=1, progress=False)
                 seconds[arm] += sum(line.seconds for line in summary.trials)
                 print(f"round {index + 1} {arm}: {summary.finished} trials, {time.perf_counter() - started:.0f} s")
-        results = {arm: outcome(studies[arm], seconds[arm], ATTACK[args.data][1]) for arm in arms}
+        results = {arm: outcome(studies[arm], seconds[arm], attacked) for arm in arms}
     print(
         f"\n{'pruner':<10} {'trials':>6} {'pruned':>6} {'s in trials':>11} {'trials/h':>9} {'best feasible (se)':>20}"
     )
