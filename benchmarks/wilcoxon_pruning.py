@@ -16,7 +16,7 @@ seed and stores of their own (SQLite, MLflow) under a scratch folder.
 
 Printed per arm: trials finished (pruned ones included), seconds inside trials (the sum of the trials'
 own durations: not the model and data loading of each round), trials per hour, pruned count, and the best
-feasible val robust accuracy with its binomial standard error over the 500 attacked samples; then the
+feasible val robust accuracy with its binomial standard error over the attacked samples; then the
 trials/hour ratio and whether the best values differ by more than noise (2 standard errors of their
 difference). Equal trial budgets: the pruner's saving is time; quality is checked, not traded.
 """
