@@ -116,7 +116,7 @@ def test_a_study_without_a_feasible_trial_says_so(cli_fast, tmp_path, digits_che
         result = cli_fast("study", command[0], "none", *command[1:])
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.strip().splitlines() == [
-            f"study 'none': none of its 3 completed trials is feasible (accuracy >= "
+            f"ct-tune: error: study 'none': none of its 3 completed trials is feasible (accuracy >= "
             f"{study.optuna_study.user_attrs[ATTR_CONSTRAINT_REFERENCE]['accuracy']:.4f} (baseline "
             f"{study.optuna_study.user_attrs[ATTR_CONSTRAINT_REFERENCE]['accuracy']:.4f} - 0)); raise constraints "
             "max_drop, or search nearer beta = 1"
