@@ -87,4 +87,5 @@ def model_units(
             "counts": counts,
             "layout": layout.rule if layout else "top-level children",
             "fingerprint": trace.fingerprint,
+            "families": bench.families,  # unit -> relu, silu, gelu, gelu_tanh
         }

@@ -92,9 +92,10 @@ def _render(payload: dict) -> None:
     ]
     print_table("trained CT, per epoch", ["epoch", "train loss", "train acc", "val", "mean beta", "mean c"], rows)
     n = payload["result"].get("n")
+    baseline = f"{payload.get('baseline_label', 'ReLU')} baseline {payload['baseline']:.4f}"
     print(
-        f"val {payload['objective']}: {payload['value']:.4f} (best epoch {payload['best_epoch']}, n={n}) vs ReLU "
-        f"baseline {payload['baseline']:.4f}: {payload['gain']:+.4f}; {payload['parameters']} parameters in "
+        f"val {payload['objective']}: {payload['value']:.4f} (best epoch {payload['best_epoch']}, n={n}) vs "
+        f"{baseline}: {payload['gain']:+.4f}; {payload['parameters']} parameters in "
         f"{payload['units']} units ({payload['granularity']}), {payload['seconds']:.1f}s"
     )
     if "profile_path" in payload:

@@ -29,15 +29,19 @@ def _units(args: argparse.Namespace) -> CommandResult:
     units = payload["sites"]
 
     def render() -> None:
+        families = payload["families"]
+        relu_only = set(families.values()) == {"relu"}
         rows = [
-            [unit, len(sites), ", ".join(sites[:4]) + (" ..." if len(sites) > 4 else "")]
+            [
+                unit,
+                *([] if relu_only else [families[unit]]),
+                len(sites),
+                ", ".join(sites[:4]) + (" ..." if len(sites) > 4 else ""),
+            ]
             for unit, sites in units.items()
         ]
         counts = ", ".join(f"{g} {n}" for g, n in payload["counts"].items())
-        print_table(
-            f"{payload['model']}: {len(units)} {args.granularity} units ({counts})",
-            ["unit", "ReLU calls", "sites"],
-            rows,
-        )
+        columns = ["unit", "ReLU calls", "sites"] if relu_only else ["unit", "activation", "calls", "sites"]
+        print_table(f"{payload['model']}: {len(units)} {args.granularity} units ({counts})", columns, rows)
 
     return CommandResult(payload, render)

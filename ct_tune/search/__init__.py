@@ -14,7 +14,15 @@ from typing import Any
 from ct_tune.search._progress import TrialLine
 from ct_tune.search._report import StudyReport
 from ct_tune.search._run import RunOptions, RunSummary
-from ct_tune.search._spec import BetaRange, StudySpec, load_spec, paper_grid, parse_duration, spec_from_dict
+from ct_tune.search._spec import (
+    BetaRange,
+    StudySpec,
+    family_range,
+    load_spec,
+    paper_grid,
+    parse_duration,
+    spec_from_dict,
+)
 from ct_tune.search._study import (
     Study,
     StudyStatus,
@@ -41,6 +49,7 @@ __all__ = [
     "TrialResult",
     "create_study",
     "delete_study",
+    "family_range",
     "list_studies",
     "load_spec",
     "load_study",

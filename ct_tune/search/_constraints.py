@@ -1,14 +1,14 @@
-"""Constraints: scored objectives held within a drop of the ReLU baseline's value instead of optimised.
+"""Constraints: scored objectives held within a drop of the baseline's value instead of optimised.
 
 ``constraints: [{name: accuracy, max_drop: 0.01}]`` makes a trial feasible when its val accuracy is at least
 the baseline's minus 0.01. Optuna learns each trial's violation through ``Trial.set_constraint`` (a value
 <= 0 holds), which TPE, NSGA-II and GP read when they sample and ``Study.best_trial`` / ``best_trials`` read
 when they pick; the trial also carries ``ct_tune.feasible`` (Optuna user attribute, MLflow tag and metric).
 
-The reference is the constrained objectives scored at the baseline profile (beta = 1 everywhere, the
-profile the enqueued baseline trial has). A worker needs it before its first trial, when the baseline trial
-may still be running on another worker (parallel workers start together) or absent (``enqueue_baseline:
-false``). So each worker reads the reference stored on the study and, when none is stored yet, scores the
+The reference is the constrained objectives scored at the baseline profile (the network's own activation:
+beta = 1 for ReLU units, beta0 for SiLU and GELU ones; the profile the enqueued baseline trial has). A
+worker needs it before its first trial, when the baseline trial may still be running on another worker
+(parallel workers start together) or absent (``enqueue_baseline: false``). So each worker reads the reference stored on the study and, when none is stored yet, scores the
 baseline profile itself (only the constrained objectives: for accuracy one pass over val) and stores it.
 Scoring is deterministic on a device, so workers that start together and both score it store the same
 values; every later worker reads the stored one.
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ct_tune.search._space import profile_from_params, uniform_params
+from ct_tune.search._space import baseline_params, profile_from_params
 from ct_tune.tracking.keys import ATTR_CONSTRAINT_REFERENCE
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def feasibility(bounds: Sequence[Bound], results: Mapping[str, ObjectiveResult])
 
 
 def reference_values(
-    *, spec: StudySpec, units: Sequence[str], optuna_study: optuna.Study, bench: Bench
+    *, spec: StudySpec, units: Sequence[str], families: Mapping[str, str], optuna_study: optuna.Study, bench: Bench
 ) -> dict[str, float]:
     """The constrained objectives at the baseline profile: as stored on the study, else scored here and stored."""
     names = [constraint.name for constraint in spec.constraints]
@@ -89,7 +89,7 @@ def reference_values(
     if all(name in stored for name in names):
         return {name: float(stored[name]) for name in names}
     evaluator = bench.evaluator("val", [o for o in spec.objectives if o.name in names])
-    betas, c = profile_from_params(uniform_params(1.0, spec, units), spec, units)
+    betas, c = profile_from_params(baseline_params(spec, units, families), spec, units, families)
     bench.handle.update(betas, c=c)  # type: ignore[union-attr]
     scored = {name: result.value for name, result in evaluator.evaluate().items()}
     optuna_study.set_user_attr(ATTR_CONSTRAINT_REFERENCE, scored)
