@@ -8,8 +8,9 @@ when they pick; the trial also carries ``ct_tune.feasible`` (Optuna user attribu
 The reference is the constrained objectives scored at the baseline profile (the network's own activation:
 beta = 1 for ReLU units, beta0 for SiLU and GELU ones; the profile the enqueued baseline trial has). A
 worker needs it before its first trial, when the baseline trial may still be running on another worker
-(parallel workers start together) or absent (``enqueue_baseline: false``). So each worker reads the reference stored on the study and, when none is stored yet, scores the
-baseline profile itself (only the constrained objectives: for accuracy one pass over val) and stores it.
+(parallel workers start together) or absent (``enqueue_baseline: false``). So each worker reads the
+reference stored on the study and, when none is stored yet, scores the baseline profile itself (only the
+constrained objectives: for accuracy one pass over val) and stores it.
 Scoring is deterministic on a device, so workers that start together and both score it store the same
 values; every later worker reads the stored one.
 """

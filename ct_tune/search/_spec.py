@@ -299,7 +299,7 @@ PrunerSpec = Annotated[
 
 
 class ConstraintSpec(StrictSpec):
-    """A scored objective kept within ``max_drop`` of the ReLU baseline's value (beta = 1 everywhere) rather
+    """A scored objective kept within ``max_drop`` of the baseline's value (the network's own activation) rather
     than optimised: ``constraints: [{name: accuracy, max_drop: 0.01}]`` with ``objectives: [accuracy,
     adversarial]`` searches the most robust profile whose clean accuracy drops by at most 0.01."""
 
