@@ -157,6 +157,9 @@ def parse_duration_flag(flag: str, text: str) -> float:
 
 def render_best(names: list[str], study: str, status: dict[str, Any]) -> None:
     best = status.get("best") or []
+    if status.get("infeasible"):
+        print(status["infeasible"])
+        return
     if not best:
         print("no completed trial yet")
         return
@@ -176,6 +179,8 @@ def render_best(names: list[str], study: str, status: dict[str, Any]) -> None:
                 "all 1.0" if status.get("baseline_label", "ReLU") == "ReLU" else profile_text(baseline["betas"]),
             ]
         )
+    if status.get("constraints"):
+        title = f"best feasible trial ({'; '.join(status['constraints'])})"
     print_table(f"{title} of {study}", ["trial", *names, "c", "beta per unit"], rows)
 
 

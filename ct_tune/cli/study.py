@@ -206,6 +206,8 @@ def _status(args: argparse.Namespace) -> CommandResult:
 def _best(args: argparse.Namespace) -> CommandResult:
     study = _load(args)
     status = study.status().to_dict()
+    if status["infeasible"]:
+        raise InputError(status["infeasible"])
     if not status["best"]:
         raise InputError(
             f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
@@ -299,6 +301,7 @@ def _report(args: argparse.Namespace) -> CommandResult:
 
     def render() -> None:
         names = study.objective_names
+        scored = [objective.name for objective in study.spec.objectives]  # constrained ones too, on test
         roles = {"baseline": f" ({study.baseline_label})", "best global": " (best global)"}
         rows = []
         for row in report.trials:
@@ -306,20 +309,22 @@ def _report(args: argparse.Namespace) -> CommandResult:
                 [
                     f"{row.number}{roles.get(row.role, '')}",
                     *(row.val.get(n) for n in names),
-                    *evidence_cells(row, names),
+                    *evidence_cells(row, scored),
                     profile_text(row.betas, limit=6),
                 ]
             )
-        columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(names), "beta per unit"]
+        columns = ["trial", *(f"val {n}" for n in names), *evidence_columns(scored), "beta per unit"]
         print_table(f"test-split report of {study.name} ({report.test_samples} test samples)", columns, rows)
         print_evidence(
             report.trials,
-            names,
+            scored,
             label=lambda row: f"trial {row.number}{roles.get(row.role, '')}",
             evidence=report.evidence,
             global_note=report.global_reference.get("note", ""),
             relu_note=report.relu_reference.get("note", ""),
         )
+        if report.feasibility:
+            print(report.feasibility)
         if report.reselection:
             print(f"reselected trial {report.reselection['picked']}: {report.reselection['why']}")
             ranks = ", ".join(

@@ -65,13 +65,18 @@ class Evaluator:
     def names(self) -> list[str]:
         return [objective.name for objective in self.objectives]
 
-    def evaluate(self, report: ReportFn | None = None) -> Mapping[str, ObjectiveResult]:
-        if report is not None and len(self.objectives) > 1:
-            report = None
+    def evaluate(
+        self, report: ReportFn | None = None, *, report_to: str | None = None
+    ) -> Mapping[str, ObjectiveResult]:
+        """Every objective's result; ``report`` follows the objective ``report_to`` (a study's one optimised
+        objective when others are only constrained), or the only objective when none is named."""
+        if report_to is None and len(self.objectives) == 1:
+            report_to = self.objectives[0].name
         self.target.net.eval()
         results: dict[str, ObjectiveResult] = {}
         for objective in self.objectives:
-            results[objective.name] = objective.evaluate(self.target, self.data, report)
+            told = report if objective.name == report_to else None
+            results[objective.name] = objective.evaluate(self.target, self.data, told)
         return results
 
     def evaluate_profiles(

@@ -21,6 +21,7 @@ from ct_tune._errors import StorageLost, StudyDeleted
 from ct_tune.bench import Bench
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._budget import Budget, DatabaseGone, storage_failure
+from ct_tune.search._constraints import Bound, Feasibility, bounds_of, feasibility, reference_values
 from ct_tune.search._progress import TrialLine
 from ct_tune.search._record import TrialRecorder, objective_tags, refresh_study_plots, stale_trial_callback
 from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
@@ -28,7 +29,7 @@ from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
 from ct_tune.stores import database_cause, database_reason, is_database_error
 from ct_tune.tracking import Tracker, split_datasets
-from ct_tune.tracking.keys import ATTR_KIND
+from ct_tune.tracking.keys import ATTR_FEASIBLE, ATTR_KIND
 from ct_tune.workers import Heartbeats, InterruptGuard, heartbeat_interval
 
 if TYPE_CHECKING:
@@ -166,7 +167,12 @@ class TrialLoop:
             datasets=split_datasets(self.study.meta.get("data") or {}, ["val"]),
         )
         logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
-        self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
+        self.prune = len(spec.objective_names) == 1 and spec.pruner.name != "none" and self.batch == 1
+        # Wilcoxon pairs per-chunk means across trials: every chunk is reported, its own mean, not the running one
+        self.chunked = self.prune and spec.pruner.name == "wilcoxon"
+        if self.chunked:
+            self.evaluator.target.batch_size = min(self.evaluator.target.batch_size, spec.pruner.chunk)  # type: ignore[union-attr]
+        self._bounds: list[Bound] | None = None  # the constraints with the baseline's values, before the first trial
         if self.batch > 1:
             logger.info(
                 "worker %d: %d trials per batch (asked together, scored in one pass, told together); no pruning",
@@ -300,6 +306,8 @@ class TrialLoop:
         raised: BaseException | None = None
         evaluate_seconds = 0.0
         try:
+            if self.study.spec.constraints and self._bounds is None:
+                self._bounds = self._constraint_bounds()
             for trial in trials:
                 self._trial_tracking = 0.0
                 begun.append(self._begin(trial))
@@ -310,7 +318,9 @@ class TrialLoop:
                     if len(begun) == 1:
                         only = begun[0]
                         self.bench.handle.update(only.betas, c=only.c)  # type: ignore[union-attr]
-                        results = [dict(self.evaluator.evaluate(self._reporter(only.trial, only.history)))]
+                        report = self._reporter(only.trial, only.history)
+                        single = self.objective_names[0] if len(self.objective_names) == 1 else None
+                        results = [dict(self.evaluator.evaluate(report, report_to=single))]
                     else:
                         results = self.evaluator.evaluate_profiles(
                             self.bench.handle,  # type: ignore[arg-type]
@@ -376,19 +386,35 @@ class TrialLoop:
             return "retry", stored
         return stored, stored
 
+    def _constraint_bounds(self) -> list[Bound]:
+        spec = self.study.spec
+        reference = reference_values(
+            spec=spec,
+            units=self.study.units,
+            families=self.study.families,
+            optuna_study=self.optuna_study,
+            bench=self.bench,
+        )
+        bounds = bounds_of(spec, reference)
+        logger.info("worker %d: constraints %s", self.settings.worker, "; ".join(b.describe() for b in bounds))
+        return bounds
+
     def _reporter(self, trial: optuna.Trial, history: list[tuple[str, float, int]]):
         """Running values go to MLflow after every chunk; to Optuna (a storage write and a pruner
-        decision each) at most PRUNING_CHECKS times per trial."""
+        decision each) at most PRUNING_CHECKS times per trial, or, for the Wilcoxon pruner, each chunk's
+        own mean at every chunk (step = samples seen: the same chunks in every trial)."""
         name = self.objective_names[0] if len(self.objective_names) == 1 else None
-        gap = max(1, self._val_samples // PRUNING_CHECKS)
-        last = [0]
+        gap = 1 if self.chunked else max(1, self._val_samples // PRUNING_CHECKS)
+        last = [0, 0.0]  # samples and hits at the previous report
 
         def report(value: float, step: int) -> None:
             if name is not None:
                 history.append((f"{name}.running", value, step))
             if self.prune and (step - last[0] >= gap or step >= self._val_samples):
-                last[0] = step
-                trial.report(value, step)
+                hits = value * step  # the running value is the mean over the samples seen
+                told = (hits - last[1]) / (step - last[0]) if self.chunked else value
+                last[0], last[1] = step, hits
+                trial.report(told, step)
                 if trial.should_prune():
                     raise _Pruned
 
@@ -424,6 +450,7 @@ class TrialLoop:
         from optuna.trial import TrialState
 
         trial = begun.trial
+        checked = self._check_constraints(trial, outcome)
         held = self._tell(trial, TrialState[outcome.state], outcome.values).name
         results, failure = outcome.results, outcome.failure
         if held != outcome.state:
@@ -445,6 +472,7 @@ class TrialLoop:
             history=begun.history,
             seconds=seconds,
             failure=failure,
+            feasibility=checked if held == "COMPLETE" else None,
         )
         self._trial_tracking += time.perf_counter() - tracking_started
         self.summary.seconds["evaluate"] += self._trial_evaluate
@@ -467,6 +495,22 @@ class TrialLoop:
             self.summary.failed += 1
         self.summary.trials.append(line)
         return line
+
+    def _check_constraints(self, trial: optuna.Trial, outcome: _Outcome) -> Feasibility | None:
+        """A completed trial's violations, told to Optuna (``set_constraint``, read by the samplers and by
+        ``best_trial``) and stored as ``ct_tune.feasible``, before its values are told."""
+        if self._bounds is None or outcome.state != "COMPLETE":
+            return None
+        import optuna
+
+        checked = feasibility(self._bounds, outcome.results)
+        try:
+            for name, violation in checked.violations.items():
+                trial.set_constraint(name, violation)
+            trial.set_user_attr(ATTR_FEASIBLE, checked.feasible)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker ended it: ``_tell`` says so
+            return None
+        return checked
 
     # ----------------------------------------------------------------------------------------------
     # Parent run

@@ -25,6 +25,7 @@ from ct_tune.tracking.keys import (
     TAG_ATTACK,
     TAG_DEVICE,
     TAG_FAILURE,
+    TAG_FEASIBLE,
     TAG_KIND,
     TAG_STATE,
     TAG_TRIAL,
@@ -33,6 +34,7 @@ from ct_tune.tracking.keys import (
 )
 
 if TYPE_CHECKING:
+    from ct_tune.search._constraints import Feasibility
     from ct_tune.search._study import Study
 
     import optuna
@@ -103,6 +105,7 @@ class TrialRecorder:
         history: list[tuple[str, float, int]],
         seconds: float,
         failure: str,
+        feasibility: Feasibility | None = None,
     ) -> dict[str, float]:
         """Close the run with the trial's outcome; returns the metrics written. An MLflow failure is a
         warning: the trial's result stands in Optuna, which is the truth of a study."""
@@ -122,6 +125,10 @@ class TrialRecorder:
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {TAG_FAILURE: failure} if failure else {}
+        if feasibility is not None:  # a constrained study's completed trial
+            metrics.update(feasibility.metrics())
+            tags[TAG_FEASIBLE] = str(feasibility.feasible).lower()
+            record["constraints"] = feasibility.violations
         low, baselines = self.lowest_beta, self.baselines
 
         def figure() -> Figure:

@@ -31,6 +31,7 @@ from ct_tune.evidence import (
     rank_on_resamples,
     score_row,
 )
+from ct_tune.search._constraints import stored_bounds
 from ct_tune.tracking import SplitDataset, split_datasets
 from ct_tune.tracking.keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 from ct_tune.workers import InterruptGuard
@@ -61,6 +62,7 @@ class StudyReport:
     relu_reference: dict[str, Any] = field(default_factory=dict)  # which profile vs_relu is against, or why none
     test_digest: str = ""  # of the test labels: a paired comparison across studies needs the same samples
     reselection: dict[str, Any] | None = None  # with reselect=K: the candidates, their mean ranks, the pick and why
+    feasibility: str = ""  # a constrained study: which trial is the best feasible, of how many, under which bounds
     correct: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # per trial, per objective
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +116,9 @@ def report_study(
     resamples of val (a best val value that was luck does not hold up); ``bootstrap`` sets the intervals
     (default: 95%, 4,000 resamples, seed 0)."""
     bootstrap = bootstrap or Bootstrap()
-    chosen = _chosen(study, trial_numbers, reselect)
+    chosen = _chosen(study, trial_numbers)
+    if reselect is not None:
+        _check_reselect(study, reselect, trial_numbers)
     baseline = study.baseline()
     global_trial, global_note = (None, "") if best_global is not None else _best_global(study)
     try:
@@ -167,22 +171,43 @@ def report_study(
         relu_reference=_reference_record(relu_ref, "" if baseline is not None else relu_note),
         test_digest=scored.digest,
         reselection=scored.reselection,
+        feasibility=_feasibility_line(study, [trial for trial, role in scored.listed if role == CHOSEN]),
         correct=correct,
     )
     _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed}, scored.datasets)
     return report
 
 
-def _chosen(study: Study, trial_numbers: Sequence[int] | None, reselect: int | None) -> list[TrialResult]:
-    """The trials a report is about: the given numbers, else the best one(s); none yet is one line."""
-    chosen: list[TrialResult] = [study.trial(n) for n in trial_numbers] if trial_numbers else study.best()
+def _chosen(study: Study, trial_numbers: Sequence[int] | None) -> list[TrialResult]:
+    """The given trials, else the best (feasible) one or the Pareto front; one line when there is none."""
+    if trial_numbers:
+        return [study.trial(n) for n in trial_numbers]
+    infeasible = study.infeasible_note()
+    if infeasible is not None:
+        raise InputError(infeasible)
+    chosen = study.best()
     if not chosen:
         raise InputError(
             f"study {study.name!r} has no completed trial yet; run it with 'ct-tune study run {study.name}'"
         )
-    if reselect is not None:
-        _check_reselect(study, reselect, trial_numbers)
     return chosen
+
+
+def _feasibility_line(study: Study, chosen: Sequence[TrialResult]) -> str:
+    """Which chosen trials are feasible, of how many completed, under which bounds ("" without constraints)."""
+    if not study.spec.constraints:
+        return ""
+    bounds = stored_bounds(study.spec, study.optuna_study) or []
+    completed = study.trials()
+    feasible = sum(1 for t in completed if t.feasible)
+    held = "; ".join(b.describe() for b in bounds)
+    best = {t.number for t in study.best()}
+
+    def verdict(trial: TrialResult) -> str:
+        return "the best feasible" if trial.number in best else "feasible" if trial.feasible else "INFEASIBLE"
+
+    named = ", ".join(f"trial {t.number} is {verdict(t)}" for t in chosen)
+    return f"{named} ({feasible} of {len(completed)} completed trials feasible: {held})"
 
 
 def _reference_record(reference: Reference | None, note: str) -> dict[str, Any]:
@@ -278,7 +303,8 @@ def _reselect(study: Study, bench: Bench, k: int, seed: int) -> tuple[TrialResul
     import numpy as np
 
     name = study.objective_names[0]
-    candidates = sorted(study.trials(), key=lambda t: (-t.values[name], t.number))[:k]
+    allowed = [t for t in study.trials() if t.feasible is not False]  # a constrained study: feasible ones only
+    candidates = sorted(allowed, key=lambda t: (-t.values[name], t.number))[:k]
     evaluator = bench.evaluator("val")
     vectors = []
     for trial in candidates:

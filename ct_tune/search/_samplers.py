@@ -126,4 +126,12 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             reduction_factor=options.reduction_factor,
             min_early_stopping_rate=options.min_early_stopping_rate,
         )
+    if name == "wilcoxon":
+        import warnings
+
+        with warnings.catch_warnings():  # experimental in Optuna 5; its behaviour is pinned by our tests
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(
+                p_threshold=options.p_threshold, n_startup_steps=options.n_startup_steps
+            )
     raise AssertionError(f"unhandled pruner {name}")

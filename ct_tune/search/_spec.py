@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 __all__ = [
     "BetaRange",
     "CRange",
+    "ConstraintSpec",
     "StudySpec",
     "enqueued_problem",
     "family_range",
@@ -275,10 +276,35 @@ class SuccessiveHalvingPrunerSpec(StrictSpec):
     min_early_stopping_rate: int = Field(default=0, ge=0)
 
 
+class WilcoxonPrunerSpec(StrictSpec):
+    """Stops a trial once a Wilcoxon signed-rank test over per-chunk means says it is worse than the best
+    (feasible) trial: the val set is scored in chunks of ``chunk`` samples, each chunk's own mean reported
+    (not the running mean), so the test pairs the same samples across trials."""
+
+    name: Literal["wilcoxon"]
+    p_threshold: float = Field(default=0.1, gt=0, lt=1)
+    n_startup_steps: int = Field(default=2, ge=0)
+    chunk: int = Field(default=25, gt=0)  # samples per reported step; caps the evaluation's batch size
+
+
 PrunerSpec = Annotated[
-    NoPrunerSpec | MedianPrunerSpec | PercentilePrunerSpec | HyperbandPrunerSpec | SuccessiveHalvingPrunerSpec,
+    NoPrunerSpec
+    | MedianPrunerSpec
+    | PercentilePrunerSpec
+    | HyperbandPrunerSpec
+    | SuccessiveHalvingPrunerSpec
+    | WilcoxonPrunerSpec,
     Field(discriminator="name"),
 ]
+
+
+class ConstraintSpec(StrictSpec):
+    """A scored objective kept within ``max_drop`` of the baseline's value (the network's own activation) rather
+    than optimised: ``constraints: [{name: accuracy, max_drop: 0.01}]`` with ``objectives: [accuracy,
+    adversarial]`` searches the most robust profile whose clean accuracy drops by at most 0.01."""
+
+    name: str
+    max_drop: float = Field(ge=0, le=1)
 
 
 class BudgetSpec(StrictSpec):
@@ -302,6 +328,8 @@ class StudySpec(BenchSpec):
     storage: str | None = None  # Optuna storage URL (default sqlite:///studies/optuna.db)
     tracking_uri: str | None = None  # MLflow backend store (default sqlite:///mlruns/mlflow.db)
     artifact_location: str | None = None  # MLflow artifact root (default next to a SQLite store)
+    # Scored objectives held within a drop of the baseline's value instead of optimised (``ConstraintSpec``)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -317,8 +345,24 @@ class StudySpec(BenchSpec):
         return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _constraints_scored(self) -> StudySpec:
+        scored = [objective.name for objective in self.objectives]
+        names = [constraint.name for constraint in self.constraints]
+        for name in names:
+            if name not in scored:
+                raise ValueError(
+                    f"constraint on {name!r}, an objective this study does not score; add it to objectives "
+                    f"({', '.join(scored)}) or constrain one of those"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"each objective may be constrained once; got {', '.join(names)}")
+        if not self.objective_names:
+            raise ValueError("every objective is constrained: leave at least one objective to optimise")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
-        multi = len(self.objectives) > 1
+        multi = len(self.objective_names) > 1
         if multi and self.pruner.name != "none":
             raise ValueError("pruning needs a single objective (Optuna cannot prune multi-objective trials)")
         if self.run.trials_per_batch > 1 and self.pruner.name != "none":
@@ -352,6 +396,20 @@ class StudySpec(BenchSpec):
             field = "search.beta" if family == "relu" else f"search.families.{family}"
             raise InputError(f"the grid sampler needs {field}.step (e.g. 0.01)")
         return step.values()
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The optimised objectives (Optuna's values), in spec order: the scored ones less the constrained."""
+        return [objective.name for objective in self.optimized]
+
+    @property
+    def directions(self) -> list[str]:
+        return [objective.direction for objective in self.optimized]
+
+    @property
+    def optimized(self) -> list[Any]:
+        constrained = {constraint.name for constraint in self.constraints}
+        return [objective for objective in self.objectives if objective.name not in constrained]
 
     @property
     def grouping(self) -> dict[str, Any]:

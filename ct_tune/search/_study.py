@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune._errors import InputError
 from ct_tune._names import check_name
 from ct_tune._version import __version__
+from ct_tune.search._constraints import stored_bounds
 from ct_tune.search._record import unit_keys
 from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
@@ -43,6 +44,7 @@ from ct_tune.stores import (
 from ct_tune.tracking import Tracker, split_datasets
 from ct_tune.tracking.keys import (
     ATTR_DISCARDED,
+    ATTR_FEASIBLE,
     ATTR_KIND,
     ATTR_META,
     ATTR_MLFLOW,
@@ -92,6 +94,7 @@ class TrialResult:
     mlflow_run_id: str | None = None
     test: dict[str, float] | None = None  # set once a report scored it on the test split
     seconds: float | None = None
+    feasible: bool | None = None  # a constrained study's trial: whether every constraint held (else None)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -114,6 +117,8 @@ class StudyStatus:
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)  # the latest SLURM jobs, with their state now
+    constraints: list[str] = field(default_factory=list)  # each bound with its baseline value, once known
+    infeasible: str | None = None  # constrained, completed trials, none feasible: the line saying so
 
     def to_dict(self) -> dict[str, Any]:
         data = {key: value for key, value in self.__dict__.items() if key not in ("best", "baseline")}
@@ -201,7 +206,7 @@ class Study:
 
     @property
     def multi_objective(self) -> bool:
-        return len(self.spec.objectives) > 1
+        return len(self.spec.objective_names) > 1
 
     @property
     def tracking_uri(self) -> str:
@@ -306,6 +311,7 @@ class Study:
             mlflow_run_id=trial.user_attrs.get(ATTR_RUN_ID),
             test=reported.get("test"),
             seconds=trial.duration.total_seconds() if trial.duration else None,
+            feasible=trial.user_attrs.get(ATTR_FEASIBLE),
         )
 
     def trial(self, number: int) -> TrialResult:
@@ -325,7 +331,8 @@ class Study:
 
     def best(self) -> list[TrialResult]:
         """The best trial for one objective, the Pareto front (in trial order) for several; empty before any
-        trial has completed."""
+        trial has completed. With constraints, of the feasible trials only (Optuna's ``best_trial`` and
+        ``best_trials`` read the violations the loop set); empty when none is feasible (``infeasible_note``)."""
         from optuna.trial import TrialState
 
         study = self.optuna_study
@@ -333,7 +340,26 @@ class Study:
             return []
         if self.multi_objective:
             return [self.result_of(t) for t in sorted(study.best_trials, key=lambda t: t.number)]
-        return [self.result_of(study.best_trial)]
+        try:
+            return [self.result_of(study.best_trial)]
+        except ValueError:  # "No feasible trials are completed yet."
+            return []
+
+    def infeasible_note(self) -> str | None:
+        """With constraints and completed trials but none feasible: one line saying so, and what to change."""
+        from optuna.trial import TrialState
+
+        if not self.spec.constraints or self.best():
+            return None
+        completed = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if not completed:
+            return None
+        bounds = stored_bounds(self.spec, self.optuna_study)
+        held = "; ".join(b.describe() for b in bounds) if bounds else "the constraints"
+        return (
+            f"study {self.name!r}: none of its {completed} completed trials is feasible ({held}); raise "
+            "constraints max_drop, or search nearer beta = 1"
+        )
 
     def baseline(self) -> TrialResult | None:
         """The network's own activation (ReLU: beta = 1 everywhere; SiLU, GELU: beta0 with c = 1), once it
@@ -353,6 +379,9 @@ class Study:
         if number is not None:
             return self.trial(number)
         best = self.best()
+        note = self.infeasible_note()
+        if note is not None:
+            raise InputError(note)
         if not best:
             raise InputError(
                 f"study {self.name!r} has no completed trial yet; run it with 'ct-tune study run {self.name}'"
@@ -397,6 +426,8 @@ class Study:
             mlflow_experiment_id=self.mlflow.get("experiment_id"),
             mlflow_parent_run_id=self.mlflow.get("parent_run_id"),
             jobs=recorded_jobs(self),
+            constraints=[bound.describe() for bound in stored_bounds(self.spec, self.optuna_study) or []],
+            infeasible=self.infeasible_note(),
         )
 
     # ----------------------------------------------------------------------------------------------

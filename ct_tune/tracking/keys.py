@@ -33,6 +33,7 @@ TAG_CHECKPOINT = "ct_tune.checkpoint"
 TAG_DATASET_FINGERPRINT = "ct_tune.dataset_fingerprint"
 TAG_STRATEGY = "ct_tune.strategy"  # trained CT runs: "trained"
 TAG_OBJECTIVE = "ct_tune.objective"  # trained CT runs: what was trained on
+TAG_FEASIBLE = "ct_tune.feasible"  # constrained studies: "true" when every constraint of the trial holds
 
 # Optuna study user attributes
 ATTR_SPEC = "ct_tune.spec"  # the validated spec, as JSON (what every worker rebuilds the study from)
@@ -42,11 +43,13 @@ ATTR_MLFLOW = "ct_tune.mlflow"  # experiment id, parent run id, tracking URI (re
 ATTR_REPORT = "ct_tune.report"  # test-split results per trial number (Optuna freezes finished trials)
 ATTR_TEST_FINGERPRINT = "ct_tune.test_fingerprint"  # the user's test split, as first reported on
 ATTR_PIPELINE = "ct_tune.pipeline"  # pipeline name, stage, index, previous stage's study
+ATTR_CONSTRAINT_REFERENCE = "ct_tune.constraint_reference"  # the baseline's value of each constrained objective
 ATTR_JOBS = "ct_tune.jobs"  # the SLURM jobs submitted for the study (the latest 100)
 
 # Optuna trial user attributes
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_KIND = "ct_tune.kind"
+ATTR_FEASIBLE = "ct_tune.feasible"  # constrained studies: whether every constraint of the trial holds
 ATTR_DISCARDED = "ct_tune.discarded"  # created after other workers had reached the budget
 ATTR_PROFILE = "profile"  # trained CT's tuning trials: the trained profile
 ATTR_BASELINE = "baseline"  # trained CT's tuning trials: the ReLU baseline's val score
