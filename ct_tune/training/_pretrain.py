@@ -28,6 +28,7 @@ from ct_tune.stores import prepare_sqlite, redact, resolve_tracking_uri
 from ct_tune.tracking.keys import TAG_CHECKPOINT, TAG_COMMAND, TAG_DATA, TAG_DATASET_FINGERPRINT, TAG_MODEL
 from ct_tune.training._config import PretrainConfig
 from ct_tune.training._module import ClassifierModule
+from ct_tune.training._progress import progress_callbacks
 
 import lightning as L
 import torch
@@ -171,7 +172,7 @@ def _existing_parent(path: Path) -> str:
 def _trainer(
     config: PretrainConfig, tracking_uri: str, datamodule: CTDataModule, scratch: str
 ) -> tuple[L.Trainer, Any]:
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
     from lightning.pytorch.loggers import MLFlowLogger
 
     mlflow_logger = MLFlowLogger(
@@ -185,21 +186,19 @@ def _trainer(
         dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False
     )
     steps_per_epoch = max(1, datamodule.sizes()["train"] // config.batch_size)
-    callbacks: list[Any] = [checkpoint]
-    if config.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 10)))
+    shown = progress_callbacks(progress=config.progress, steps_per_epoch=steps_per_epoch)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=1,
         precision=config.precision,
         logger=mlflow_logger,
-        callbacks=callbacks,
+        callbacks=[checkpoint, *shown],
         # CUDA has no deterministic kernel for some backward passes (adaptive pooling): warn there, enforce on CPU
         deterministic=True if not torch.cuda.is_available() else "warn",
         default_root_dir=scratch,
         log_every_n_steps=min(50, steps_per_epoch),
-        enable_progress_bar=config.progress,
+        enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in shown),
         enable_model_summary=False,  # Lightning's table: the parameter count is in the result
     )
     return trainer, mlflow_logger
