@@ -66,8 +66,8 @@ def _quickstart(args: argparse.Namespace) -> CommandResult:
 # What one run can and cannot show (README "Quickstart" has the numbers over 5 runs).
 CLOSING = (
     "one run: the ReLU baseline row is the same in every run on this machine (a 1-thread pretraining, the fixed "
-    "split and probe); the searched rows depend on which worker asks Optuna first and move from run to run, "
-    "and 1,000 test images tell apart only differences of about 2 points. Whether a gain holds needs "
+    "split and probe); the searched rows depend on which worker asks Optuna first and can move from run to run, "
+    "and 1,000 test images do not tell apart differences of a point or so. Whether a gain holds needs "
     "replicates: ct-tune pipeline run pipelines/digits-to-mnist5k-transfer.yaml --seeds 0,1,2"
 )
 
