@@ -47,6 +47,14 @@ def register(subparsers) -> None:
     group.add_argument(
         "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ... (default: auto)"
     )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads for training (default: 1, the same weights on any machine; more is faster on CPU "
+        "but the weights then depend on N)",
+    )
     group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. bf16-mixed (default: 32-true)")
     group.add_argument(
         "--out", metavar="PATH", help="checkpoint to write (default: checkpoints/<model>-<data>-seed<seed>.pt)"
@@ -86,6 +94,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
         train_size=args.train_size,
         val_size=args.val_size,
         num_workers=args.num_workers,
+        threads=args.threads,
         accelerator=args.accelerator,
         precision=args.precision,
         tracking_uri=args.tracking_uri,

@@ -45,7 +45,6 @@ def register(subparsers: Any) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> CommandResult:
-    from ct_tune.cli.pipeline import render_pipeline
     from ct_tune.pipelines import checked_quickstart, quickstart_pipeline, run_quickstart
 
     if args.print_pipeline:
@@ -61,4 +60,21 @@ def _quickstart(args: argparse.Namespace) -> CommandResult:
         fresh=args.fresh,
         progress=not args.no_progress,
     )
-    return CommandResult(result.to_dict(), lambda: render_pipeline(result))
+    return CommandResult(result.to_dict(), lambda: _render(result))
+
+
+# What one run can and cannot show (README "Quickstart" has the numbers over 5 runs).
+CLOSING = (
+    "one run: the ReLU baseline row is the same in every run on this machine (a 1-thread pretraining, the fixed "
+    "split and probe); the searched rows depend on which worker asks Optuna first and can move from run to run, "
+    "and 1,000 test images do not tell apart differences of a point or so. Whether a gain holds needs "
+    "replicates: ct-tune pipeline run pipelines/digits-to-mnist5k-transfer.yaml --seeds 0,1,2"
+)
+
+
+def _render(result: Any) -> None:
+    """The pipeline's table and report, then what they can and cannot show."""
+    from ct_tune.cli.pipeline import render_pipeline
+
+    render_pipeline(result)
+    print(CLOSING)

@@ -40,6 +40,7 @@ class PretrainConfig:
     train_size: int | None = None
     val_size: int | None = None
     num_workers: int = 0
+    threads: int = 1  # torch threads while training: 1 gives the same weights on any machine, more is faster
     accelerator: str = "auto"
     precision: str | None = None
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
@@ -60,6 +61,8 @@ class PretrainConfig:
             raise InputError(f"--epochs must be at least 1, not {self.epochs}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, not {self.lr}")
+        if self.threads < 1:
+            raise InputError(f"--threads must be at least 1, not {self.threads}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.weight_decay < 0:

@@ -28,6 +28,7 @@ from ct_tune.stores import prepare_sqlite, redact, resolve_tracking_uri
 from ct_tune.tracking.keys import TAG_CHECKPOINT, TAG_COMMAND, TAG_DATA, TAG_DATASET_FINGERPRINT, TAG_MODEL
 from ct_tune.training._config import PretrainConfig
 from ct_tune.training._module import ClassifierModule
+from ct_tune.training._progress import progress_callbacks
 
 import lightning as L
 import torch
@@ -53,8 +54,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train, keep the best val epoch, write a ct-tune checkpoint; returns what ``--json`` prints.
 
     Lightning prints its progress bar and model summary to stdout; they go to stderr here, because
-    stdout is for results (a caller's ``--json`` or table).
+    stdout is for results (a caller's ``--json`` or table). Training and the final val score run at
+    ``config.threads`` torch threads, the caller's count restored afterwards (see ``_torch_threads``).
     """
+    config.check()
     # Lightning's info lines (GPU/TPU availability, a tip advertising its cloud logger, "Loading
     # train_dataloader ...") and its MLflow logger's "Experiment ... not found. Creating it." are not the
     # user's news; warnings and errors still come through.
@@ -63,8 +66,23 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         quiet_loggers("lightning.pytorch", "lightning.fabric"),
         quiet_loggers("lightning.pytorch.loggers.mlflow", level=logging.ERROR),
         contextlib.redirect_stdout(sys.stderr),
+        _torch_threads(config.threads),
     ):
         return _pretrain(config)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Run at a fixed number of torch threads. On CPU, convolutions, matmuls and batch norm split their sums
+    by thread count, and float addition is not associative: the same seed at 1 and at 2 threads gives
+    different weights (and, 15 epochs later, a val accuracy a point apart), so the checkpoint would depend
+    on the machine's cores and ``OMP_NUM_THREADS``. Lightning's ``deterministic=True`` does not cover this."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -83,7 +101,6 @@ def _mlflow_tracking_uri_restored() -> Iterator[None]:
 
 def _pretrain(config: PretrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    config.check()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing phones home unless the user opts in
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     prepare_sqlite(tracking_uri)
@@ -155,7 +172,7 @@ def _existing_parent(path: Path) -> str:
 def _trainer(
     config: PretrainConfig, tracking_uri: str, datamodule: CTDataModule, scratch: str
 ) -> tuple[L.Trainer, Any]:
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
     from lightning.pytorch.loggers import MLFlowLogger
 
     mlflow_logger = MLFlowLogger(
@@ -169,21 +186,19 @@ def _trainer(
         dirpath=scratch, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False
     )
     steps_per_epoch = max(1, datamodule.sizes()["train"] // config.batch_size)
-    callbacks: list[Any] = [checkpoint]
-    if config.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 10)))
+    shown = progress_callbacks(progress=config.progress, steps_per_epoch=steps_per_epoch)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=1,
         precision=config.precision,
         logger=mlflow_logger,
-        callbacks=callbacks,
+        callbacks=[checkpoint, *shown],
         # CUDA has no deterministic kernel for some backward passes (adaptive pooling): warn there, enforce on CPU
         deterministic=True if not torch.cuda.is_available() else "warn",
         default_root_dir=scratch,
         log_every_n_steps=min(50, steps_per_epoch),
-        enable_progress_bar=config.progress,
+        enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in shown),
         enable_model_summary=False,  # Lightning's table: the parameter count is in the result
     )
     return trainer, mlflow_logger

@@ -256,6 +256,8 @@ def test_quickstart_offline_with_two_workers(cli, tmp_path, digits_checkpoint):
     for label in ("ReLU baseline", "best global", "best block", "test probe", "profiles/quickstart.json"):
         assert label in out, out
     assert "ct-tune ui --tracking-uri" in out
+    closing = out.strip().splitlines()[-1]  # what one run can and cannot show, and how to get replicates
+    assert closing.startswith("one run: the ReLU baseline row is the same") and "--seeds 0,1,2" in closing
     assert "Epoch" not in out and "INFO" not in out  # logs and progress stay on stderr
     profile = ct_tune.BetaProfile.load(tmp_path / "profiles" / "quickstart.json")
     assert set(profile.betas) == set(UNITS)
