@@ -97,3 +97,33 @@ def test_installed_outside_the_main_thread_is_a_no_op():
     thread.start()
     thread.join()
     assert seen == [signal.default_int_handler]
+
+
+def test_a_ctrl_c_inside_a_callback_python_cannot_raise_from_is_delivered_again_silently():
+    """A SIGINT landing in a weakref callback (the import machinery has them) is not printed as "Exception
+    ignored" and not lost: the noting handler's unraisable hook raises it again in the main thread."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, signal, time, weakref
+        import ct_tune._ctrl_c as noting
+        noting.note_ctrl_c()
+        class A: pass
+        def callback(ref):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside the callback
+        a = A(); ref = weakref.ref(a, callback)
+        try:
+            del a
+            for _ in range(2000):
+                time.sleep(0.001)
+            print("lost")
+        except KeyboardInterrupt:
+            print("interrupted", len(noting.NOTED))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted 2" and done.stderr == ""
