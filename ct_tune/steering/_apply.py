@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ct_tune._errors import InputError
+from ct_tune.steering._families import family_named
 from ct_tune.steering._handle import SteeringHandle, checked_trace, steer_traced
 from ct_tune.steering._profile import BetaProfile
 
@@ -46,7 +47,7 @@ def apply_profile(
             f"{profile.fingerprint}) than this {type(model).__name__} ({trace.fingerprint}); "
             "use the same architecture, or pass strict=False"
         )
-    return steer_traced(
+    handle = steer_traced(
         model,
         profile.steering_values(),
         c=profile.c,
@@ -54,6 +55,24 @@ def apply_profile(
         trace=trace,
         groups=profile.groups,
     )
+    try:
+        check_families(profile, handle.families, model=type(model).__name__)
+    except InputError:
+        handle.remove()
+        raise
+    return handle
+
+
+def check_families(profile: BetaProfile, families: dict[str, str], *, model: str) -> None:
+    """Refuse a profile whose units apply other activations here than where it was found (one line)."""
+    for unit, here in families.items():
+        there = profile.family_of(unit) if unit in profile.betas else here
+        if there != here:
+            raise InputError(
+                f"the profile's unit {unit!r} was found on {family_named(there).label} and this {model} applies "
+                f"{family_named(here).label} there: the same beta is another function; use a profile found on "
+                "this network (a ReLU profile steers ReLU networks, a GELU profile GELU ones)"
+            )
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from ct_tune._errors import InputError
 from ct_tune.steering._activation import ct_unchecked
+from ct_tune.steering._families import RELU, Family
 
 import torch
 
@@ -56,11 +57,11 @@ class ChannelCT:
     def channels(self) -> int:
         return self._beta.numel()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, family: Family = RELU) -> torch.Tensor:
         beta, c = self.values()
         n = beta.numel()
         if n == 1:
-            return ct_unchecked(x, beta.to(x.device), c.to(x.device))
+            return ct_unchecked(x, beta.to(x.device), c.to(x.device), family)
         dim = channel_dim(x)
         if x.dim() < 2 or x.shape[dim] != n:
             got = tuple(x.shape)
@@ -70,7 +71,7 @@ class ChannelCT:
             )
         shape = [1] * x.dim()
         shape[dim] = n
-        return ct_unchecked(x, beta.to(x.device).view(shape), c.to(x.device).view(shape))  # type: ignore[arg-type]
+        return ct_unchecked(x, beta.to(x.device).view(shape), c.to(x.device).view(shape), family)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         beta, _c = self.values()

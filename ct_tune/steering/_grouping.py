@@ -1,4 +1,4 @@
-"""Granularities: how ReLU sites are grouped into *units*, each with one beta.
+"""Granularities: how activation sites (ReLU, SiLU, GELU) are grouped into *units*, each with one beta.
 
 - ``global``: one unit, ``global``.
 - ``stage``:  the stages of the model's layout (``ct_tune.steering._layouts``: ResNet layers, known
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from ct_tune._errors import InputError
 from ct_tune.steering._layouts import Layout, find_layout
-from ct_tune.steering._sites import INLINE_MARK, Site, Trace, describe
+from ct_tune.steering._sites import Site, Trace, describe
 
 from torch import nn
 
@@ -83,8 +83,27 @@ def normalize_groups(groups: Groups) -> dict[str, list[str]]:
 
 
 def group_sites(model: nn.Module, trace: Trace, granularity: str, groups: Groups | None = None) -> dict[str, str]:
-    """Map each site name to its unit name, in execution order (dicts keep insertion order)."""
+    """Map each site name to its unit name, in execution order (dicts keep insertion order).
+
+    A unit holds sites of one activation family: where a group would mix families (a global unit of a
+    network with ReLU and GELU), it becomes one unit per family, ``<unit>:<family>`` (``global:gelu``), so
+    that one beta means one function and each unit has one own-activation baseline."""
     check_granularity(granularity, groups)
+    mapping = _group(model, trace, granularity, groups)
+    families: dict[str, set[str]] = {}
+    for site in trace.sites:
+        families.setdefault(mapping[site.name], set()).add(site.family)
+    mixed = {unit for unit, found in families.items() if len(found) > 1}
+    if not mixed:
+        return mapping
+    return {site.name: _split(mapping[site.name], site.family, mixed) for site in trace.sites}
+
+
+def _split(unit: str, family: str, mixed: set[str]) -> str:
+    return f"{unit}:{family}" if unit in mixed else unit
+
+
+def _group(model: nn.Module, trace: Trace, granularity: str, groups: Groups | None) -> dict[str, str]:
     sites = trace.sites
     if granularity == "global":
         return {site.name: "global" for site in sites}
@@ -245,7 +264,7 @@ def _look_through(prefix: Path, paths: Sequence[Path]) -> Path:
     """
     while True:
         below = [p for p in paths if len(p) > len(prefix) and p[: len(prefix)] == prefix]
-        children = {p[len(prefix)] for p in below if p[len(prefix)] != INLINE_MARK}
+        children = {p[len(prefix)] for p in below if not p[len(prefix)].endswith("()")}
         at_prefix = any(p == prefix for p in paths)
         if len(children) != 1 or at_prefix:
             return prefix

@@ -1,16 +1,19 @@
 """Apply CT to a live model without copying or rebuilding it.
 
-How a ReLU call is replaced:
-- ``nn.ReLU`` modules: the instance's ``forward`` is wrapped (an instance attribute, deleted on
+How an activation call (ReLU, SiLU, GELU: ``ct_tune.steering._families``) is replaced:
+- Activation modules (``nn.ReLU``, ``nn.SiLU``, ``nn.GELU``, and leaf modules that only apply one of the
+  gated ones): the instance's ``forward`` is wrapped (an instance attribute, deleted on
   removal). A forward *hook* would let ReLU run first and then recompute from an input that
   ``inplace=True`` has already overwritten; the wrapper reads the pre-activation and skips the wasted
   ReLU pass. ``inplace`` flags are never touched.
-- Inline ReLUs (``F.relu``, ``torch.relu``, ``x.relu_()``, an ``nn.ReLU()`` built in ``forward``):
+- Inline calls (``F.relu``, ``torch.relu``, ``x.relu_()``, ``F.gelu``, ``F.silu``, a module built in ``forward``):
   a ``TorchFunctionMode`` active during the forward pass, with scope hooks on every module to know
-  which module made the call. Installed only when the model has inline ReLUs (it costs a Python call
+  which module made the call. Installed only when the model has inline calls (it costs a Python call
   per torch op). In-place spellings keep their semantics: the input tensor receives the result.
 
 Betas live in a table read at call time, so ``handle.update(...)`` between trials costs nothing.
+Each site keeps its family: one beta means the same smoothness everywhere, and ``c=None`` (the default)
+gives every site its family's c (0.5 for ReLU, 1 for SiLU and GELU, where beta0 is their own function).
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ from ct_tune._errors import InputError
 from ct_tune.steering._activation import BetaLike, check_beta, check_c, ct_hot
 from ct_tune.steering._batched import GroupedBeta
 from ct_tune.steering._channel import ChannelCT
+from ct_tune.steering._families import (
+    STEERABLE_FUNCTIONS,
+    Family,
+    family_named,
+    family_of_call,
+    family_of_module,
+    is_inplace_call,
+)
 from ct_tune.steering._grouping import Groups, check_granularity, group_sites, normalize_groups
 from ct_tune.steering._profile import BetaProfile, channel_granularity
-from ct_tune.steering._sites import INPLACE_RELU_FUNCTIONS, RELU_FUNCTIONS, Trace, describe, trace_sites
+from ct_tune.steering._sites import Trace, describe, inline_mark, trace_sites, wrapped_modules
 
 import torch
 from torch import nn
@@ -58,18 +69,20 @@ def steer(
     model: nn.Module,
     beta: BetaSpec,
     *,
-    c: float = 0.5,
+    c: float | None = None,
     granularity: str = "global",
     example_input: Any = None,
     groups: Groups | None = None,
 ) -> SteeringHandle:
-    """Replace the model's ReLUs by CT in place; undo with ``.remove()`` or a ``with`` block.
+    """Replace the model's ReLU, SiLU and GELU calls by CT in place; undo with ``.remove()`` or a ``with`` block.
 
     Args:
         model: the network, steered in place through forward hooks (no copy); its weights are untouched.
-        beta: a float in (0, 1] for every ReLU (1 is ReLU exactly), or ``{unit: beta}`` where missing units
-            stay ReLU (unit names as ``ct_tune.units`` lists them).
-        c: the mix of CT's two smoothings, in [0, 1] (the paper's default 0.5).
+        beta: a float in (0, 1] for every site (1 is ReLU exactly; a SiLU site is itself at 0.5, a GELU
+            site at 0.6299 with c = 1), or ``{unit: beta}`` where missing units become ReLU (unit names as
+            ``ct_tune.units`` lists them; ``handle.baselines`` gives each unit's own-activation beta).
+        c: the mix of CT's two smoothings, in [0, 1]; ``None``: each site's family's (0.5 for ReLU, the
+            paper's default; 1 for SiLU and GELU).
         granularity: ``global`` (one beta), ``stage``, ``block``, ``site`` (one per ReLU call) or ``custom``.
         example_input: one batch, or a tuple/dict of arguments, run once to find the ReLU calls; required
             unless ``granularity="global"``, where every ``nn.ReLU`` module and inline ReLU call is steered
@@ -80,7 +93,8 @@ def steer(
     anything, ``profile`` saves them, ``remove`` restores the plain model.
     """
     check_granularity(granularity, groups)
-    check_c(c)
+    if c is not None:
+        check_c(c)
     if model in _STEERED:
         raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
     if example_input is None and granularity != "global":
@@ -96,58 +110,69 @@ def steer_traced(
     model: nn.Module,
     beta: BetaSpec,
     *,
-    c: float,
+    c: float | None,
     granularity: str,
     trace: Trace | None,
     groups: Groups | None = None,
 ) -> SteeringHandle:
-    """``steer`` with the ReLU sites already traced (``None``: global steering of every ReLU)."""
+    """``steer`` with the sites already traced (``None``: global steering of every activation module and call)."""
     if model in _STEERED:
         raise InputError("this model is already steered: call .update() on its handle, or .remove() it first")
     handle = SteeringHandle(model, granularity, trace, groups)
-    handle.update(beta, c=c)
+    if c is not None:
+        check_c(c)
+    handle._state.c = None if c is None else float(c)
+    handle.update(beta)
     handle._attach()
     return handle
 
 
 def checked_trace(model: nn.Module, example_input: Any) -> Trace:
-    """``trace_sites``, refusing a model that applies no ReLU (nothing to steer), naming what it applies."""
+    """``trace_sites``, refusing a model that applies no ReLU, SiLU or GELU (nothing to steer), naming what
+    it applies instead."""
     trace = trace_sites(model, example_input)
     if not trace.sites:
         name = type(model).__name__
         if not trace.activations:
-            raise InputError(f"{name} applies no ReLU (nor any other activation) on this input: nothing to steer")
-        labels = list(trace.activations)
+            raise InputError(
+                f"{name} applies no ReLU, SiLU or GELU (nor any other activation) on this input: nothing to steer"
+            )
         used = ", ".join(
             f"{label} ({count} call{'s' if count > 1 else ''})" for label, count in trace.activations.items()
         )
-        others = " or ".join(labels[:3]) + (", which are other functions" if len(labels) > 1 else ", another function")
         raise InputError(
-            f"{name} applies no ReLU on this input, only {used}: there is nothing to steer "
-            f"(CT at beta = 1 is exactly ReLU, so it leaves alone {others})"
+            f"{name} applies no ReLU, SiLU or GELU on this input, only {used}: there is nothing to steer "
+            "(CT steers those three families and leaves other functions alone)"
         )
     return trace
 
 
 @dataclass
 class _ModuleSlot:
-    """Betas of one nn.ReLU module, one per call in a forward pass."""
+    """Betas of one activation module, one per call in a forward pass."""
 
     betas: list[BetaLike]
+    family: Family
     calls: int = 0
+
+
+InlineKey = tuple[str, str]  # (owner path, inline mark: "relu()", "gelu()", ...)
 
 
 @dataclass
 class _State:
     """What the wrapped forwards and the mode read at call time."""
 
-    c: float = 0.5
+    c: float | None = None  # None: each site's family's c
     default: BetaLike = 1.0  # for calls not seen in the trace (or every call, when untraced)
     modules: dict[nn.Module, _ModuleSlot] = field(default_factory=dict)
-    inline: dict[str, list[BetaLike]] = field(default_factory=dict)  # owner path -> betas per call
-    inline_calls: dict[str, int] = field(default_factory=dict)
+    inline: dict[InlineKey, list[BetaLike]] = field(default_factory=dict)  # betas per call
+    inline_calls: dict[InlineKey, int] = field(default_factory=dict)
     scope: list[str] = field(default_factory=list)
-    warned: set[str] = field(default_factory=set)
+    warned: set[InlineKey] = field(default_factory=set)
+
+    def c_for(self, family: Family) -> float:
+        return family.default_c if self.c is None else self.c
 
     def reset_calls(self) -> None:
         for slot in self.modules.values():
@@ -169,6 +194,7 @@ class SteeringHandle:
         else:
             self._site_units = group_sites(model, trace, granularity, self.groups)
             self.units = tuple(dict.fromkeys(self._site_units.values()))
+        self._families = _unit_families(trace, self._site_units)
         self._state = _State()
         self._betas: dict[str, BetaLike] = {}
         self._profiles = 1
@@ -203,12 +229,12 @@ class SteeringHandle:
             raise InputError("batched profiles take float betas (one profile per slice already gives per-sample betas)")
         k = len(resolved)
         if c is None:
-            cs = [self._state.c] * k
+            cs: list[float | None] = [self._state.c] * k
         elif isinstance(c, Real):
             check_c(c)
             cs = [float(c)] * k
         else:
-            cs = [float(value) for value in c]
+            cs = [float(value) for value in c]  # type: ignore[misc]
             if len(cs) != k:
                 raise InputError(f"c gives {len(cs)} values for {k} profiles; give one c, or one per profile")
             for value in cs:
@@ -231,13 +257,17 @@ class SteeringHandle:
             return
         by_site = {name: betas.get(unit, 1.0) for name, unit in self._site_units.items()}
         module_betas: dict[str, list[BetaLike]] = {}
-        inline_betas: dict[str, list[BetaLike]] = {}
+        inline_betas: dict[InlineKey, list[BetaLike]] = {}
         for site in self.trace.sites:
-            target = inline_betas if site.inline else module_betas
-            target.setdefault(site.owner, []).append(by_site[site.name])
+            if site.inline:
+                inline_betas.setdefault((site.owner, inline_mark(site.family)), []).append(by_site[site.name])
+            else:
+                module_betas.setdefault(site.owner, []).append(by_site[site.name])
         modules = dict(self.model.named_modules())
+        families = {module: family_named(name) for module, name in wrapped_modules(self.model, self.trace).items()}
         for owner, values in module_betas.items():
-            slot = state.modules.setdefault(modules[owner], _ModuleSlot([]))
+            module = modules[owner]
+            slot = state.modules.setdefault(module, _ModuleSlot([], families[module]))
             slot.betas = values  # the slot object stays: wrapped forwards hold it
         state.inline = inline_betas
 
@@ -262,8 +292,20 @@ class SteeringHandle:
         return dict(self._betas)
 
     @property
-    def c(self) -> float:
+    def c(self) -> float | None:
+        """The c every site uses, or None: each site's family's (0.5 for ReLU, 1 for SiLU and GELU)."""
         return self._state.c
+
+    @property
+    def families(self) -> dict[str, str]:
+        """Each unit's activation family (``relu``, ``silu``, ``gelu``, ``gelu_tanh``), in network order;
+        empty when steering untraced (global, without example_input)."""
+        return dict(self._families)
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        """Each unit's beta0: with c = None, ``update(handle.baselines)`` is the unsteered network exactly."""
+        return {unit: family_named(name).baseline for unit, name in self._families.items()}
 
     def profile(self, **metadata: Any) -> BetaProfile:
         """The current betas as a ``BetaProfile`` (save it with ``.save(path)``)."""
@@ -274,7 +316,10 @@ class SteeringHandle:
         trace = self.trace
         channels = None
         if any(isinstance(value, ChannelCT) for value in self._betas.values()):
-            channels = {unit: _channel_values(value, self.c) for unit, value in self._betas.items()}
+            channels = {
+                unit: _channel_values(value, self._state.c_for(family_named(self._families[unit])))
+                for unit, value in self._betas.items()
+            }
         return BetaProfile(
             granularity=channel_granularity(self.granularity, channels),
             betas={unit: _mean_beta(value) for unit, value in self._betas.items()},
@@ -285,6 +330,7 @@ class SteeringHandle:
             input_shape=list(trace.input_shape) if trace and trace.input_shape else None,
             model=type(self.model).__name__,
             metadata=dict(metadata),
+            families=self._families if any(name != "relu" for name in self._families.values()) else None,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -294,13 +340,14 @@ class SteeringHandle:
         state = self._state
         try:
             if self.trace is None:
-                targets = [m for m in self.model.modules() if isinstance(m, nn.ReLU)]
-                for module in targets:
-                    state.modules[module] = _ModuleSlot([])  # empty: every call takes state.default
-                if not targets:
+                targets = {m: family_of_module(m) for m in self.model.modules()}
+                for module, family in targets.items():
+                    if family is not None:
+                        state.modules[module] = _ModuleSlot([], family)  # empty: every call takes state.default
+                if not state.modules:
                     logger.warning(
-                        "%s has no nn.ReLU module; inline ReLU calls are steered, but pass example_input "
-                        "to check that the model applies ReLU at all",
+                        "%s has no nn.ReLU, nn.SiLU or nn.GELU module; inline calls are steered, but pass "
+                        "example_input to check that the model applies one at all",
                         type(self.model).__name__,
                     )
                 self._attach_inline(scoped=False)
@@ -324,10 +371,11 @@ class SteeringHandle:
             if slot.betas:
                 beta = slot.betas[slot.calls % len(slot.betas)]
                 slot.calls += 1
+            family = slot.family
             if self._mode is not None:
                 with self._mode.bypassed():
-                    return _apply_ct(input, beta, state.c)
-            return _apply_ct(input, beta, state.c)
+                    return _apply_ct(input, beta, state.c_for(family), family)
+            return _apply_ct(input, beta, state.c_for(family), family)
 
         self._wrapped.append((module, previous))
         module.forward = forward
@@ -392,14 +440,24 @@ class SteeringHandle:
         return f"SteeringHandle({name}, granularity={self.granularity!r}, units={len(self.units)}, {state})"
 
 
-def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta | ChannelCT, c: float) -> torch.Tensor:
-    """One ReLU call, steered: K profiles on K slices, per-channel values, or one beta (fused kernels
+def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta | ChannelCT, c: float, family: Family) -> torch.Tensor:
+    """One activation call, steered: K profiles on K slices, per-channel values, or one beta (fused kernels
     where they are on)."""
     if beta.__class__ is float:  # the scalar path first: one identity check, as cheap as before
-        return ct_hot(x, beta, c)
+        return ct_hot(x, beta, c, family)
     if isinstance(beta, (GroupedBeta, ChannelCT)):
-        return beta(x)
-    return ct_hot(x, beta, c)
+        return beta(x, family)
+    return ct_hot(x, beta, c, family)
+
+
+def _unit_families(trace: Trace | None, site_units: dict[str, str]) -> dict[str, str]:
+    if trace is None:
+        return {}
+    families = {site.name: site.family for site in trace.sites}
+    result: dict[str, str] = {}
+    for name, unit in site_units.items():
+        result.setdefault(unit, families[name])  # one family per unit (group_sites splits mixed ones)
+    return result
 
 
 def _as_beta(value: BetaLike | ChannelCT) -> BetaLike | ChannelCT:
@@ -439,34 +497,38 @@ class _InlineReluMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
-        if func not in RELU_FUNCTIONS or self._bypass:
+        if func not in STEERABLE_FUNCTIONS or self._bypass:
             return func(*args, **kwargs)
-        beta = self._beta_for_call()
-        if isinstance(beta, float) and beta == 1.0:
+        family = family_of_call(func, args, kwargs)
+        beta = self._beta_for_call(family)
+        if beta is None or (isinstance(beta, float) and beta == 1.0 and family.name == "relu"):
             return func(*args, **kwargs)
         x = args[0] if args else kwargs["input"]
-        inplace = func in INPLACE_RELU_FUNCTIONS or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        if not inplace:
-            return _apply_ct(x, beta, self.state.c)
+        c = self.state.c_for(family)
+        if not is_inplace_call(func, args, kwargs):
+            return _apply_ct(x, beta, c, family)
         # Keep in-place semantics (callers may ignore the return value); CT reads a copy so that
         # autograd does not see its saved input overwritten.
-        return x.copy_(_apply_ct(x.clone(), beta, self.state.c))
+        return x.copy_(_apply_ct(x.clone(), beta, c, family))
 
-    def _beta_for_call(self) -> BetaLike:
+    def _beta_for_call(self, family: Family) -> BetaLike | None:
+        """This call's beta; None: a call the trace did not see, left as it is."""
         state = self.state
         if not self.scoped:
             return state.default
-        owner = state.scope[-1] if state.scope else ""
-        betas = state.inline.get(owner)
+        key = (state.scope[-1] if state.scope else "", inline_mark(family.name))
+        betas = state.inline.get(key)
         if not betas:
-            if owner not in state.warned:
-                state.warned.add(owner)
+            if key not in state.warned:
+                state.warned.add(key)
                 logger.warning(
-                    "inline ReLU in %r was not seen when the model was traced; it stays ReLU", owner or "<model>"
+                    "inline %s in %r was not seen when the model was traced; it is left as it is",
+                    family.label,
+                    key[0] or "<model>",
                 )
-            return 1.0
-        k = state.inline_calls.get(owner, 0)
-        state.inline_calls[owner] = k + 1
+            return None
+        k = state.inline_calls.get(key, 0)
+        state.inline_calls[key] = k + 1
         return betas[k % len(betas)]
 
 

@@ -10,6 +10,10 @@ input, or a single entry per unit), with ``betas`` and ``c`` holding the means (
 from). Granularity ``channel`` has the units of ``site`` (a vector of channels belongs to one ReLU call).
 Such profiles are written as format version 2, so that an older ct-tune refuses them instead of applying
 the means; profiles without ``channels`` stay version 1, and every older profile still loads.
+A profile found on a SiLU or GELU network records each unit's family (``families``; absent for ReLU
+networks, whose profiles are written exactly as before), so that it is never applied to a network whose
+units apply other functions: the same beta is another activation there.
+
 ``apply_profile`` (``ct_tune.steering._apply``) re-traces the new model and refuses one whose ReLU calls
 differ, so a profile cannot be silently applied to the wrong architecture.
 """
@@ -28,6 +32,7 @@ from ct_tune._files import write_atomically
 from ct_tune._version import __version__
 from ct_tune.steering._activation import check_beta, check_c
 from ct_tune.steering._channel import ChannelCT
+from ct_tune.steering._families import FAMILIES
 from ct_tune.steering._grouping import check_granularity, normalize_groups
 from ct_tune.steering._sites import describe
 
@@ -51,13 +56,14 @@ class BetaProfile:
 
     granularity: str
     betas: dict[str, float]
-    c: float = 0.5
+    c: float | None = 0.5  # None: each unit's family's c (0.5 for ReLU, 1 for SiLU and GELU)
     fingerprint: str | None = None  # hash of the ReLU call sites (see ct_tune.steering.Trace)
     input_shape: list[int] | None = None
     model: str | None = None  # class name, for messages
     metadata: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, list[str]] | None = None  # granularity custom: unit -> module-path prefixes
     channels: dict[str, dict[str, list[float]]] | None = None  # trained CT: unit -> {"beta": [...], "c": [...]}
+    families: dict[str, str] | None = None  # unit -> "silu", "gelu", ... (None: every unit is ReLU)
 
     def __post_init__(self) -> None:
         if self.granularity == CHANNEL and not self.channels:
@@ -65,13 +71,16 @@ class BetaProfile:
         check_granularity(self.unit_granularity, self.groups)
         if self.groups:
             self.groups = normalize_groups(self.groups)
-        check_c(self.c)
+        if self.c is not None:
+            check_c(self.c)
+            self.c = float(self.c)
         if not self.betas:
             raise InputError("a beta profile needs at least one unit")
         for unit, beta in self.betas.items():
             check_beta(beta, name=f"beta[{unit!r}]")
-        self.c = float(self.c)
         self.betas = {unit: float(beta) for unit, beta in self.betas.items()}
+        if self.families is not None:
+            self.families = _checked_families(self.families, self.betas)
         if self.channels is not None:
             self.channels = _checked_channels(self.channels, self.betas, self.granularity)
 
@@ -89,7 +98,7 @@ class BetaProfile:
     def to_dict(self) -> dict[str, Any]:
         version = FORMAT_VERSION if self.channels is not None else 1
         data = {"format": FORMAT, "format_version": version, "ct_tune_version": __version__, **asdict(self)}
-        for name in ("groups", "channels"):
+        for name in ("groups", "channels", "families"):
             if data[name] is None:
                 del data[name]
         return data
@@ -119,6 +128,7 @@ class BetaProfile:
             ("model", str, "a string"),
             ("metadata", dict, "an object"),
             ("channels", dict, "an object"),
+            ("families", dict, "an object"),
         ):
             value = data.get(name)
             if value is not None and not isinstance(value, kind):
@@ -134,6 +144,7 @@ class BetaProfile:
                 metadata=data.get("metadata") or {},
                 groups=data.get("groups"),
                 channels=data.get("channels"),
+                families=data.get("families"),
             )
         except InputError as error:
             raise InputError(f"{source}: {error}") from None
@@ -158,6 +169,10 @@ class BetaProfile:
             raise InputError(f"profile file {path} is not valid JSON ({error}); export it again") from None
         return cls.from_dict(data, source=f"profile file {path}")
 
+    def family_of(self, unit: str) -> str:
+        """The activation family of ``unit`` (``relu`` where the profile records none)."""
+        return (self.families or {}).get(unit, "relu")
+
     def describe(self) -> str:
         if self.channels is not None:
             sizes = sum(len(entry["beta"]) for entry in self.channels.values())
@@ -167,7 +182,8 @@ class BetaProfile:
                 f"unit mean beta {low:.3f} .. {high:.3f}"
             )
         values = [f"{unit}={beta:.3f}" for unit, beta in self.betas.items() if not math.isclose(beta, 1.0)]
-        return f"{self.granularity} profile, c={self.c:g}: " + (describe(values) if values else "all ReLU")
+        c = "each family's c" if self.c is None else f"c={self.c:g}"
+        return f"{self.granularity} profile, {c}: " + (describe(values) if values else "all ReLU")
 
 
 def _checked_channels(channels: Any, betas: dict[str, float], granularity: str) -> dict[str, dict[str, list[float]]]:
@@ -189,3 +205,13 @@ def _checked_channels(channels: Any, betas: dict[str, float], granularity: str) 
             raise InputError(f"channels[{unit!r}]: every c must be in [0, 1]")
         checked[unit] = {"beta": [float(v) for v in beta], "c": [float(v) for v in c]}
     return checked
+
+
+def _checked_families(families: Any, betas: dict[str, float]) -> dict[str, str]:
+    """Families of exactly the units of ``betas``, each a known family name."""
+    if not isinstance(families, dict) or set(families) != set(betas):
+        raise InputError("families must give an activation family for exactly the units of betas")
+    for unit, name in families.items():
+        if name not in FAMILIES:
+            raise InputError(f"families[{unit!r}] is {name!r}; known families: {', '.join(FAMILIES)}")
+    return dict(families)

@@ -37,6 +37,7 @@ from ct_tune.bench import Bench, BenchSpec, bench_spec
 from ct_tune.data import Samples
 from ct_tune.objectives import FeatureTap, default_feature_layer
 from ct_tune.steering import BetaProfile, ChannelCT, SteeringHandle, channel_dim, steer_traced
+from ct_tune.steering._families import RELU, Family, family_named
 from ct_tune.trained._settings import BETA_HIGH, BETA_LOW, TrainCTSettings, check_trainable
 
 import torch
@@ -109,9 +110,9 @@ class _Counter(ChannelCT):
     def __init__(self, name: str) -> None:
         self.name, self.counts = name, set()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, family: Family = RELU) -> torch.Tensor:
         self.counts.add(int(x.shape[channel_dim(x)]) if x.dim() >= 2 else 1)
-        return torch.relu(x)
+        return family.native(x)
 
 
 def _logit(p: float) -> float:
@@ -179,7 +180,8 @@ def train_loaded(
     evaluator = bench.evaluator("val")
     objective = bench.spec.objectives[0].name
     bench.close()  # a previous training's handle
-    handle = steer_traced(bench.model.net, 1.0, c=0.5, granularity=settings.unit_granularity, trace=bench.trace)
+    handle = steer_traced(bench.model.net, 1.0, c=None, granularity=settings.unit_granularity, trace=bench.trace)
+    handle.update(handle.baselines)  # the network's own activation everywhere (ReLU: beta = 1)
     bench.handle = handle  # closed with the bench
     baseline = evaluator.evaluate()[objective].value
     training = _start(bench, settings, handle)
@@ -300,10 +302,11 @@ def _make_units(handle: SteeringHandle, bench: Bench, settings: TrainCTSettings)
             if len(counter.counts) != 1:
                 raise InputError(f"ReLU site {unit!r} is called with {sorted(counter.counts)} channels; use site")
             sizes[unit] = counter.counts.pop()
-    theta0 = _logit((settings.init_beta - BETA_LOW) / (BETA_HIGH - BETA_LOW))
-    phi0 = _logit(settings.init_c)
     units = {}
     for unit, size in sizes.items():
+        init_beta, init_c = settings.start(family_named(handle.families[unit]))
+        theta0 = _logit((init_beta - BETA_LOW) / (BETA_HIGH - BETA_LOW))
+        phi0 = _logit(init_c)
         theta = nn.Parameter(torch.full((size,), theta0, device=bench.device))
         phi = nn.Parameter(torch.full((size,), phi0, device=bench.device), requires_grad=settings.train_c)
         units[unit] = _TrainableUnit(unit, theta, phi)

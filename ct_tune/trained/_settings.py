@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ct_tune._errors import InputError
 from ct_tune._specs import StrictSpec, validated
+from ct_tune.steering._families import Family
 
 from pydantic import Field, model_validator
 
@@ -18,6 +19,7 @@ __all__ = ["BETA_HIGH", "BETA_LOW", "TRAINABLE_OBJECTIVES", "TrainCTSettings", "
 BETA_LOW = 1e-3
 BETA_HIGH = 1.0 - 1e-4
 TRAINABLE_OBJECTIVES = ("probe", "accuracy")
+GATED_START_C = 0.999
 
 Granularity = Literal["global", "stage", "block", "site", "channel"]
 
@@ -28,6 +30,9 @@ class TrainCTSettings(StrictSpec):
     granularity: Granularity = "channel"
     lr: float = Field(default=0.1, gt=0)  # Adam, CT parameters
     head_lr: float = Field(default=1e-3, gt=0)  # Adam, the probe's linear head
+    # The authors' start for ReLU units. SiLU and GELU units start at their own activation, beta0 and
+    # c = 0.999 (c = 1 is out of reach of the logit parametrisation), as the authors start GELU Swin,
+    # unless these are given.
     init_beta: float = Field(default=0.8, ge=BETA_LOW, le=BETA_HIGH)
     init_c: float = Field(default=0.5, gt=0, lt=1)
     train_c: bool = True  # False: c stays init_c
@@ -37,6 +42,13 @@ class TrainCTSettings(StrictSpec):
     batch_size: int = Field(default=32, ge=1)
     patience: int | None = Field(default=None, ge=1)  # epochs without a better val score before stopping
     seed: int = 0  # head initialisation and batch order
+
+    def start(self, family: Family) -> tuple[float, float]:
+        """Where a unit of ``family`` starts: (beta, c), the settings' values where they are given."""
+        given = self.model_fields_set
+        beta = family.baseline if family.gated and "init_beta" not in given else self.init_beta
+        c = GATED_START_C if family.gated and "init_c" not in given else self.init_c
+        return beta, c
 
     @property
     def unit_granularity(self) -> str:
