@@ -126,6 +126,7 @@ def test_small_builtin_builds_silu_and_gelu_at_the_places_of_relu(activation, mo
     x = torch.rand(4, 1, 8, 8)
     assert other(x).shape == (4, 10) and not torch.allclose(other(x), relu(x))
     assert other.model_kwargs == {"activation": activation} and relu.model_kwargs == {}
+    assert ct_tune.units(other.net, x, "block") == ["stem", "layer1.0", "layer2.0", "layer3.0"]  # steerable as ReLU's
 
 
 def test_the_activated_block_computes_what_torchvision_basicblock_does():
