@@ -22,7 +22,7 @@ from ct_tune.bench._memory import rows_per_pass
 from ct_tune.bench._spec import BenchSpec
 from ct_tune.data import ComponentSpec, Samples, UserData
 from ct_tune.objectives import EvalData, EvalTarget, Evaluator, Objective
-from ct_tune.steering import Groups, SteeringHandle, Trace, checked_trace, group_sites, steer_traced
+from ct_tune.steering import Groups, SteeringHandle, Trace, checked_trace, group_sites, steer_traced, unit_families
 
 import torch
 from torch import nn
@@ -287,7 +287,7 @@ class Bench:
         bench._check_logits()
         bench.batch_size = bench._rows_per_pass()
         if steer:
-            bench.handle = steer_traced(model.net, 1.0, c=0.5, granularity=granularity, trace=trace, groups=groups)
+            bench.handle = steer_traced(model.net, 1.0, c=None, granularity=granularity, trace=trace, groups=groups)
         bench.seconds_to_load = time.perf_counter() - started
         return bench
 
@@ -332,6 +332,11 @@ class Bench:
         return list(dict.fromkeys(group_sites(self.model.net, self.trace, self.granularity, self.groups).values()))
 
     @property
+    def families(self) -> dict[str, str]:
+        """Each unit's activation family (``relu``, ``silu``, ``gelu``, ``gelu_tanh``), in network order."""
+        return unit_families(self.trace, group_sites(self.model.net, self.trace, self.granularity, self.groups))
+
+    @property
     def device_label(self) -> str:
         if self.device.type == "cuda":
             return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
@@ -347,6 +352,7 @@ class Bench:
             "model": self.model.describe(),
             "data": self.data.describe(),
             "n_sites": len(self.trace.sites),
+            **({"families": families} if set((families := self.families).values()) != {"relu"} else {}),
         }
 
     def check_identity(self, meta: Mapping[str, Any], study: str) -> None:

@@ -169,7 +169,12 @@ def render_best(names: list[str], study: str, status: dict[str, Any]) -> None:
         )
     if baseline is not None:
         rows.append(
-            [f"{baseline['number']} (ReLU)", *(baseline["values"].get(n) for n in names), baseline["c"], "all 1.0"]
+            [
+                f"{baseline['number']} ({status.get('baseline_label', 'ReLU')})",
+                *(baseline["values"].get(n) for n in names),
+                baseline["c"],
+                "all 1.0" if status.get("baseline_label", "ReLU") == "ReLU" else profile_text(baseline["betas"]),
+            ]
         )
     print_table(f"{title} of {study}", ["trial", *names, "c", "beta per unit"], rows)
 

@@ -77,7 +77,7 @@ def render_pipeline(result: Any, *, show_plots: int = 4) -> None:
 
 
 def _label(row: Any) -> str:
-    return "ReLU baseline" if row.is_baseline else f"best {row.granularity}"
+    return f"{row.baseline_label} baseline" if row.is_baseline else f"best {row.granularity}"
 
 
 def _against(notes: dict[str, Any]) -> str:

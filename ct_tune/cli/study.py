@@ -141,7 +141,8 @@ def _create(args: argparse.Namespace) -> CommandResult:
         print(f"  {len(study.units)} {spec.search.granularity} units: {short_list(study.units)}")
         objectives = ", ".join(f"{n} ({d})" for n, d in payload["objectives"].items())
         print(f"  objectives: {objectives}; sampler {spec.sampler.name}")
-        print(f"  budget: {spec.budget.n_trials} trials, {waiting} enqueued first (ReLU baseline / paper grid)")
+        first = f"{study.baseline_label} baseline / paper grid"
+        print(f"  budget: {spec.budget.n_trials} trials, {waiting} enqueued first ({first})")
         print(f"  MLflow: {payload['tracking_uri']} (experiment {study.experiment_id})")
         print(f"next: ct-tune study run {_next_target(args, study)}")
 
@@ -298,7 +299,7 @@ def _report(args: argparse.Namespace) -> CommandResult:
 
     def render() -> None:
         names = study.objective_names
-        roles = {"baseline": " (ReLU)", "best global": " (best global)"}
+        roles = {"baseline": f" ({study.baseline_label})", "best global": " (best global)"}
         rows = []
         for row in report.trials:
             rows.append(

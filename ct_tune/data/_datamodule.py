@@ -153,14 +153,22 @@ class CTDataModule(L.LightningDataModule):
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the dataset name, classes, and every split's pool, indices and labels."""
+        """Hash of the dataset name, classes, and every split's pool, indices and labels (a study's identity)."""
+        return self._hash(SPLITS)
+
+    def split_fingerprint(self, split: Split) -> str:
+        """The same hash over one split: what MLflow shows as that split's digest (equal val, equal digest,
+        whatever the other splits are)."""
+        return self._hash((_check_split(split),))
+
+    def _hash(self, splits: tuple[str, ...]) -> str:
         digest = hashlib.sha256()
         digest.update(json.dumps({"name": self.name, "classes": self.classes}, sort_keys=True).encode())
-        for split in SPLITS:
+        for split in splits:
             pool, indices = self._splits[split]
             digest.update(f"|{split}:{pool}:".encode())
             digest.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-            digest.update(np.ascontiguousarray(self.labels(split), dtype="<i8").tobytes())
+            digest.update(np.ascontiguousarray(self.labels(split), dtype="<i8").tobytes())  # type: ignore[arg-type]
         return digest.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -168,6 +176,7 @@ class CTDataModule(L.LightningDataModule):
         return {
             "name": self.name,
             "fingerprint": self.fingerprint,
+            "fingerprints": {split: self.split_fingerprint(split) for split in SPLITS},  # type: ignore[arg-type]
             "settings": dict(self.settings),
             "sizes": self.sizes(),
             "num_classes": self.num_classes,

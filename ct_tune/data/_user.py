@@ -194,7 +194,15 @@ class UserData:
             if self.normalization is None
             else {"mean": list(self.normalization[0]), "std": list(self.normalization[1])},
             "source": "datamodule" if self.datamodule is not None else "datasets",
+            "class_paths": self.class_paths(),
         }
+
+    def class_paths(self) -> dict[str, str]:
+        """The class each split is read from (the DataModule's for all three), without its arguments: what
+        MLflow shows as the data's source (arguments may hold a token or a password)."""
+        if "class_path" in self.source:
+            return dict.fromkeys(("train", "val", "test"), str(self.source["class_path"]))
+        return {split: str(part["class_path"]) for split, part in self.source.items() if isinstance(part, Mapping)}
 
     def normalizer(self) -> Callable[[Tensor], Tensor] | None:
         """Pixels back to the space the loaders served (None: they served pixels)."""

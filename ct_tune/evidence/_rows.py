@@ -83,6 +83,7 @@ class ReportRow:
     c: float
     stage: str | None = None  # a pipeline's rows: the stage and its granularity
     granularity: str | None = None
+    baseline_label: str = "ReLU"  # what the baseline is: "own activation" for SiLU and GELU networks
 
     @property
     def is_baseline(self) -> bool:
@@ -107,6 +108,7 @@ class ReportRow:
             "test_details": self.test_details,
             "betas": self.betas,
             "c": self.c,
+            "baseline_label": self.baseline_label,
         }
 
     def metrics(self, prefix: str = "test") -> dict[str, float]:
@@ -152,6 +154,7 @@ def score_row(
     relu: Reference | None,
     best_global: Reference | None,
     bootstrap: Bootstrap = Bootstrap(),
+    baseline_label: str = "ReLU",
 ) -> ReportRow:
     """The row of a profile (``own``: its study or stage, and trial) scored on the test split (``scored``)."""
     mine = correctness(scored)
@@ -169,6 +172,7 @@ def score_row(
         test_details={name: result.details for name, result in scored.items()},
         betas=dict(betas),
         c=c,
+        baseline_label=baseline_label,
     )
 
 

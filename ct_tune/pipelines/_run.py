@@ -240,7 +240,9 @@ def _create_stage(run: _Run, stage: StageSpec, index: int, storage_url: str, opt
         if stage.warm_start is not None:
             warm = warm_start_profiles(bench, plain, stage.warm_start.from_stage, run.studies, run.trained)
             beta = plain.search.beta
-            ranges = warm_start_ranges(warm.profiles, stage.warm_start.width, beta.low, beta.high)
+            own = {unit: plain.search.range_of(unit, family) for unit, family in bench.families.items()}
+            bounds = {unit: (r.low, r.high) for unit, r in own.items()}
+            ranges = warm_start_ranges(warm.profiles, stage.warm_start.width, beta.low, beta.high, bounds=bounds)
             spec = stage_spec(run.spec, stage.name, ranges=ranges)
         units, meta = bench.units, bench.meta()
     assert run.tracker is not None

@@ -86,14 +86,21 @@ def warm_start_profiles(
 
 
 def warm_start_ranges(
-    profiles: Sequence[Mapping[str, float]], width: float, low: float, high: float
+    profiles: Sequence[Mapping[str, float]],
+    width: float,
+    low: float,
+    high: float,
+    *,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per-unit ranges covering every warm-start profile +- ``width``, inside the stage's [low, high]."""
+    """Per-unit ranges covering every warm-start profile +- ``width``, inside the stage's [low, high] (or the
+    unit's own ``bounds``: a SiLU or GELU unit's family range)."""
     ranges = {}
     for unit in profiles[0]:
+        floor, ceiling = (bounds or {}).get(unit, (low, high))
         values = [profile[unit] for profile in profiles]
-        lo, hi = max(low, min(values) - width), min(high, max(values) + width)
+        lo, hi = max(floor, min(values) - width), min(ceiling, max(values) + width)
         if hi <= lo:  # the earlier best sits at the edge of this stage's range
-            lo, hi = max(low, hi - 2 * width), min(high, lo + 2 * width)
+            lo, hi = max(floor, hi - 2 * width), min(ceiling, lo + 2 * width)
         ranges[unit] = {"low": round(lo, 6), "high": round(hi, 6)}
     return ranges

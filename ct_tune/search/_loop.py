@@ -27,7 +27,7 @@ from ct_tune.search._samplers import build_pruner, build_sampler, trial_seed
 from ct_tune.search._space import param_names, suggest
 from ct_tune.steering import fused_status
 from ct_tune.stores import database_cause, database_reason, is_database_error
-from ct_tune.tracking import Tracker
+from ct_tune.tracking import Tracker, split_datasets
 from ct_tune.tracking.keys import ATTR_KIND
 from ct_tune.workers import Heartbeats, InterruptGuard, heartbeat_interval
 
@@ -133,7 +133,9 @@ class TrialLoop:
         spec = self.study.spec
         self._param_names = param_names(spec, self.study.units)
         # Replaced before each trial draws its betas (``_begin``); this one only serves the first ask.
-        first_sampler = build_sampler(spec, self._param_names, seed=trial_seed(spec.sampler.seed, -1 - settings.worker))
+        first_sampler = build_sampler(
+            spec, self._param_names, seed=trial_seed(spec.sampler.seed, -1 - settings.worker), families=study.families
+        )
         self.optuna_study = optuna.load_study(
             study_name=self.study.name, storage=self.study.storage, sampler=first_sampler, pruner=build_pruner(spec)
         )
@@ -157,9 +159,11 @@ class TrialLoop:
             device_label=bench.device_label,
             device=bench.device,
             trials_per_batch=self.batch,
-            lowest_beta=spec.search.lowest,
+            lowest_beta=spec.search.lowest(study.families_used),
+            baselines=study.baselines,
             run_tags=objective_tags(self.evaluator.objectives),
             units=self.study.units,
+            datasets=split_datasets(self.study.meta.get("data") or {}, ["val"]),
         )
         logger.info("worker %d: CT activation %s", settings.worker, fused_status(bench.device.type))
         self.prune = len(spec.objectives) == 1 and spec.pruner.name != "none" and self.batch == 1
@@ -347,8 +351,10 @@ class TrialLoop:
     def _begin(self, trial: optuna.Trial) -> _Begun:
         """Sample the trial's betas (with its own sampler seed) and open its MLflow child run."""
         seed = trial_seed(self.study.spec.sampler.seed, trial.number)
-        self.optuna_study.sampler = build_sampler(self.study.spec, self._param_names, seed=seed)
-        betas, c = suggest(trial, self.study.spec, self.study.units)
+        self.optuna_study.sampler = build_sampler(
+            self.study.spec, self._param_names, seed=seed, families=self.study.families
+        )
+        betas, c = suggest(trial, self.study.spec, self.study.units, self.study.families)
         kind, stored_kind = self._kind(trial)
         if kind != stored_kind:  # enqueued trials carry theirs; "sampled" is the default when absent
             trial.set_user_attr(ATTR_KIND, kind)

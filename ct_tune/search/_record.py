@@ -1,10 +1,11 @@
 """The MLflow record of a trial, and of the study on its parent run.
 
-A trial's child run is opened when the trial starts (betas and c as params; worker, device, kind as tags)
-and its id is stored on the trial (``mlflow_run_id``); it is closed with the trial's state, its objective
-values and details as metrics, the running values with their steps, ``trial.json`` and a plot of its
-betas. A worker that dies leaves its run RUNNING: whoever fails its trial closes the run as FAILED
-(``stale_trial_callback``). The parent run holds the best value so far and the study's plots.
+A trial's child run is opened when the trial starts (betas and c as params; worker, device, kind as tags;
+the val split as its dataset) and its id is stored on the trial (``mlflow_run_id``); it is closed with the
+trial's state, its objective values and details as metrics, the running values with their steps,
+``trial.json`` and a plot of its betas. A worker that dies leaves its run RUNNING: whoever fails its trial
+closes the run as FAILED (``stale_trial_callback``). The parent run holds the best value so far and the
+study's plots.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ct_tune.objectives import ObjectiveResult
 from ct_tune.search._space import BETA_PREFIX, C_PARAM, beta_param
 from ct_tune.stores import count_states, database_reason, is_database_error
-from ct_tune.tracking import Tracker, beta_profile_figure, mlflow_key, study_figures
+from ct_tune.tracking import SplitDataset, Tracker, beta_profile_figure, mlflow_key, study_figures
 from ct_tune.tracking.keys import (
     ATTR_RUN_ID,
     TAG_ATTACK,
@@ -66,8 +67,10 @@ class TrialRecorder:
     device: Any  # torch.device, for the memory metrics
     trials_per_batch: int = 1
     lowest_beta: float = 0.7  # the plots' axis floor
+    baselines: dict[str, float] = field(default_factory=dict)  # SiLU/GELU units' beta0, for the plots
     run_tags: Mapping[str, str] = field(default_factory=dict)  # on every trial run (``objective_tags``)
     units: Sequence[str] = ()  # in network order (the study's); default: the order of the betas given
+    datasets: Sequence[SplitDataset] = ()  # the val split the trials are scored on
 
     def open(self, trial: optuna.Trial, betas: Mapping[str, float], c: float, kind: str, *, sampler_seed: int) -> str:
         """Open the trial's child run and store its id on the trial; returns the run id."""
@@ -83,6 +86,7 @@ class TrialRecorder:
             trial_number=trial.number,
             params=params,
             tags=tags,
+            datasets=self.datasets,
         )
         trial.set_user_attr(ATTR_RUN_ID, run_id)  # overwrites the id a retried trial inherited
         return run_id
@@ -118,10 +122,11 @@ class TrialRecorder:
         if state == "PRUNED" and history:
             record["pruned_at_step"] = history[-1][2]
         tags = {TAG_FAILURE: failure} if failure else {}
-        low = self.lowest_beta
+        low, baselines = self.lowest_beta, self.baselines
 
         def figure() -> Figure:
-            return beta_profile_figure(dict(betas), title=f"trial {trial_number} ({state})", low=low)
+            title = f"trial {trial_number} ({state})"
+            return beta_profile_figure(dict(betas), title=title, low=low, baselines=baselines)
 
         try:
             self.tracker.finish_trial_run(
@@ -219,7 +224,10 @@ def refresh_study_plots(study: Study, tracker: Tracker, *, wait: bool = True) ->
         if len(best) == 1:
             values = ", ".join(f"{n}={v:.4f}" for n, v in best[0].values.items())
             drawn["plots/best_beta_profile.png"] = beta_profile_figure(
-                best[0].betas, title=f"best trial {best[0].number}: {values}", low=study.spec.search.lowest
+                best[0].betas,
+                title=f"best trial {best[0].number}: {values}",
+                low=study.spec.search.lowest(study.families_used),
+                baselines=study.baselines,
             )
         return drawn
 

@@ -30,7 +30,7 @@ def requeue_initial_trials(study: Study) -> int:
         for t in study.optuna_study.get_trials(deepcopy=False, states=alive)
     ]
     added = 0
-    for params, kind in initial_trials(study.spec, study.units):
+    for params, kind in initial_trials(study.spec, study.units, study.families):
         if not any(_same_params(params, other) for other in present):
             study.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
             present.append(params)

@@ -6,7 +6,8 @@ objectives. Each test value comes with a bootstrap interval over test samples, a
 compared on the same samples with the baseline and with the best global profile (paired interval of the
 difference, exact McNemar p-value; see ``ct_tune.evidence``), next to its val-test gap (a large one is val overfit).
 Results go to the study (user attribute ``ct_tune.report``, since Optuna freezes finished trials), to each
-trial's MLflow run and to the parent run (``test.*`` metrics and a ``report.json`` artifact).
+trial's MLflow run and to the parent run (``test.*`` metrics, the test split as a dataset and a ``report.json``
+artifact).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ct_tune.evidence import (
     rank_on_resamples,
     score_row,
 )
+from ct_tune.tracking import SplitDataset, split_datasets
 from ct_tune.tracking.keys import ATTR_REPORT, ATTR_TEST_FINGERPRINT
 from ct_tune.workers import InterruptGuard
 
@@ -89,6 +91,7 @@ class _Scored:
     test_samples: int
     digest: str
     reselection: dict[str, Any] | None
+    datasets: list[SplitDataset]  # the test split, as the MLflow runs of the report carry it
 
 
 def report_study(
@@ -135,9 +138,10 @@ def report_study(
     reference, global_note = _same_samples(best_global, scored.digest, global_note)
     reference = reference or reference_of(global_trial, f"best global profile of {study.name}")
     relu_ref, relu_note = _same_samples(relu, scored.digest, "")
-    relu_ref = reference_of(baseline, f"ReLU baseline of {study.name}") or relu_ref
+    label = study.baseline_label
+    relu_ref = reference_of(baseline, f"{label} baseline of {study.name}") or relu_ref
     if relu_ref is None:
-        relu_note = relu_note or f"study {study.name} has no completed ReLU baseline (enqueue_baseline adds it)"
+        relu_note = relu_note or f"study {study.name} has no completed {label} baseline (enqueue_baseline adds it)"
     rows = [
         score_row(
             number=trial.number,
@@ -150,6 +154,7 @@ def report_study(
             relu=relu_ref,
             best_global=reference,
             bootstrap=bootstrap,
+            baseline_label=study.baseline_label,
         )
         for trial, role in scored.listed
     ]
@@ -169,7 +174,7 @@ def report_study(
         reselection=scored.reselection,
         correct=correct,
     )
-    _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed})
+    _record_whole(study, report, {trial.number: trial.mlflow_run_id for trial, _ in scored.listed}, scored.datasets)
     return report
 
 
@@ -214,22 +219,39 @@ def _score(
                 results[trial.number] = evaluator.evaluate()
         labels = evaluator.data.val_y
         digest = hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()[:16]
-        return _Scored(listed, results, len(labels), digest, reselection)
+        datasets = split_datasets(bench.data.describe(), ["test"])
+        return _Scored(listed, results, len(labels), digest, reselection, datasets)
 
 
 def _best_global(study: Study) -> tuple[TrialResult | None, str]:
     """The paper's pick: of the completed trials with one beta for every unit (the ReLU baseline included, as
     the paper includes it), the best by val on the first objective; none when the baseline is the only one."""
     name, direction = study.objective_names[0], study.directions[0]
-    candidates = [t for t in study.trials() if len(set(t.betas.values())) == 1 and name in t.values]
-    if all(next(iter(t.betas.values())) == 1.0 for t in candidates):
-        return None, "no completed trial with one beta below 1 for every unit (enqueue_paper_grid adds them)"
+    own = study.baseline_betas
+    candidates = [t for t in study.trials() if name in t.values and _global(t.betas, own)]
+    if all(t.betas == own for t in candidates):
+        if study.baseline_label == "ReLU":
+            return None, "no completed trial with one beta below 1 for every unit (enqueue_paper_grid adds them)"
+        return (
+            None,
+            "no completed trial with one beta per family other than the baseline (enqueue_paper_grid adds them)",
+        )
     sign = 1 if direction == "maximize" else -1
     best = max(candidates, key=lambda t: (sign * t.values[name], -t.number))
-    relu = (
-        " (the ReLU baseline: no beta below 1 did better on val)" if best.betas[next(iter(best.betas))] == 1.0 else ""
-    )
+    relu = ""
+    if best.betas == own:
+        other = "no beta below 1" if study.baseline_label == "ReLU" else "no other global beta"
+        relu = f" (the {study.baseline_label} baseline: {other} did better on val)"
     return best, f"best global profile of {study.name} by val {name} (trial {best.number}){relu}"
+
+
+def _global(betas: Mapping[str, float], own: Mapping[str, float]) -> bool:
+    """One beta for every unit (the paper's global profile); a network mixing families: one per family
+    (the paper grid's trials, and the network's own activation)."""
+    by_family: dict[float, set[float]] = {}
+    for unit, beta in betas.items():
+        by_family.setdefault(own[unit], set()).add(beta)
+    return all(len(values) == 1 for values in by_family.values())
 
 
 def _check_reselect(study: Study, k: int, trial_numbers: Sequence[int] | None) -> None:
@@ -300,14 +322,16 @@ def _same_samples(given: Reference | None, digest: str, note: str) -> tuple[Refe
     return given, f"{given.label} (trial {given.number})"
 
 
-def _record_whole(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
+def _record_whole(
+    study: Study, report: StudyReport, run_ids: Mapping[int, str | None], datasets: Sequence[SplitDataset]
+) -> None:
     """``_record`` with Ctrl-C (and SIGTERM) held until it is done: the trial runs, the study's attribute,
     the parent run and ``report.json`` are written together (about a second); a second Ctrl-C still stops
     it at once, and says the record may be partial."""
     guard, recorded = InterruptGuard(), False
     try:
         with guard.installed(), guard.deferred():
-            _record(study, report, run_ids)
+            _record(study, report, run_ids, datasets)
             recorded = True
     except KeyboardInterrupt:
         if recorded:
@@ -320,8 +344,11 @@ def _record_whole(study: Study, report: StudyReport, run_ids: Mapping[int, str |
         ) from None
 
 
-def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]) -> None:
-    """The report on the study (its test values), on each trial's MLflow run and on the parent run."""
+def _record(
+    study: Study, report: StudyReport, run_ids: Mapping[int, str | None], datasets: Sequence[SplitDataset]
+) -> None:
+    """The report on the study (its test values), on each trial's MLflow run and on the parent run, each run
+    with the test split as a dataset."""
     tracker = study.tracker
     rows = report.trials
     logged: set[int | str] = set()
@@ -329,6 +356,7 @@ def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]
         run_id = run_ids.get(row.number)  # type: ignore[arg-type]
         if run_id and row.number not in logged:
             tracker.log(run_id, metrics=row.metrics())
+            tracker.log_datasets(run_id, datasets)
             logged.add(row.number)
     stored = dict(study.optuna_study.user_attrs.get(ATTR_REPORT, {}))
     for row in rows:
@@ -342,6 +370,7 @@ def _record(study: Study, report: StudyReport, run_ids: Mapping[int, str | None]
         elif row.role == GLOBAL:
             metrics.update(row.metrics("test.global"))
     tracker.log(study.parent_run_id, metrics=metrics)
+    tracker.log_datasets(study.parent_run_id, datasets)
     tracker.client.log_dict(study.parent_run_id, report.to_dict(), "report.json")
 
 

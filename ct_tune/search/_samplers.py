@@ -12,6 +12,8 @@ keep their state in the storage, not in the sampler object, so a fresh one per t
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ct_tune._errors import InputError
@@ -29,8 +31,15 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def build_sampler(spec: StudySpec, param_names: list[str], *, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``seed`` (default: the spec's own seed)."""
+def build_sampler(
+    spec: StudySpec,
+    param_names: list[str],
+    *,
+    seed: int | None = None,
+    families: Mapping[str, str] | None = None,
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``seed`` (default: the spec's own seed); ``families`` (unit -> family,
+    ReLU where absent) gives the grid sampler each unit's own beta grid."""
     import optuna
 
     options = spec.sampler
@@ -66,14 +75,16 @@ def build_sampler(spec: StudySpec, param_names: list[str], *, seed: int | None =
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        values = spec.grid_values()
-        points = len(values) ** len(param_names)
+        families = families or {}
+        grid = {param: spec.grid_values(families.get(param.removeprefix("beta."), "relu")) for param in param_names}
+        values = grid[param_names[0]]
+        points = math.prod(len(each) for each in grid.values())
         if points > MAX_GRID_POINTS:
             raise InputError(
                 f"the grid has {len(values)}^{len(param_names)} = {points:.3g} points; use granularity global, "
                 "a coarser search.beta.step, or another sampler"
             )
-        return optuna.samplers.GridSampler({param: values for param in param_names}, seed=seed)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(
             seed=seed,

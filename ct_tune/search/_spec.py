@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,16 +19,40 @@ from ct_tune._errors import InputError
 from ct_tune._names import NAME_RULE, name_problem
 from ct_tune._specs import StrictSpec, parse_yaml, validated
 from ct_tune.bench import BenchSpec
+from ct_tune.steering._families import family_named
 from ct_tune.stores import without_password
 
 from pydantic import Field, field_validator, model_validator
 
-__all__ = ["BetaRange", "CRange", "StudySpec", "load_spec", "paper_grid", "parse_duration", "spec_from_dict"]
+__all__ = [
+    "BetaRange",
+    "CRange",
+    "StudySpec",
+    "enqueued_problem",
+    "family_range",
+    "load_spec",
+    "paper_grid",
+    "parse_duration",
+    "spec_from_dict",
+]
 
 
-def paper_grid() -> list[float]:
-    """The paper's global beta grid: 0.70, 0.71, ..., 0.99 (the ReLU baseline beta = 1 is separate)."""
-    return [round(0.70 + 0.01 * i, 2) for i in range(30)]
+def paper_grid(family: str = "relu") -> list[float]:
+    """The paper's global beta grid: 0.70, 0.71, ..., 0.99 (the ReLU baseline beta = 1 is separate).
+
+    For a gated family (SiLU, GELU) the same 30 steps of 0.01 around its own activation's beta0, 15 on
+    each side: 0.35 .. 0.65 without 0.50 for SiLU, 0.4799 .. 0.7799 without 0.6299 for GELU."""
+    kind = family_named(family)
+    if not kind.gated:
+        return [round(0.70 + 0.01 * i, 2) for i in range(30)]
+    return [round(kind.baseline + 0.01 * k, 6) for k in range(-15, 16) if k]
+
+
+def family_range(family: str) -> BetaRange:
+    """The default beta range of a gated family's units: its beta0 +- 0.3 (ReLU's is 0.3 wide below 1),
+    up to 1 (ReLU): SiLU [0.2, 0.8], GELU [0.3299, 0.9299]."""
+    beta0 = family_named(family).baseline
+    return BetaRange(low=round(beta0 - 0.3, 6), high=min(1.0, round(beta0 + 0.3, 6)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,17 +99,47 @@ def _on_grid(distance: float, step: float) -> bool:
     return abs(distance / step - round(distance / step)) < 1e-6
 
 
+def enqueued_problem(search: SearchSpec, name: str, beta: BetaRange, family: str) -> str | None:
+    """Why the enqueued trials cannot lie in ``beta`` (the range ``name`` of a ``family`` unit), or None."""
+    kind = family_named(family)
+    if search.enqueue_baseline and not beta.contains(kind.baseline):
+        if not kind.gated:
+            hint = "; it is the range of ReLU units, SiLU and GELU ones take search.families" if name == "beta" else ""
+            return f"enqueue_baseline needs beta 1.0 inside {name} (set its high to 1.0{hint})"
+        return (
+            f"enqueue_baseline needs beta {kind.baseline:.4f} ({kind.label}'s own) inside {name} "
+            f"[{beta.low}, {beta.high}]; widen it or set enqueue_baseline: false"
+        )
+    if search.enqueue_paper_grid:
+        grid = paper_grid(family)
+        outside = [v for v in grid if not beta.contains(v)]
+        if outside:
+            span = "0.70..0.99" if not kind.gated else f"{grid[0]:g}..{grid[-1]:g} ({kind.label}'s beta0 +- 0.15)"
+            return (
+                f"enqueue_paper_grid needs {span} inside {name}; {outside[0]} is outside "
+                f"[{beta.low}, {beta.high}] or off its step"
+            )
+    return None
+
+
+GatedFamily = Literal["silu", "gelu", "gelu_tanh"]
+
+
 class SearchSpec(StrictSpec):
     granularity: Literal["global", "stage", "block", "site", "custom"] = "block"
     # custom: one unit per entry, {unit: module-path prefix or list of prefixes}; the longest prefix wins
     groups: dict[str, str | list[str]] | None = None
-    beta: BetaRange = BetaRange()
+    beta: BetaRange = BetaRange()  # the range of ReLU units
+    # The range of SiLU and GELU units, per family (default: family_range, beta0 +- 0.3)
+    families: dict[GatedFamily, BetaRange] = Field(default_factory=dict)
     # Ranges for single units (names as `ct-tune units` lists them), overriding `beta` for those units;
     # pipelines use them to search around an earlier stage's best profile.
     ranges: dict[str, BetaRange] = Field(default_factory=dict)
-    c: Annotated[float, Field(ge=0, le=1)] | CRange = 0.5  # a number fixes c; a range searches it
-    enqueue_baseline: bool = True  # beta = 1 everywhere (plain ReLU) as the first trial
-    enqueue_paper_grid: bool = False  # one trial per global beta 0.70, 0.71, ..., 0.99
+    # A number fixes c; a range searches it; unset: each unit's family's (0.5 for ReLU, the paper's, which is
+    # what the field reads then; 1 for SiLU and GELU, their own activation). ``fixed_c`` tells them apart.
+    c: Annotated[float, Field(ge=0, le=1)] | CRange = 0.5
+    enqueue_baseline: bool = True  # the network's own activation (beta = 1 for ReLU) as the first trial
+    enqueue_paper_grid: bool = False  # one trial per global beta 0.70, 0.71, ..., 0.99 (around beta0 if gated)
 
     @model_validator(mode="after")
     def _enqueued_in_range(self) -> SearchSpec:
@@ -92,28 +147,38 @@ class SearchSpec(StrictSpec):
             raise ValueError(f"search.groups applies to granularity custom only (not {self.granularity}); set custom")
         if self.granularity == "custom" and not self.groups:
             raise ValueError("granularity custom needs search.groups: {unit: module-path prefix or list of them}")
-        ranges = [("beta", self.beta), *((f"ranges.{unit}", r) for unit, r in self.ranges.items())]
-        if self.enqueue_baseline:
-            for name, beta in ranges:
-                if not beta.contains(1.0):
-                    raise ValueError(f"enqueue_baseline needs beta 1.0 inside {name} (set its high to 1.0)")
-        if self.enqueue_paper_grid:
-            for name, beta in ranges:
-                outside = [v for v in paper_grid() if not beta.contains(v)]
-                if outside:
-                    raise ValueError(
-                        f"enqueue_paper_grid needs 0.70..0.99 inside {name}; {outside[0]} is outside "
-                        f"[{beta.low}, {beta.high}] or off its step"
-                    )
+        # A unit's own range holds 1.0 when the baseline is enqueued, whatever its family (it is only known
+        # at creation, where a SiLU or GELU unit's range is checked to hold its beta0 too): ReLU is beta = 1.
+        ranges = [
+            ("beta", self.beta, "relu"),
+            *((f"families.{f}", r, f) for f, r in self.families.items()),
+            *((f"ranges.{unit}", r, "relu") for unit, r in self.ranges.items()),
+        ]
+        for name, beta, family in ranges:
+            problem = enqueued_problem(self, name, beta, family)
+            if problem:
+                raise ValueError(problem)
         return self
 
-    def range_of(self, unit: str) -> BetaRange:
-        return self.ranges.get(unit, self.beta)
+    def range_of(self, unit: str, family: str = "relu") -> BetaRange:
+        if unit in self.ranges:
+            return self.ranges[unit]
+        if family == "relu":
+            return self.beta
+        return self.families.get(family) or family_range(family)  # type: ignore[call-overload]
 
-    @property
-    def lowest(self) -> float:
-        """The smallest beta any unit may take (for plot axes)."""
-        return min([self.beta.low, *(r.low for r in self.ranges.values())])
+    def lowest(self, families: Collection[str] = ("relu",)) -> float:
+        """The smallest beta any unit of these families may take (for plot axes)."""
+        return min([*(self.range_of("", f).low for f in families), *(r.low for r in self.ranges.values())])
+
+    def fixed_c(self, families: Collection[str]) -> float | None:
+        """The c of a study whose units have these families, where c is not searched: the spec's number,
+        else the families' own c when they share one (0.5 for ReLU, 1 for SiLU and GELU), else None
+        (a network mixing ReLU with SiLU or GELU: each unit takes its family's)."""
+        if "c" in self.model_fields_set and not isinstance(self.c, CRange):
+            return float(self.c)
+        defaults = {family_named(family).default_c for family in families} or {0.5}
+        return defaults.pop() if len(defaults) == 1 else None
 
     @property
     def searches_c(self) -> bool:
@@ -264,7 +329,7 @@ class StudySpec(BenchSpec):
         if self.sampler.name == "cmaes" and multi:
             raise ValueError("the cmaes sampler handles a single objective; use tpe or nsga2 for several")
         if self.sampler.name == "grid" and self.search.searches_c:
-            raise ValueError("the grid sampler needs a fixed c (search.c: 0.5)")
+            raise ValueError("the grid sampler needs a fixed c (search.c: 0.5, or unset for each family's own)")
         if self.sampler.name == "grid" and self.search.ranges:
             raise ValueError("the grid sampler takes one beta grid for every unit; remove search.ranges")
         if self.budget.n_trials is None and self.budget.timeout is None:
@@ -277,14 +342,15 @@ class StudySpec(BenchSpec):
             )
         return self
 
-    def grid_values(self) -> list[float]:
-        """Beta values of the grid sampler: the range's step, else the paper's 0.01 grid in range."""
-        if self.search.beta.step is not None:
-            return self.search.beta.values()
-        beta = self.search.beta
+    def grid_values(self, family: str = "relu") -> list[float]:
+        """Beta values of the grid sampler for units of ``family``: the range's step, else a 0.01 grid in range."""
+        beta = self.search.range_of("", family)
+        if beta.step is not None:
+            return beta.values()
         step = BetaRange(low=beta.low, high=beta.high, step=0.01) if _on_grid(beta.high - beta.low, 0.01) else None
         if step is None:
-            raise InputError("the grid sampler needs search.beta.step (e.g. 0.01)")
+            field = "search.beta" if family == "relu" else f"search.families.{family}"
+            raise InputError(f"the grid sampler needs {field}.step (e.g. 0.01)")
         return step.values()
 
     @property
@@ -295,6 +361,8 @@ class StudySpec(BenchSpec):
     def to_dict(self) -> dict[str, Any]:
         """The spec as a study records it (Optuna attribute, ``spec.json``): store URLs without passwords."""
         data = self.model_dump(mode="json")
+        if "c" not in self.search.model_fields_set:  # unset stays unset: SiLU and GELU units take c = 1
+            del data["search"]["c"]
         for key in ("storage", "tracking_uri", "artifact_location"):
             if data[key] is not None:
                 data[key] = without_password(data[key])

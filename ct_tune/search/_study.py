@@ -27,6 +27,7 @@ from ct_tune.search._record import unit_keys
 from ct_tune.search._space import check_units, initial_trials, profile_from_params, profile_params
 from ct_tune.search._spec import StudySpec, load_spec, spec_from_dict
 from ct_tune.steering import BetaProfile
+from ct_tune.steering._families import family_named
 from ct_tune.stores import (
     check_reachable,
     check_two_databases,
@@ -40,7 +41,7 @@ from ct_tune.stores import (
     study_lock,
     without_password,
 )
-from ct_tune.tracking import Tracker
+from ct_tune.tracking import Tracker, split_datasets
 from ct_tune.tracking.keys import (
     ATTR_DISCARDED,
     ATTR_KIND,
@@ -110,6 +111,7 @@ class StudyStatus:
     trials: dict[str, int]  # per state; trials discarded for the budget apart from real failures
     best: list[TrialResult] = field(default_factory=list)
     baseline: TrialResult | None = None
+    baseline_label: str = "ReLU"  # "own activation" for a network with SiLU or GELU units
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)  # the latest SLURM jobs, with their state now
@@ -166,6 +168,8 @@ class Study:
         self.spec: StudySpec = spec_from_dict(attrs[ATTR_SPEC], source=f"stored spec of study {name!r}")
         self.units: list[str] = list(attrs[ATTR_UNITS])
         self.meta: dict[str, Any] = dict(attrs.get(ATTR_META, {}))
+        # unit -> activation family where any is not ReLU (absent: every unit is ReLU)
+        self.families: dict[str, str] = dict(self.meta.get("families") or {})
         self.mlflow: dict[str, Any] = dict(attrs[ATTR_MLFLOW])
         self.storage_url = storage_url  # may hold a password: shown only through redact()
         self.storage = storage
@@ -247,9 +251,29 @@ class Study:
 
     # ----------------------------------------------------------------------------------------------
     # Trials
-    def profile_of(self, trial: optuna.trial.FrozenTrial) -> tuple[dict[str, float], float]:
-        """(betas per unit, c) of an Optuna trial of this study."""
-        return profile_from_params(trial.params, self.spec, self.units)
+    @property
+    def families_used(self) -> list[str]:
+        """The activation families of the study's units, each once (``["relu"]`` for a ReLU network)."""
+        return list(dict.fromkeys(self.families.get(unit, "relu") for unit in self.units))
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        """Each SiLU or GELU unit's beta0, where the network is its own activation (empty for ReLU networks)."""
+        return {unit: family_named(family).baseline for unit, family in self.families.items() if family != "relu"}
+
+    @property
+    def baseline_betas(self) -> dict[str, float]:
+        """Every unit at its own activation: beta = 1 for ReLU units, beta0 for SiLU and GELU ones."""
+        return {unit: family_named(self.families.get(unit, "relu")).baseline for unit in self.units}
+
+    @property
+    def baseline_label(self) -> str:
+        """What the enqueued baseline is called: "ReLU" for a ReLU network, else "own activation"."""
+        return "ReLU" if self.families_used == ["relu"] else "own activation"
+
+    def profile_of(self, trial: optuna.trial.FrozenTrial) -> tuple[dict[str, float], float | None]:
+        """(betas per unit, c) of an Optuna trial of this study (c None: each unit's family's)."""
+        return profile_from_params(trial.params, self.spec, self.units, self.families)
 
     def result_of(self, trial: optuna.trial.FrozenTrial) -> TrialResult:
         betas, c = self.profile_of(trial)
@@ -263,6 +287,7 @@ class Study:
             fingerprint=self.meta.get("fingerprint"),
             input_shape=self.meta.get("input_shape"),
             model=self.meta.get("model_class"),
+            families=self.families or None,
             metadata={
                 "study": self.name,
                 "trial": trial.number,
@@ -312,12 +337,15 @@ class Study:
         return [self.result_of(study.best_trial)]
 
     def baseline(self) -> TrialResult | None:
-        """The ReLU baseline (beta = 1 everywhere), once it has completed."""
+        """The network's own activation (ReLU: beta = 1 everywhere; SiLU, GELU: beta0 with c = 1), once it
+        has completed."""
         from optuna.trial import TrialState
 
+        own = self.baseline_betas
+        gated = any(beta < 1.0 for beta in own.values())
         for trial in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            betas, _ = self.profile_of(trial)
-            if all(value == 1.0 for value in betas.values()):
+            betas, c = self.profile_of(trial)
+            if betas == own and (not gated or c in (None, 1.0)):
                 return self.result_of(trial)
         return None
 
@@ -366,6 +394,7 @@ class Study:
             trials=self.counts(),
             best=self.best(),
             baseline=self.baseline(),
+            baseline_label=self.baseline_label,
             mlflow_experiment_id=self.mlflow.get("experiment_id"),
             mlflow_parent_run_id=self.mlflow.get("parent_run_id"),
             jobs=recorded_jobs(self),
@@ -433,10 +462,10 @@ class Study:
         )
         return run_study(self, options)
 
-    def enqueue(self, betas: Mapping[str, float], *, c: float = 0.5, kind: str = "warm-start") -> None:
+    def enqueue(self, betas: Mapping[str, float], *, c: float | None = 0.5, kind: str = "warm-start") -> None:
         """Enqueue a profile as a coming trial (``kind`` labels it in MLflow): each beta clipped into its unit's
         range, units it leaves out at 1 (ReLU), ``c`` where the study searches it."""
-        params = profile_params(self.spec, betas, c)
+        params = profile_params(self.spec, betas, c, self.families)
         self.optuna_study.enqueue_trial(params, user_attrs={ATTR_KIND: kind})
 
     def export(self, path: str | os.PathLike[str] | None = None, *, trial: int | None = None) -> BetaProfile:
@@ -596,7 +625,7 @@ def create_study(
     check_reachable(tracking, what="MLflow tracking store")
     with Bench.open(parsed, **parsed.grouping, device="cpu", steer=False) as bench:
         units, meta = bench.units, bench.meta()
-    check_units(parsed, units)  # before the stores are opened: opening a SQLite store writes its file
+    check_units(parsed, units, meta.get("families"))  # before the stores are opened: opening SQLite writes it
     optuna_storage = open_optuna_storage(storage_url)
     tracker = Tracker(tracking, artifact_location=parsed.artifact_location)
     check_writable(storage_url, what="Optuna storage")  # both opened (read): before anything is written
@@ -632,7 +661,7 @@ def new_study(
     What ``create_study`` does once the model and data are loaded; a pipeline, which opens the bench
     itself to map earlier profiles onto the new units, calls it directly."""
     _quiet_optuna()
-    check_units(spec, units)
+    check_units(spec, units, meta.get("families"))
     # The exists-check and the creation are one step for every process on every machine: a second create of
     # the name waits, then finds the study made (and never touches the experiment this one made).
     with study_lock(storage_url, name):
@@ -669,9 +698,9 @@ def _make_study(
             sampler=optuna.samplers.RandomSampler(),  # samplers are not stored; each worker builds its own
         )
         study.set_metric_names(spec.objective_names)
-        parent_run_id = tracker.create_study_run(
-            experiment_id, name, _parent_params(spec, name, units, storage_url), spec.to_dict()
-        )
+        params = _parent_params(spec, name, units, storage_url, meta.get("families") or {})
+        val = split_datasets(meta.get("data") or {}, ["val"])
+        parent_run_id = tracker.create_study_run(experiment_id, name, params, spec.to_dict(), datasets=val)
         if renamed:  # the MLflow key of each unit whose name MLflow cannot take as it is
             tracker.client.log_dict(parent_run_id, renamed, "unit_keys.json")
         mlflow_info = {
@@ -684,7 +713,7 @@ def _make_study(
         study.set_user_attr(ATTR_UNITS, list(units))
         study.set_user_attr(ATTR_META, {**meta, "created": _now(), "ct_tune_version": __version__})
         study.set_user_attr(ATTR_MLFLOW, mlflow_info)
-        for params, kind in initial_trials(spec, units):
+        for params, kind in initial_trials(spec, units, meta.get("families")):
             study.enqueue_trial(params, user_attrs={ATTR_KIND: kind}, skip_if_exists=True)
     except BaseException:
         # all or nothing: no orphan study, experiment or parent run (a Ctrl-C inside Optuna's create_study
@@ -733,14 +762,36 @@ def _resumed(
     return existing
 
 
-def _parent_params(spec: StudySpec, name: str, units: Sequence[str], storage_url: str) -> dict[str, Any]:
+def _fixed_c(spec: StudySpec, units: Sequence[str], families: Mapping[str, str]) -> float | str:
+    c = spec.search.fixed_c([families.get(unit, "relu") for unit in units])
+    return "each family's own" if c is None else c
+
+
+def _family_params(spec: StudySpec, units: Sequence[str], families: Mapping[str, str]) -> dict[str, Any]:
+    """For a network with SiLU or GELU units: its families, their beta0 (the baseline) and beta ranges."""
+    used = sorted({families.get(unit, "relu") for unit in units})
+    if used == ["relu"]:
+        return {}
+    ranges = {f: spec.search.range_of("", f) for f in used if f != "relu"}
+    return {
+        "activations": ",".join(used),
+        "baseline": "own activation",
+        **{f"beta0.{f}": family_named(f).baseline for f in ranges},
+        **{f"beta_range.{f}": f"[{r.low}, {r.high}]" for f, r in ranges.items()},
+    }
+
+
+def _parent_params(
+    spec: StudySpec, name: str, units: Sequence[str], storage_url: str, families: Mapping[str, str]
+) -> dict[str, Any]:
     """What the study's parent run shows as params: the search at a glance."""
     return {
         "study": name,
         "granularity": spec.search.granularity,
         "n_units": len(units),
         "beta_range": f"[{spec.search.beta.low}, {spec.search.beta.high}]",
-        "c": spec.search.c if not spec.search.searches_c else "searched",
+        "c": "searched" if spec.search.searches_c else _fixed_c(spec, units, families),
+        **_family_params(spec, units, families),
         "objectives": ",".join(spec.objective_names),
         "directions": ",".join(spec.directions),
         "sampler": spec.sampler.name,

@@ -32,7 +32,15 @@ from ct_tune.steering._sites import Site, Trace, describe
 
 from torch import nn
 
-__all__ = ["CUSTOM", "GRANULARITIES", "Groups", "check_granularity", "group_sites", "normalize_groups"]
+__all__ = [
+    "CUSTOM",
+    "GRANULARITIES",
+    "Groups",
+    "check_granularity",
+    "group_sites",
+    "normalize_groups",
+    "unit_families",
+]
 
 GRANULARITIES: tuple[str, ...] = ("global", "stage", "block", "site")
 CUSTOM = "custom"  # units named by the user (``groups``)
@@ -97,6 +105,15 @@ def group_sites(model: nn.Module, trace: Trace, granularity: str, groups: Groups
     if not mixed:
         return mapping
     return {site.name: _split(mapping[site.name], site.family, mixed) for site in trace.sites}
+
+
+def unit_families(trace: Trace, site_units: Mapping[str, str]) -> dict[str, str]:
+    """Each unit's activation family, in network order (``group_sites`` gives a unit one family)."""
+    families = {site.name: site.family for site in trace.sites}
+    result: dict[str, str] = {}
+    for name, unit in site_units.items():
+        result.setdefault(unit, families[name])
+    return result
 
 
 def _split(unit: str, family: str, mixed: set[str]) -> str:

@@ -37,7 +37,7 @@ from ct_tune.steering._families import (
     family_of_module,
     is_inplace_call,
 )
-from ct_tune.steering._grouping import Groups, check_granularity, group_sites, normalize_groups
+from ct_tune.steering._grouping import Groups, check_granularity, group_sites, normalize_groups, unit_families
 from ct_tune.steering._profile import BetaProfile, channel_granularity
 from ct_tune.steering._sites import Trace, describe, inline_mark, trace_sites, wrapped_modules
 
@@ -194,7 +194,7 @@ class SteeringHandle:
         else:
             self._site_units = group_sites(model, trace, granularity, self.groups)
             self.units = tuple(dict.fromkeys(self._site_units.values()))
-        self._families = _unit_families(trace, self._site_units)
+        self._families = unit_families(trace, self._site_units) if trace is not None else {}
         self._state = _State()
         self._betas: dict[str, BetaLike] = {}
         self._profiles = 1
@@ -234,11 +234,12 @@ class SteeringHandle:
             check_c(c)
             cs = [float(c)] * k
         else:
-            cs = [float(value) for value in c]  # type: ignore[misc]
+            cs = [None if value is None else float(value) for value in c]
             if len(cs) != k:
                 raise InputError(f"c gives {len(cs)} values for {k} profiles; give one c, or one per profile")
             for value in cs:
-                check_c(value)
+                if value is not None:
+                    check_c(value)
         grouped = {unit: GroupedBeta([betas[unit] for betas in resolved], cs) for unit in self.units}
         self._profiles = k
         self._distribute(grouped)  # type: ignore[arg-type]
@@ -448,16 +449,6 @@ def _apply_ct(x: torch.Tensor, beta: BetaLike | GroupedBeta | ChannelCT, c: floa
     if isinstance(beta, (GroupedBeta, ChannelCT)):
         return beta(x, family)
     return ct_hot(x, beta, c, family)
-
-
-def _unit_families(trace: Trace | None, site_units: dict[str, str]) -> dict[str, str]:
-    if trace is None:
-        return {}
-    families = {site.name: site.family for site in trace.sites}
-    result: dict[str, str] = {}
-    for name, unit in site_units.items():
-        result.setdefault(unit, families[name])  # one family per unit (group_sites splits mixed ones)
-    return result
 
 
 def _as_beta(value: BetaLike | ChannelCT) -> BetaLike | ChannelCT:

@@ -19,8 +19,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def beta_profile_figure(betas: Mapping[str, float], *, title: str, low: float | None = None) -> Figure:
-    """Bars of beta per unit, in network order; 1.0 (plain ReLU) is the dashed line."""
+def beta_profile_figure(
+    betas: Mapping[str, float],
+    *,
+    title: str,
+    low: float | None = None,
+    baselines: Mapping[str, float] | None = None,
+) -> Figure:
+    """Bars of beta per unit, in network order; 1.0 (plain ReLU) is the dashed line, and each SiLU or GELU
+    unit's own activation (``baselines``: unit -> beta0) a dotted one."""
     from matplotlib.figure import Figure
 
     names = list(betas)
@@ -29,9 +36,12 @@ def beta_profile_figure(betas: Mapping[str, float], *, title: str, low: float | 
     figure = Figure(figsize=(width, 3.6), layout="constrained")
     axes = figure.add_subplot()
     positions = range(len(names))
-    colours = ["#9aa5b1" if value >= 1.0 else "#2b6cb0" for value in values]
+    own = [(baselines or {}).get(name, 1.0) for name in names]
+    colours = ["#9aa5b1" if value == base else "#2b6cb0" for value, base in zip(values, own, strict=True)]
     axes.bar(positions, values, color=colours)
     axes.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="ReLU (beta = 1)")
+    for base in sorted({base for base in own if base < 1.0}):
+        axes.axhline(base, color="#c05621", linestyle=":", linewidth=0.9, label=f"own activation (beta0 = {base:.4g})")
     floor = min([*values, low if low is not None else min(values)])
     axes.set_ylim(max(0.0, floor - 0.05), 1.01)
     axes.set_ylabel("beta")

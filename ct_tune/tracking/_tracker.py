@@ -5,7 +5,8 @@ Layout: one experiment per study (``ct-tune/<study>``), one parent run for the s
 per trial (``trial-0007``). A child run carries the betas as params, the objective values, running
 values with their steps and the trial duration as metrics, and the trial's state, worker, device and
 host as tags; the Optuna trial stores the run id as a user attribute and the run the trial number as a
-tag. Writes are batched: a trial costs a handful of calls, whatever its number of units.
+tag; both carry the val split they were scored on as an MLflow dataset (``_datasets``). Writes are
+batched: a trial costs a handful of calls, whatever its number of units.
 
 Trials that fail or are pruned are logged with their state; a trial whose worker died is closed as
 FAILED by whichever worker notices it (see ``close_run``).
@@ -25,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ct_tune.stores import database_reason, open_mlflow_client, sqlite_path
+from ct_tune.tracking._datasets import SplitDataset
 from ct_tune.tracking.keys import (
     TAG_EXPERIMENT_KIND,
     TAG_FAILURE,
@@ -119,7 +121,13 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=self.artifact_location, tags=tags)
 
     def create_study_run(
-        self, experiment_id: str, study_name: str, params: Mapping[str, Any], spec: Mapping[str, Any]
+        self,
+        experiment_id: str,
+        study_name: str,
+        params: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        *,
+        datasets: Sequence[SplitDataset] = (),
     ) -> str:
         run = self.client.create_run(
             experiment_id,
@@ -128,6 +136,7 @@ class Tracker:
         )
         run_id = run.info.run_id
         self.log(run_id, params=params)
+        self.log_datasets(run_id, datasets)
         self.client.log_dict(run_id, dict(spec), "spec.json")
         # Created, not yet run: no end time until a launch ends (``set_status``), so the run spans the study.
         self.client.update_run(run_id, status="SCHEDULED")
@@ -165,6 +174,7 @@ class Tracker:
         trial_number: int,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
+        datasets: Sequence[SplitDataset] = (),
     ) -> str:
         run = self.client.create_run(
             experiment_id,
@@ -179,6 +189,7 @@ class Tracker:
             },
         )
         self.log(run.info.run_id, params=params)
+        self.log_datasets(run.info.run_id, datasets)
         return run.info.run_id
 
     def finish_trial_run(
@@ -240,6 +251,11 @@ class Tracker:
             room = 1000 - len(batch_params) - len(batch_tags)
             batch_metrics, metric_items = metric_items[:room], metric_items[room:]
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
+
+    def log_datasets(self, run_id: str, datasets: Sequence[SplitDataset]) -> None:
+        """The data the run's numbers came from, in one call (none: no call); logged again, nothing changes."""
+        if datasets:
+            self.client.log_inputs(run_id, datasets=[dataset.to_input() for dataset in datasets])
 
     def log_figure(self, run_id: str, figure: Figure, artifact_file: str) -> None:
         try:

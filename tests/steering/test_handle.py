@@ -374,7 +374,8 @@ def test_steering_twice_is_refused(x):
 
 
 def test_model_without_relu_is_a_clear_error():
-    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+    # GELU and SiLU networks are steered (tests/steering/test_families.py); Hardswish is another function
+    model = nn.Sequential(nn.Linear(4, 8), nn.Hardswish(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="applies no ReLU"):
         ct_tune.units(model, torch.randn(1, 4), "block")
     with pytest.raises(ValueError, match="applies no ReLU"):
