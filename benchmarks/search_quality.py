@@ -57,7 +57,8 @@ from ct_tune.objectives import make_objective
 from ct_tune.pipelines import map_profile, warm_start_ranges
 from ct_tune.search import paper_grid, spec_from_dict
 from ct_tune.search._samplers import build_sampler
-from ct_tune.search._space import beta_param, param_names, suggest, uniform_params
+from ct_tune.search._space import param_names, profile_params, suggest
+from ct_tune.steering._families import family_named
 from ct_tune.trained import train_ct
 
 import optuna
@@ -205,13 +206,19 @@ class Seed:
             self.benches[granularity] = Bench.open(spec, **spec.grouping, device="cpu")
         return self.benches[granularity]
 
+    @property
+    def family(self) -> str:
+        """The network's activation family (one for the whole small ResNet): ``relu``, ``silu`` or ``gelu``."""
+        (family,) = set(self.bench("global").handle.families.values())
+        return family
+
     def _apply(self, candidate: Candidate) -> Bench:
         bench = self.bench(candidate.granularity)
         assert bench.handle is not None
         if candidate.trained:
             bench.handle.update(candidate.values)
-        else:
-            bench.handle.update(candidate.values, c=0.5)
+        else:  # the family's c: 0.5 for ReLU (the paper's), 1 for SiLU and GELU (beta0 is their own function)
+            bench.handle.update(candidate.values, c=family_named(self.family).default_c)
         return bench
 
     def val(self, granularity: str, betas: dict[str, float]) -> Candidate:
@@ -250,25 +257,29 @@ class Seed:
 
     # -- the methods; each returns its val history (a trained profile is one entry) -------------------------
     def grid(self) -> list[Candidate]:
-        return [self.val("global", {"global": beta}) for beta in [1.0, *self.budget.grid]]
+        """The network's own activation, then the budget's points of the paper grid (around beta0 for SiLU
+        and GELU: ``paper_grid(family)``, the same steps as ReLU's)."""
+        relu, own = paper_grid(), paper_grid(self.family)
+        points = [own[relu.index(beta)] for beta in self.budget.grid]
+        return [self.val("global", {"global": beta}) for beta in [family_named(self.family).baseline, *points]]
 
     def tpe(self, granularity: str, trials: int, warm: dict[str, float] | None = None) -> list[Candidate]:
-        units = self.bench(granularity).units
-        if warm is None:
-            spec, enqueued = self.spec(granularity), [dict.fromkeys(units, 1.0)]
+        bench = self.bench(granularity)
+        units, families = bench.units, bench.handle.families
+        if warm is None:  # from the network's own activation (beta = 1 for ReLU, beta0 for SiLU and GELU)
+            spec, enqueued = self.spec(granularity), bench.handle.baselines
         else:
-            spec, enqueued = self.spec(granularity, warm_start_ranges([warm], WIDTH, 0.7, 1.0)), [warm]
-        study = optuna.create_study(direction="maximize", sampler=build_sampler(spec, param_names(spec, units)))
-        for betas in enqueued:
-            params = uniform_params(1.0, spec, units)
-            for unit, value in betas.items():
-                beta = spec.search.range_of(unit)
-                params[beta_param(unit)] = min(max(value, beta.low), beta.high)
-            study.enqueue_trial(params)
+            own = self.spec(granularity).search
+            bounds = {unit: (r.low, r.high) for unit in units for r in [own.range_of(unit, families[unit])]}
+            ranges = warm_start_ranges([warm], WIDTH, 0.7, 1.0, bounds=bounds if self.family != "relu" else None)
+            spec, enqueued = self.spec(granularity, ranges), warm
+        sampler = build_sampler(spec, param_names(spec, units), families=families)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.enqueue_trial(profile_params(spec, enqueued, None, families))
         history: list[Candidate] = []
 
         def objective(trial: optuna.Trial) -> float:
-            betas, _ = suggest(trial, spec, units)
+            betas, _ = suggest(trial, spec, units, families)
             history.append(self.val(granularity, betas))
             return history[-1].val
 
