@@ -314,8 +314,8 @@ class Seed:
         started, evaluations = time.perf_counter(), self.evaluations
         extra_seconds, extra_evaluations = 0.0, 0
         later = self.budget.trials - len(self.budget.grid) - 1
-        if method == "relu":
-            history = [self.val("global", {"global": 1.0})]
+        if method == "relu":  # the network's own activation: beta = 1 for ReLU, beta0 (c = 1) for SiLU and GELU
+            history = [self.val("global", self.bench("global").handle.baselines)]
         elif method == "grid":
             history = self._history("grid", self.grid)
         elif method.startswith("tpe-"):
