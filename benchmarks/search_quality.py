@@ -135,7 +135,7 @@ def adversarial_objective(pgd: dict[str, Any], **changes: Any):
 
 @dataclass
 class Candidate:
-    """A profile as it was scored on val: its values at a granularity (c = 0.5 unless trained)."""
+    """A profile as it was scored on val: its values at a granularity (the family's c unless trained)."""
 
     val: float
     values: dict[str, Any]
