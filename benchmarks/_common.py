@@ -7,17 +7,20 @@ from pathlib import Path
 import ct_tune  # noqa: F401  (first: makes torchvision importable)
 
 
-def pretrained_checkpoint(root: Path, data: str = "digits", seed: int = 0) -> Path:
+def pretrained_checkpoint(root: Path, data: str = "digits", seed: int = 0, activation: str = "relu") -> Path:
     """The small built-in ResNet pretrained on ``data`` (split and initialisation of ``seed``): ``root/<data>.pt``
-    (``<data>-seed<seed>.pt`` for another seed) when it is there, else trained now into it (about 20 s on
-    digits, 70 s on mnist5k)."""
-    path = root / (f"{data}.pt" if seed == 0 else f"{data}-seed{seed}.pt")
+    (``<data>-seed<seed>.pt`` for another seed, ``<data>-<activation>[-seed<seed>].pt`` for SiLU or GELU) when
+    it is there, else trained now into it (about 20 s on digits, 70 s on mnist5k)."""
+    stem = data if activation == "relu" else f"{data}-{activation}"
+    path = root / (f"{stem}.pt" if seed == 0 else f"{stem}-seed{seed}.pt")
     if path.exists():
         return path
     from ct_tune.training import PretrainConfig, pretrain
 
     tracking = f"sqlite:///{root}/mlflow.db"
-    config = PretrainConfig(data=data, seed=seed, out=str(path), tracking_uri=tracking, progress=False)
+    config = PretrainConfig(
+        data=data, seed=seed, activation=activation, out=str(path), tracking_uri=tracking, progress=False
+    )
     return Path(pretrain(config)["checkpoint"])
 
 

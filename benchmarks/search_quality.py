@@ -14,6 +14,10 @@ Tasks (the small built-in ResNet; 8x8 images):
   gradient masking. Its full budget is smaller than the transfers' (``ROBUST``): every val evaluation runs
   the attack.
 
+``--activation silu`` / ``gelu`` runs ``digits-mnist5k`` on the same ResNet with SiLU / GELU, pretrained the
+same way: there ``relu`` is the network's own activation (CT at its family's beta0 with c = 1, printed as
+"own activation"), the grid is the paper's around beta0, TPE starts from beta0 and trained CT starts there.
+
 Methods: ``relu``; ``grid`` (the paper's: ReLU and beta 0.70..0.99); ``tpe-global`` / ``tpe-stage`` /
 ``tpe-block`` (TPE from the ReLU baseline); ``grid-block`` (the grid, then per-block TPE warm-started
 +-0.15 around its best); ``trained-block`` / ``trained-channel`` (CT's parameters trained by gradient on the
@@ -48,11 +52,13 @@ from typing import Any
 import ct_tune  # noqa: F401  (first: makes torchvision importable)
 from ct_tune.bench import Bench
 from ct_tune.evidence import compare
+from ct_tune.models import ACTIVATIONS
 from ct_tune.objectives import make_objective
 from ct_tune.pipelines import map_profile, warm_start_ranges
 from ct_tune.search import paper_grid, spec_from_dict
 from ct_tune.search._samplers import build_sampler
-from ct_tune.search._space import beta_param, param_names, suggest, uniform_params
+from ct_tune.search._space import param_names, profile_params, suggest
+from ct_tune.steering._families import family_named
 from ct_tune.trained import train_ct
 
 import optuna
@@ -72,6 +78,7 @@ METHODS = [
     "trained-block-search",
 ]
 TASKS = ["digits-mnist5k", "mnist5k-digits", "mnist5k-robust"]
+NETWORK_LABELS = {"relu": "ReLU", "silu": "SiLU", "gelu": "GELU"}
 WIDTH = 0.15  # warm-start ranges: +- this around the earlier best
 
 
@@ -128,7 +135,7 @@ def adversarial_objective(pgd: dict[str, Any], **changes: Any):
 
 @dataclass
 class Candidate:
-    """A profile as it was scored on val: its values at a granularity (c = 0.5 unless trained)."""
+    """A profile as it was scored on val: its values at a granularity (the family's c unless trained)."""
 
     val: float
     values: dict[str, Any]
@@ -149,11 +156,16 @@ class Outcome:
 class Seed:
     """One task at one seed: the model and split, a bench per granularity, and the methods' runs."""
 
-    def __init__(self, task: str, seed: int, budget: Budget, root: Path) -> None:
+    def __init__(self, task: str, seed: int, budget: Budget, root: Path, activation: str = "relu") -> None:
         self.task, self.seed, self.budget = task, seed, budget
         robust = task == "mnist5k-robust"
         if task == "digits-mnist5k":
-            checkpoint, data = pretrained_digits_checkpoint(root), {"name": "mnist5k", "train_size": 2000}
+            checkpoint = (
+                pretrained_digits_checkpoint(root)
+                if activation == "relu"
+                else pretrained_checkpoint(root, "digits", activation=activation)
+            )
+            data = {"name": "mnist5k", "train_size": 2000}
         elif task == "mnist5k-digits":
             checkpoint, data = pretrained_checkpoint(root, "mnist5k"), {"name": "digits"}
         else:
@@ -194,13 +206,19 @@ class Seed:
             self.benches[granularity] = Bench.open(spec, **spec.grouping, device="cpu")
         return self.benches[granularity]
 
+    @property
+    def family(self) -> str:
+        """The network's activation family (one for the whole small ResNet): ``relu``, ``silu`` or ``gelu``."""
+        (family,) = set(self.bench("global").handle.families.values())
+        return family
+
     def _apply(self, candidate: Candidate) -> Bench:
         bench = self.bench(candidate.granularity)
         assert bench.handle is not None
         if candidate.trained:
             bench.handle.update(candidate.values)
-        else:
-            bench.handle.update(candidate.values, c=0.5)
+        else:  # the family's c: 0.5 for ReLU (the paper's), 1 for SiLU and GELU (beta0 is their own function)
+            bench.handle.update(candidate.values, c=family_named(self.family).default_c)
         return bench
 
     def val(self, granularity: str, betas: dict[str, float]) -> Candidate:
@@ -239,25 +257,29 @@ class Seed:
 
     # -- the methods; each returns its val history (a trained profile is one entry) -------------------------
     def grid(self) -> list[Candidate]:
-        return [self.val("global", {"global": beta}) for beta in [1.0, *self.budget.grid]]
+        """The network's own activation, then the budget's points of the paper grid (around beta0 for SiLU
+        and GELU: ``paper_grid(family)``, the same steps as ReLU's)."""
+        relu, own = paper_grid(), paper_grid(self.family)
+        points = [own[relu.index(beta)] for beta in self.budget.grid]
+        return [self.val("global", {"global": beta}) for beta in [family_named(self.family).baseline, *points]]
 
     def tpe(self, granularity: str, trials: int, warm: dict[str, float] | None = None) -> list[Candidate]:
-        units = self.bench(granularity).units
-        if warm is None:
-            spec, enqueued = self.spec(granularity), [dict.fromkeys(units, 1.0)]
+        bench = self.bench(granularity)
+        units, families = bench.units, bench.handle.families
+        if warm is None:  # from the network's own activation (beta = 1 for ReLU, beta0 for SiLU and GELU)
+            spec, enqueued = self.spec(granularity), bench.handle.baselines
         else:
-            spec, enqueued = self.spec(granularity, warm_start_ranges([warm], WIDTH, 0.7, 1.0)), [warm]
-        study = optuna.create_study(direction="maximize", sampler=build_sampler(spec, param_names(spec, units)))
-        for betas in enqueued:
-            params = uniform_params(1.0, spec, units)
-            for unit, value in betas.items():
-                beta = spec.search.range_of(unit)
-                params[beta_param(unit)] = min(max(value, beta.low), beta.high)
-            study.enqueue_trial(params)
+            own = self.spec(granularity).search
+            bounds = {unit: (r.low, r.high) for unit in units for r in [own.range_of(unit, families[unit])]}
+            ranges = warm_start_ranges([warm], WIDTH, 0.7, 1.0, bounds=bounds if self.family != "relu" else None)
+            spec, enqueued = self.spec(granularity, ranges), warm
+        sampler = build_sampler(spec, param_names(spec, units), families=families)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.enqueue_trial(profile_params(spec, enqueued, None, families))
         history: list[Candidate] = []
 
         def objective(trial: optuna.Trial) -> float:
-            betas, _ = suggest(trial, spec, units)
+            betas, _ = suggest(trial, spec, units, families)
             history.append(self.val(granularity, betas))
             return history[-1].val
 
@@ -292,8 +314,8 @@ class Seed:
         started, evaluations = time.perf_counter(), self.evaluations
         extra_seconds, extra_evaluations = 0.0, 0
         later = self.budget.trials - len(self.budget.grid) - 1
-        if method == "relu":
-            history = [self.val("global", {"global": 1.0})]
+        if method == "relu":  # the network's own activation: beta = 1 for ReLU, beta0 (c = 1) for SiLU and GELU
+            history = [self.val("global", self.bench("global").handle.baselines)]
         elif method == "grid":
             history = self._history("grid", self.grid)
         elif method.startswith("tpe-"):
@@ -331,11 +353,20 @@ class Seed:
             bench.close()
 
 
-def run_task(task: str, seeds: list[int], methods: list[str], budget: Budget, root: Path, autoattack: bool) -> dict:
-    """Every method on every seed; per seed the test results and the paired comparison with ReLU."""
+def run_task(
+    task: str,
+    seeds: list[int],
+    methods: list[str],
+    budget: Budget,
+    root: Path,
+    autoattack: bool,
+    activation: str = "relu",
+) -> dict:
+    """Every method on every seed; per seed the test results and the paired comparison with the network's own
+    activation (``relu``)."""
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in seeds:
-        state = Seed(task, seed, budget, root)
+        state = Seed(task, seed, budget, root, activation)
         try:
             for granularity in _granularities(methods):  # loaded before any method's clock starts
                 state.bench(granularity)
@@ -346,7 +377,7 @@ def run_task(task: str, seeds: list[int], methods: list[str], budget: Budget, ro
                 if not outcome.test:
                     outcome.test = state.test(outcome.chosen)
                 print(
-                    f"  {task} seed {seed} {method}: val {outcome.chosen.val:.4f}, "
+                    f"  {task} seed {seed} {label(method, activation)}: val {outcome.chosen.val:.4f}, "
                     + ", ".join(f"test {m} {r.value:.4f}" for m, r in outcome.test.items())
                     + f" ({outcome.evaluations} evals, {outcome.seconds:.0f} s)",
                     flush=True,
@@ -463,11 +494,18 @@ def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     return summary
 
 
-def print_table(task: str, summary: dict[str, dict[str, Any]]) -> None:
+def label(method: str, activation: str) -> str:
+    """What tables print for ``method``: the ``relu`` baseline of a SiLU or GELU network is its own activation."""
+    return "own activation" if method == "relu" and activation != "relu" else method
+
+
+def print_table(task: str, summary: dict[str, dict[str, Any]], activation: str = "relu") -> None:
     """One table per metric; AutoAttack's only lists the profiles it checked (those with a PGD gain)."""
     metrics = list(dict.fromkeys(k for entry in summary.values() for k, v in entry.items() if isinstance(v, dict)))
     seeds = max(entry["seeds"] for entry in summary.values())
-    print(f"\n{task}, {seeds} seed(s); gain = test minus ReLU's on the same samples, in points (x100)")
+    network = "" if activation == "relu" else f" ({NETWORK_LABELS[activation]} network)"
+    baseline = "ReLU's" if activation == "relu" else "the own activation's"
+    print(f"\n{task}{network}, {seeds} seed(s); gain = test minus {baseline} on the same samples, in points (x100)")
     for metric in metrics:
         print(f"\n{metric}")
         print(
@@ -480,8 +518,9 @@ def print_table(task: str, summary: dict[str, dict[str, Any]]) -> None:
             m = entry[metric]
             t_text = "n/a" if math.isnan(m["t_low"]) else f"[{100 * m['t_low']:+.2f}, {100 * m['t_high']:+.2f}]"
             paired = f"[{100 * m['paired_low']:+.2f}, {100 * m['paired_high']:+.2f}]"
+            name = label(method, activation)
             print(
-                f"{method:<22} {m['seeds']:>5} {entry['evaluations']:>6.0f} {entry['seconds']:>8.0f} "
+                f"{name:<22} {m['seeds']:>5} {entry['evaluations']:>6.0f} {entry['seconds']:>8.0f} "
                 f"{m['test']:>7.4f} {100 * m['gain']:>+6.2f} {t_text:>17} {paired:>16}  "
                 + ("" if method == "relu" else verdict(m))
             )
@@ -512,8 +551,11 @@ def parse_seeds(text: str) -> list[int]:
 def merge(paths: list[str]) -> None:
     """One summary per task over the per-seed rows of several runs (each seed once)."""
     tasks: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    activation = "relu"
     for path in paths:
-        for task, result in json.loads(Path(path).read_text())["tasks"].items():
+        run = json.loads(Path(path).read_text())
+        activation = run.get("activation", "relu")  # the runs merged are of one network
+        for task, result in run["tasks"].items():
             rows = tasks.setdefault(task, {})
             for method, records in result["rows"].items():
                 known = {r["seed"] for r in rows.get(method, [])}
@@ -522,7 +564,7 @@ def merge(paths: list[str]) -> None:
                     sys.exit(f"{path}: {task} {method} seed {twice[0]} is in an earlier file too; merge each seed once")
                 rows.setdefault(method, []).extend(records)
     for task, rows in tasks.items():
-        print_table(task, summarise(rows))
+        print_table(task, summarise(rows), activation)
 
 
 def main() -> None:
@@ -537,6 +579,12 @@ def main() -> None:
     parser.add_argument("--no-autoattack", action="store_true", help="robust task: skip the AutoAttack check")
     parser.add_argument("--root", help="where pretrained checkpoints are kept (default: a temporary folder)")
     parser.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default="relu",
+        help="the network's activation (default: relu); silu and gelu run digits-mnist5k only",
+    )
+    parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="summarise the --json files of earlier runs (say, seeds run apart)"
     )
     args = parser.parse_args()
@@ -548,6 +596,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     methods = [m for m in METHODS if m in methods and m != "relu"]
+    tasks = args.task or (TASKS if args.activation == "relu" else ["digits-mnist5k"])
+    if args.activation != "relu" and tasks != ["digits-mnist5k"]:
+        parser.error(f"--activation {args.activation} runs --task digits-mnist5k only")
     seeds = args.seeds or list(range(2 if args.quick else 5))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
@@ -558,17 +609,17 @@ def main() -> None:
     )
     print(f"command: python benchmarks/search_quality.py {' '.join(sys.argv[1:])}")
     print(f"seeds {', '.join(map(str, seeds))}", flush=True)
-    results: dict[str, Any] = {"argv": sys.argv[1:], "tasks": {}}
+    results: dict[str, Any] = {"argv": sys.argv[1:], "activation": args.activation, "tasks": {}}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.root) if args.root else Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
-        for task in args.task or TASKS:
+        for task in tasks:
             budget = budget_for(task, args.quick)
             print(f"\n{task}: {describe(budget, task)}", flush=True)
             task_started = time.perf_counter()
-            rows = run_task(task, seeds, ["relu", *methods], budget, root, not args.no_autoattack)
+            rows = run_task(task, seeds, ["relu", *methods], budget, root, not args.no_autoattack, args.activation)
             summary = summarise(rows)
-            print_table(task, summary)
+            print_table(task, summary, args.activation)
             seconds = time.perf_counter() - task_started
             print(f"{task}: {seconds:.0f} s ({seconds / 3600:.2f} h)", flush=True)
             results["tasks"][task] = {"budget": budget.__dict__, "rows": rows, "summary": summary, "seconds": seconds}

@@ -86,6 +86,29 @@ def test_autoattack_is_summarised_over_the_seeds_it_checked(bench, capsys) -> No
     assert "tpe-block" in table and "relu" in table and "grid" not in table
 
 
+def test_a_silu_network_prints_its_own_activation_as_the_baseline(bench, capsys) -> None:
+    rows = {"relu": [_record(s, 0.0) for s in range(2)], "grid": [_record(s, 0.01) for s in range(2)]}
+    bench.print_table("digits-mnist5k", bench.summarise(rows), "silu")
+    table = capsys.readouterr().out
+    assert "digits-mnist5k (SiLU network), 2 seed(s); gain = test minus the own activation's" in table
+    assert "\nown activation " in table and "\nrelu " not in table and "\ngrid " in table
+    bench.print_table("digits-mnist5k", bench.summarise(rows))  # ReLU's table as it always was
+    table = capsys.readouterr().out
+    assert "digits-mnist5k, 2 seed(s); gain = test minus ReLU's" in table and "\nrelu " in table
+
+
+def test_silu_and_gelu_run_the_transfer_task_only() -> None:
+    script = str(SOURCE_ROOT / "benchmarks" / "search_quality.py")
+    done = subprocess.run(
+        [sys.executable, script, "--activation", "gelu", "--task", "mnist5k-robust"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().endswith("error: --activation gelu runs --task digits-mnist5k only")
+
+
 # ------------------------------------------------------------------------------------ benchmarks/data_scale.py
 @pytest.fixture(scope="module")
 def data_scale():

@@ -44,7 +44,8 @@ def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "
     group.add_argument("--num-workers", type=int, default=0, metavar="N", help="data loading processes (default: 0)")
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = None) -> argparse._ArgumentGroup:
+    """The model group (returned, for a command's own model options)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -58,6 +59,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
         "--checkpoint", metavar="FILE", help="weights for --model: a state dict or Lightning .ckpt (weights_only)"
     )
     group.add_argument("--input-size", type=int, metavar="PX", help="side of the square input (default: the model's)")
+    return group
 
 
 def model_section(args: argparse.Namespace) -> dict[str, Any]:

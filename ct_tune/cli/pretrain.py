@@ -16,18 +16,24 @@ ct-tune commands accept as --model. The test split is not used.
 examples:
   ct-tune pretrain                                   # small built-in ResNet on scikit-learn digits
   ct-tune pretrain --data mnist5k --epochs 10 --json
+  ct-tune pretrain --activation silu                 # the same ResNet with SiLU (or gelu) instead of ReLU
   ct-tune pretrain --model cifar_resnet18 --data cifar10 --data-dir ~/data --augment --epochs 100
 """
 
 
 def register(subparsers) -> None:
-    from ct_tune.models import DEFAULT_MODEL
+    from ct_tune.models import ACTIVATIONS, DEFAULT_MODEL
     from ct_tune.stores import DEFAULT_TRACKING_URI
 
     parser = add_command(
         subparsers, "pretrain", _run, help="train a model on a dataset and write a checkpoint", description=DESCRIPTION
     )
-    add_model_options(parser, default=DEFAULT_MODEL)
+    add_model_options(parser, default=DEFAULT_MODEL).add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default="relu",
+        help=f"nonlinearity of {DEFAULT_MODEL} (default: %(default)s); the checkpoint records it",
+    )
     add_data_options(parser)
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=15, metavar="N", help="(default: %(default)s)")
@@ -75,6 +81,7 @@ def _run(args: argparse.Namespace) -> CommandResult:
 
     config = PretrainConfig(
         model=os.path.expanduser(args.model),
+        activation=args.activation,
         data=args.data,
         epochs=args.epochs,
         lr=args.lr,

@@ -6,7 +6,7 @@ channels, and the mean/std applied *inside* the forward path. Data is served in 
 adversarial attacks and any other pixel-space tool differentiate through the normalisation.
 """
 
-from ct_tune.models._builtin import DEFAULT_MODEL
+from ct_tune.models._builtin import ACTIVATIONS, DEFAULT_MODEL, check_activation
 from ct_tune.models._checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from ct_tune.models._create import check_model_name, create_model, load_checkpoint
 from ct_tune.models._input_spec import InputSpec
@@ -15,10 +15,12 @@ from ct_tune.models._registry import list_models, register_model
 from ct_tune.models._user import load_user_model
 
 __all__ = [
+    "ACTIVATIONS",
     "CHECKPOINT_FORMAT",
     "DEFAULT_MODEL",
     "InputSpec",
     "LoadedModel",
+    "check_activation",
     "check_model_name",
     "create_model",
     "list_models",

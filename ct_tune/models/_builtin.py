@@ -8,17 +8,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from ct_tune._errors import InputError
 from ct_tune.models._registry import add
 
 from torch import nn
 
 DEFAULT_MODEL = "cifar_resnet_small"
+ACTIVATIONS = ("relu", "silu", "gelu")  # what ``cifar_resnet_small(activation=...)`` builds; relu is the default
+
+
+def check_activation(*, model: str, activation: str) -> None:
+    """Refuse an activation the built-in small ResNet does not build, or one asked of another model."""
+    if activation not in ACTIVATIONS:
+        raise InputError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    if activation != "relu" and model != DEFAULT_MODEL:
+        raise InputError(
+            f"activation {activation!r} is built into {DEFAULT_MODEL} only, not {model!r}; "
+            f"use --model {DEFAULT_MODEL}, or a model of your own (package.module:function) with that activation"
+        )
 
 
 def cifar_resnet_small(**kwargs: Any) -> nn.Module:
     """CIFAR ResNet, 3 stages 16/32/64 wide, 1 BasicBlock each (78k weights, the default)"""
     from ct_tune.models._resnets import cifar_resnet_small as build
 
+    check_activation(model=DEFAULT_MODEL, activation=kwargs.get("activation", "relu"))
     return build(**kwargs)
 
 

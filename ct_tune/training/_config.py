@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ct_tune._errors import InputError
 from ct_tune.data import DATASETS
-from ct_tune.models import DEFAULT_MODEL, check_model_name
+from ct_tune.models import DEFAULT_MODEL, check_activation, check_model_name
 from ct_tune.stores import resolve_tracking_uri
 
 __all__ = ["EXPERIMENT", "PretrainConfig"]
@@ -21,6 +21,7 @@ class PretrainConfig:
     """Everything ``ct-tune pretrain`` takes; ``pretrain(PretrainConfig(...))`` is the same from Python."""
 
     model: str = DEFAULT_MODEL
+    activation: str = "relu"  # silu or gelu: the built-in small ResNet with that activation
     data: str = "digits"
     epochs: int = 15
     lr: float = 0.1
@@ -52,6 +53,12 @@ class PretrainConfig:
         if self.data not in DATASETS:
             raise InputError(f"unknown dataset {self.data!r}; choose one of: {', '.join(DATASETS)}")
         check_model_name(self.model)
+        check_activation(model=self.model, activation=self.activation)
+        if self.checkpoint is not None and self.activation != "relu":
+            raise InputError(
+                f"--activation {self.activation} builds a fresh network; --checkpoint {self.checkpoint} brings "
+                "its own: pass one of them"
+            )
         if self.checkpoint is not None:
             if self.weights is not None:
                 raise InputError("--weights and --checkpoint both give starting weights; pass one of them")
@@ -69,8 +76,14 @@ class PretrainConfig:
             raise InputError(f"--weight-decay must be 0 or more, not {self.weight_decay}")
         resolve_tracking_uri(self.tracking_uri)  # a bad URI fails before any training
 
+    def model_kwargs(self) -> dict[str, str]:
+        """What the model is built with: nothing for ReLU, so ReLU checkpoints stay as they always were."""
+        return {} if self.activation == "relu" else {"activation": self.activation}
+
     def output_path(self) -> Path:
         if self.out:
             return Path(self.out)
         stem = Path(self.model).stem if os.path.exists(self.model) else self.model.replace(":", "_").replace(".", "_")
+        if self.activation != "relu":
+            stem = f"{stem}-{self.activation}"
         return Path("checkpoints") / f"{stem}-{self.data}-seed{self.seed}.pt"

@@ -223,7 +223,9 @@ def _data_and_model(config: PretrainConfig) -> tuple[CTDataModule, LoadedModel]:
     if config.checkpoint:
         model = load_checkpoint(config.checkpoint, model=config.model, input_size=config.input_size, **shape)
     else:
-        model = create_model(config.model, weights=config.weights, input_size=config.input_size, **shape)
+        model = create_model(
+            config.model, weights=config.weights, input_size=config.input_size, **shape, **config.model_kwargs()
+        )
     if model.input_spec.size is None and datamodule.native_size is not None:
         # The checkpoint remembers the image size it learned at, as ImageNet weights remember 224: data it is
         # later transferred to (28x28 MNIST for a model of 8x8 digits) is resized to what its filters expect.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 
 import ct_tune
@@ -107,6 +108,53 @@ def test_small_builtin_has_torchvision_names_and_block_units():
     assert model(x).shape == (2, 10) and model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize(("activation", "module"), [("silu", nn.SiLU), ("gelu", nn.GELU)])
+def test_small_builtin_builds_silu_and_gelu_at_the_places_of_relu(activation, module):
+    torch.manual_seed(0)
+    relu = create_model("cifar_resnet_small", num_classes=10, in_channels=1)
+    torch.manual_seed(0)
+    other = create_model("cifar_resnet_small", num_classes=10, in_channels=1, activation=activation)
+    relu_paths = [path for path, m in relu.net.named_modules() if isinstance(m, nn.ReLU)]
+    act_paths = [path for path, m in other.net.named_modules() if isinstance(m, module)]
+    assert relu_paths == ["relu", "layer1.0.relu", "layer2.0.relu", "layer3.0.relu"]
+    assert act_paths == [path.replace("relu", "act") for path in relu_paths]  # named act: no SiLU called relu
+    assert not any(isinstance(m, nn.ReLU) for m in other.net.modules())
+    assert module is not nn.GELU or other.net.act.approximate == "none"  # exact GELU (erf), as CT's gelu family
+    relu_state, other_state = relu.net.state_dict(), other.net.state_dict()
+    assert list(other_state) == list(relu_state)  # the same weights, by name, in the same order
+    assert all(torch.equal(relu_state[key], other_state[key]) for key in relu_state)  # and the same initial values
+    x = torch.rand(4, 1, 8, 8)
+    assert other(x).shape == (4, 10) and not torch.allclose(other(x), relu(x))
+    assert other.model_kwargs == {"activation": activation} and relu.model_kwargs == {}
+    assert ct_tune.units(other.net, x, "block") == ["stem", "layer1.0", "layer2.0", "layer3.0"]  # steerable as ReLU's
+
+
+def test_the_activated_block_computes_what_torchvision_basicblock_does():
+    from ct_tune.models._resnets import _ActBasicBlock
+
+    downsample = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+    reference = torchvision.models.resnet.BasicBlock(4, 8, 2, downsample).eval()
+    block = _ActBasicBlock(4, 8, 2, copy.deepcopy(downsample), act=nn.ReLU()).eval()
+    for bn in (reference.bn1, reference.bn2):  # non-trivial statistics, so every layer matters
+        bn.running_mean.uniform_(-1, 1)
+        bn.weight.data.uniform_(0.5, 1.5)
+    block.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.allclose(block(x), reference(x)) and not hasattr(block, "relu")
+
+
+def test_small_builtin_relu_is_the_default_and_unknown_activations_are_refused():
+    torch.manual_seed(0)
+    default = create_model("cifar_resnet_small", num_classes=10, in_channels=1)
+    torch.manual_seed(0)
+    explicit = create_model("cifar_resnet_small", num_classes=10, in_channels=1, activation="relu")
+    assert [path for path, _ in explicit.net.named_modules()] == [path for path, _ in default.net.named_modules()]
+    assert type(explicit.net.layer1[0]) is torchvision.models.resnet.BasicBlock
+    assert _same_outputs(default, explicit, torch.rand(2, 1, 8, 8))
+    with pytest.raises(InputError, match=r"^unknown activation 'tanh'; choose one of: relu, silu, gelu$"):
+        create_model("cifar_resnet_small", num_classes=10, in_channels=1, activation="tanh")
+
+
 @pytest.mark.parametrize(("name", "block"), [("cifar_resnet18", "BasicBlock"), ("cifar_resnet50", "Bottleneck")])
 def test_cifar_resnets_are_torchvision_resnets_with_a_cifar_stem(name, block):
     model = create_model(name, num_classes=100, in_channels=3)
@@ -194,6 +242,17 @@ def test_ct_tune_checkpoint_round_trip(tmp_path):
     via_create = create_model(str(path), num_classes=10, in_channels=1)
     assert _same_outputs(model, via_create, torch.rand(4, 1, 8, 8))
     assert not list(tmp_path.joinpath("sub").glob(".*.tmp"))  # written atomically, no leftovers
+
+
+@pytest.mark.parametrize(("activation", "module"), [("silu", nn.SiLU), ("gelu", nn.GELU)])
+def test_silu_and_gelu_checkpoints_rebuild_their_activation(tmp_path, activation, module):
+    model = create_model("cifar_resnet_small", num_classes=10, in_channels=1, activation=activation)
+    path = save_checkpoint(model, tmp_path / f"{activation}.pt")
+    assert torch.load(path, weights_only=True)["model"]["kwargs"] == {"activation": activation}
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded.net.act, module) and isinstance(loaded.net.layer3[0].act, module)
+    assert loaded.model_kwargs == {"activation": activation}
+    assert _same_outputs(model, loaded, torch.rand(4, 1, 8, 8))
 
 
 def test_plain_state_dict_needs_and_takes_a_model_name(tmp_path):

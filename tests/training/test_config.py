@@ -44,7 +44,11 @@ CASES = [
     ({"batch_size": 0}, "--batch-size must be at least 1, not 0"),
     ({"weight_decay": -1e-4}, "--weight-decay must be 0 or more, not -0.0001"),
     ({"tracking_uri": "file:///tmp/mlruns"}, "MLflow's file store, which ct-tune does not use"),
+    ({"activation": "tanh"}, "unknown activation 'tanh'; choose one of: relu, silu, gelu"),
+    ({"model": "resnet18", "activation": "silu"}, "activation 'silu' is built into cifar_resnet_small only"),
+    ({"activation": "gelu", "checkpoint": "{ck}"}, "--activation gelu builds a fresh network"),
     ({"checkpoint": "{ck}"}, None),
+    ({"activation": "silu"}, None),
 ]
 
 
@@ -82,3 +86,13 @@ def test_output_path(model, stem):
 
     assert str(PretrainConfig(model=model, data="digits").output_path()) == f"checkpoints/{stem}-digits-seed0.pt"
     assert str(PretrainConfig(model=model, out="x/y.pt").output_path()) == "x/y.pt"
+
+
+def test_silu_and_gelu_get_their_own_output_path_and_model_kwargs():
+    from ct_tune.training import PretrainConfig
+
+    silu = PretrainConfig(activation="silu", data="digits")
+    assert str(silu.output_path()) == "checkpoints/cifar_resnet_small-silu-digits-seed0.pt"
+    assert silu.model_kwargs() == {"activation": "silu"}
+    relu = PretrainConfig(data="digits")
+    assert str(relu.output_path()) == "checkpoints/cifar_resnet_small-digits-seed0.pt" and relu.model_kwargs() == {}

@@ -93,6 +93,18 @@ def test_pretrain_starts_from_a_weights_file(cli, tmp_path):
     assert load_checkpoint(tmp_path / json.loads(result.stdout)["checkpoint"]).num_classes == 10
 
 
+@pytest.mark.slow
+def test_pretrain_a_gelu_network_through_the_cli(cli, tmp_path):
+    args = ("--activation", "gelu", "--epochs", "1", "--train-size", "100", "--val-size", "50", "--json", "-q")
+    result = cli("pretrain", *args)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["checkpoint"] == "checkpoints/cifar_resnet_small-gelu-digits-seed0.pt"
+    model = load_checkpoint(tmp_path / payload["checkpoint"])
+    assert isinstance(model.net.act, torch.nn.GELU) and model.model_kwargs == {"activation": "gelu"}
+    assert model.metadata["training"]["activation"] == "gelu"
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.slow  # a fresh interpreter per case (8-21 s each under load)
 @pytest.mark.parametrize(
