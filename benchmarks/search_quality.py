@@ -58,7 +58,7 @@ from ct_tune.pipelines import map_profile, warm_start_ranges
 from ct_tune.search import paper_grid, spec_from_dict
 from ct_tune.search._samplers import build_sampler
 from ct_tune.search._space import param_names, profile_params, suggest
-from ct_tune.steering._families import family_named
+from ct_tune.steering import family_named
 from ct_tune.trained import train_ct
 
 import optuna

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 import ct_tune
-from ct_tune.steering._families import FAMILIES
+from ct_tune.steering import FAMILIES
 from ct_tune.steering._fused import set_fused
 
 import torch
