@@ -5,7 +5,12 @@ no parent run); ``_keys`` is the one table of tag and attribute names linking ML
 ``_plots`` draws what people would rather look at than read; ``start_ui`` serves the MLflow UI.
 """
 
-from ct_tune.tracking._plots import beta_distribution_figure, beta_profile_figure, study_figures
+from ct_tune.tracking._plots import (
+    beta_distribution_figure,
+    beta_profile_figure,
+    gains_per_seed_figure,
+    study_figures,
+)
 from ct_tune.tracking._tracker import (
     RUN_STATUS,
     Tracker,
@@ -24,6 +29,7 @@ __all__ = [
     "beta_profile_figure",
     "default_artifact_location",
     "experiment_name",
+    "gains_per_seed_figure",
     "metric_value",
     "mlflow_key",
     "start_ui",
