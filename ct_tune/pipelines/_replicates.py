@@ -165,11 +165,11 @@ def run_replicates(
     before the first seed creates anything."""
     seeds = check_seeds(seeds)
     ones = {seed: seed_pipeline(spec, seed) for seed in seeds}
-    runs = {seed: prepare(one, replicate_record(spec, seed)) for seed, one in ones.items()}
     made = fingerprint(spec)
     storages: dict[str, Any] = {}
     for seed, one in ones.items():
         _check_resume(one, seed, made, storage=storage, profile_dir=profile_dir, storages=storages)
+    runs = {seed: prepare(one, replicate_record(spec, seed)) for seed, one in ones.items()}
     uri = resolve_tracking_uri(tracking_uri, spec.base.get("tracking_uri"))
     tracker = Tracker(uri, artifact_location=spec.base.get("artifact_location"))
     run_id = _set_run(tracker, spec, made)

@@ -158,6 +158,8 @@ def run_pipeline(
         run = _Run(one, options, storage, tracking_uri, folder, tell, executor, oversubscribe, slurm, ray)
         run.replicate = replicate
         _check(run)
+        if replicate is not None:  # a seed's split must fit the checkpoint before the first seed runs
+            _check_bench(run)
         return lambda: _run_stages(run)
 
     if seeds is None:
@@ -200,6 +202,15 @@ def _check(run: _Run) -> None:
             check_cores(plans, oversubscribe=run.oversubscribe)  # each stage's run prints the warning
         storage_url = resolve_storage(run.storage, stage_study.storage)
         check_two_databases(storage_url, resolve_tracking_uri(run.tracking_uri, stage_study.tracking_uri))
+
+
+def _check_bench(run: _Run) -> None:
+    """Open the first search stage's model and data as its study would (the stages share them): a split the
+    checkpoint was pretrained on, or a missing checkpoint, is refused now."""
+    first = next(iter(run.searches.values()), None)
+    if first is not None:
+        with Bench.open(first, **first.grouping, device="cpu", steer=False):
+            pass
 
 
 def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:

@@ -16,6 +16,17 @@ from tests.helpers import listing
 from tests.pipelines.test_run import _pipeline
 
 SEEDS = ["--seeds", "0,1", "--trials", "3", "--no-progress"]
+# Transfer, as the shipped digits-to-mnist5k pipeline: the digits checkpoint never saw mnist5k, so every
+# seed's split of it is fair game (a digits split other than the checkpoint's is refused).
+TRANSFER = {"data": {"name": "mnist5k", "seed": 0, "train_size": 500}, "objectives": [{"name": "probe"}]}
+
+
+def _transfer(path: Path, checkpoint: Path) -> Path:
+    _pipeline(path, checkpoint)
+    data = yaml.safe_load(path.read_text())
+    data["base"].update(TRANSFER)
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def _trials(root: Path, study: str) -> dict[int, tuple[str, object]]:
@@ -52,7 +63,7 @@ def test_each_seed_seeds_split_samplers_and_checkpoint(tmp_path, digits_checkpoi
     ],
 )
 def test_bad_seeds_are_one_line_exit_2_and_write_nothing(cli_fast, tmp_path, digits_checkpoint, seeds, message):
-    _pipeline(tmp_path / "p.yaml", digits_checkpoint)
+    _transfer(tmp_path / "p.yaml", digits_checkpoint)
     before = listing(tmp_path)
     result = cli_fast("pipeline", "run", "p.yaml", f"--seeds={seeds}", "--no-progress")
     assert result.returncode == 2, result.stderr
@@ -61,11 +72,21 @@ def test_bad_seeds_are_one_line_exit_2_and_write_nothing(cli_fast, tmp_path, dig
     assert listing(tmp_path) == before
 
 
+def test_a_seed_whose_split_the_checkpoint_saw_is_refused_before_any_seed_runs(cli_fast, tmp_path, digits_checkpoint):
+    _pipeline(tmp_path / "p.yaml", digits_checkpoint)  # searches digits, the checkpoint's own data (split seed 0)
+    before = listing(tmp_path)
+    result = cli_fast("pipeline", "run", "p.yaml", *SEEDS)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pretrained on digits with another split (seed 0 -> 1)" in lines[0], result.stderr
+    assert listing(tmp_path) == before  # seed 0 did not run first
+
+
 @pytest.mark.slow
 def test_two_seeds_interrupted_resumed_reported_and_a_changed_file_refused(
     cli, cli_fast, tmp_path, digits_checkpoint, monkeypatch
 ):
-    path = _pipeline(tmp_path / "p.yaml", digits_checkpoint)
+    path = _transfer(tmp_path / "p.yaml", digits_checkpoint)
     monkeypatch.chdir(tmp_path)
 
     def interrupt_in_seed_1(line: str) -> None:  # Ctrl-C once seed 1's second stage exists, before it runs
@@ -94,7 +115,7 @@ def test_two_seeds_interrupted_resumed_reported_and_a_changed_file_refused(
             next(r for r in report if r["stage"] == stage and r["is_baseline"] == (profile == "ReLU baseline"))
             for report in reports
         ]
-        assert row["test"] == {str(s): picked[s]["test"]["accuracy"] for s in (0, 1)}  # each seed's own value
+        assert row["test"] == {str(s): picked[s]["test"]["probe"] for s in (0, 1)}  # each seed's own value
         if profile == "ReLU baseline":
             assert row["gain"] is None
             continue
@@ -108,16 +129,16 @@ def test_two_seeds_interrupted_resumed_reported_and_a_changed_file_refused(
             "a loss beyond noise",
         )
         for seed in (0, 1):
-            relu = next(r for r in reports[seed] if r["is_baseline"])["test"]["accuracy"]
-            assert gain["gains"][seed] == pytest.approx(picked[seed]["test"]["accuracy"] - relu, abs=1e-6)
+            relu = next(r for r in reports[seed] if r["is_baseline"])["test"]["probe"]
+            assert gain["gains"][seed] == pytest.approx(picked[seed]["test"]["probe"] - relu, abs=1e-6)
 
     # the set's MLflow run: the interrupted one, finished now, with metrics, report, table and plot
     (done,) = _set_runs(tmp_path)
     assert done.info.run_id == interrupted.info.run_id == payload["mlflow_run_id"]
     assert done.info.status == "FINISHED" and done.data.tags["ct_tune.seeds"] == "0,1"
     gain = rows[("best block", "block")]["gain"]
-    assert done.data.metrics["block.accuracy.gain.mean"] == pytest.approx(gain["mean"])
-    assert done.data.metrics["block.accuracy.gain.t_low"] == pytest.approx(gain["t_low"])
+    assert done.data.metrics["block.probe.gain.mean"] == pytest.approx(gain["mean"])
+    assert done.data.metrics["block.probe.gain.t_low"] == pytest.approx(gain["t_low"])
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
     assert {"report.json", "replicates_table.json", "plots"} <= artifacts
