@@ -25,8 +25,8 @@ it selects on val only, and its choice is scored once on test.
 Per method and metric: the test value, the paired difference to ReLU on the same test samples (a paired
 bootstrap interval and McNemar's p per seed), and over seeds the mean gain with a 95% t-interval, the seeds
 where it is positive and the verdict (``ct_tune.evidence.over_seeds``, the summary ``ct-tune pipeline run
---seeds`` prints too); the val evaluations (trials, or epochs + 1) and seconds spent. Runs in this process on in-memory Optuna studies
-(no MLflow: this measures the search, not the bookkeeping).
+--seeds`` prints too); the val evaluations (trials, or epochs + 1) and seconds spent. Runs in this process on
+in-memory Optuna studies (no MLflow: this measures the search, not the bookkeeping).
 """
 
 from __future__ import annotations
