@@ -27,9 +27,10 @@ trainable here); ``trained-block-search`` (the trained block profile, then per-b
 it selects on val only, and its choice is scored once on test.
 
 Per method and metric: the test value, the paired difference to ReLU on the same test samples (a paired
-bootstrap interval and McNemar's p per seed), and over seeds the mean gain with a 95% t-interval; the val
-evaluations (trials, or epochs + 1) and seconds spent. Runs in this process on in-memory Optuna studies
-(no MLflow: this measures the search, not the bookkeeping).
+bootstrap interval and McNemar's p per seed), and over seeds the mean gain with a 95% t-interval, the seeds
+where it is positive and the verdict (``ct_tune.evidence.over_seeds``, the summary ``ct-tune pipeline run
+--seeds`` prints too); the val evaluations (trials, or epochs + 1) and seconds spent. Runs in this process on
+in-memory Optuna studies (no MLflow: this measures the search, not the bookkeeping).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 
 import ct_tune  # noqa: F401  (first: makes torchvision importable)
 from ct_tune.bench import Bench
-from ct_tune.evidence import compare
+from ct_tune.evidence import compare, over_seeds
 from ct_tune.models import ACTIVATIONS
 from ct_tune.objectives import make_objective
 from ct_tune.pipelines import map_profile, warm_start_ranges
@@ -64,7 +65,6 @@ from ct_tune.trained import train_ct
 import optuna
 import torch
 from _common import pretrained_checkpoint, pretrained_digits_checkpoint
-from scipy.stats import t as student_t
 
 METHODS = [
     "relu",
@@ -448,15 +448,6 @@ def _granularities(methods: list[str]) -> list[str]:
     return sorted(needed)
 
 
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and t-interval over seeds (nan bounds with one seed)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = student_t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
 def _metrics(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The scored metrics, in the order they first appear."""
     seen: dict[str, None] = {}
@@ -478,17 +469,20 @@ def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             scored = [r[metric] for r in records if metric in r]  # AutoAttack: only where PGD showed a gain
             if not scored:
                 continue
-            gains = [m["vs_relu"]["diff"] for m in scored]
-            mean, low, high = t_interval(gains)
+            gains = over_seeds(
+                seeds=[r["seed"] for r in records if metric in r], gains=[m["vs_relu"]["diff"] for m in scored]
+            )
             entry[metric] = {
                 "seeds": len(scored),
                 "test": statistics.mean(m["test"] for m in scored),
-                "gain": mean,
-                "t_low": float(low),
-                "t_high": float(high),
+                "gain": gains.mean,
+                "t_low": math.nan if gains.low is None else gains.low,
+                "t_high": math.nan if gains.high is None else gains.high,
                 "paired_low": statistics.mean(m["vs_relu"]["ci_low"] for m in scored),
                 "paired_high": statistics.mean(m["vs_relu"]["ci_high"] for m in scored),
-                "within_noise": None if math.isnan(low) else bool(low <= 0 <= high),
+                "positive": gains.positive,
+                "within_noise": gains.within_noise,
+                "verdict": gains.verdict,
             }
         summary[method] = entry
     return summary
@@ -522,20 +516,12 @@ def print_table(task: str, summary: dict[str, dict[str, Any]], activation: str =
             print(
                 f"{name:<22} {m['seeds']:>5} {entry['evaluations']:>6.0f} {entry['seconds']:>8.0f} "
                 f"{m['test']:>7.4f} {100 * m['gain']:>+6.2f} {t_text:>17} {paired:>16}  "
-                + ("" if method == "relu" else verdict(m))
+                + ("" if method == "relu" else f"{m['verdict']} ({m['positive']}/{m['seeds']} seeds positive)")
             )
     print(
         "\n(95% t: a t-interval of the per-seed paired gains over seeds; mean paired 95%: the mean over seeds of the "
         "per-seed paired bootstrap intervals on test samples; pgd@aa: PGD on the AutoAttack samples)"
     )
-
-
-def verdict(metric: dict[str, Any]) -> str:
-    if metric["within_noise"] is None:
-        return "one seed: no interval over seeds"
-    if metric["within_noise"]:
-        return "within noise (the interval holds 0)"
-    return f"a {'gain' if metric['gain'] > 0 else 'loss'} beyond noise"
 
 
 def parse_seeds(text: str) -> list[int]:

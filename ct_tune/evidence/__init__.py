@@ -4,6 +4,7 @@ report row that carries them (one type for a study's trials and a pipeline's tra
 A single test value on 1,000 images says nothing about noise; every reported value therefore comes with
 its interval and every comparison of two profiles on the same samples with a paired interval and an exact
 McNemar p-value (``_stats``). ``score_row`` builds a profile's report row from its scores (``_rows``).
+Replicates over seeds summarise each profile's per-seed gains with a t-interval over seeds (``_seeds``).
 """
 
 from ct_tune.evidence._rows import (
@@ -17,6 +18,7 @@ from ct_tune.evidence._rows import (
     correctness,
     score_row,
 )
+from ct_tune.evidence._seeds import OverSeeds, over_seeds
 from ct_tune.evidence._stats import (
     Comparison,
     Interval,
@@ -34,6 +36,7 @@ __all__ = [
     "Bootstrap",
     "Comparison",
     "Interval",
+    "OverSeeds",
     "Reference",
     "ReportRow",
     "Reselection",
@@ -42,6 +45,7 @@ __all__ = [
     "compare",
     "correctness",
     "mcnemar",
+    "over_seeds",
     "rank_on_resamples",
     "score_row",
 ]

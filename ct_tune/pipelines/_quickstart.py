@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune._errors import InputError
-from ct_tune.pipelines._run import PipelineResult, delete_pipeline_studies, run_pipeline
-from ct_tune.pipelines._spec import PipelineSpec
+from ct_tune.pipelines._result import PipelineResult
+from ct_tune.pipelines._run import delete_pipeline_studies, run_pipeline
+from ct_tune.pipelines._spec import PipelineSpec, with_trials
 from ct_tune.workers import available_cores, check_cores, plan_workers
 
 __all__ = ["QUICKSTART_CHECKPOINT", "quickstart_pipeline", "run_quickstart"]
@@ -62,12 +63,7 @@ def quickstart_pipeline(
         ],
         "report": ["global", "block"],
     }
-    if trials is not None:
-        for stage in pipeline["stages"]:
-            stage["budget"] = {"n_trials": trials}
-        if trials < 31:  # too few for the baseline and the 30-value grid: the baseline alone
-            pipeline["stages"][0]["search"]["enqueue_paper_grid"] = False
-    return pipeline
+    return with_trials(pipeline, trials)
 
 
 def quickstart_workers(workers: int | None) -> int:

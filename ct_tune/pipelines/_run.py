@@ -1,5 +1,6 @@
 """Running a pipeline: its stages in order (each a study), then the test-split report of the chosen stages.
 
+With ``seeds`` the pipeline runs once per seed and reports over the seeds (``_replicates``).
 A stage whose study exists resumes (one that has used its budget is skipped); a new stage is created,
 warm-started from an earlier stage's best profile when it says so (or from a trained stage's profile:
 a ``kind: train`` stage runs ``train_ct``, writes its profile to the profile folder and is skipped when
@@ -14,23 +15,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, overload
 
 from ct_tune._errors import InputError
 from ct_tune.bench import Bench
-from ct_tune.evidence import ReportRow
+from ct_tune.pipelines._replicates import ReplicateResult, run_replicates
 from ct_tune.pipelines._report import report_pipeline
+from ct_tune.pipelines._result import PipelineResult, StageOutcome
 from ct_tune.pipelines._spec import (
     PipelineSpec,
     StageSpec,
     load_pipeline,
+    pipeline_data,
     pipeline_from_dict,
     stage_spec,
     train_stage_spec,
+    with_trials,
 )
 from ct_tune.pipelines._warm import WarmStartProfiles, warm_start_profiles, warm_start_ranges
 from ct_tune.search import RunOptions, Study, StudySpec, new_study, open_study, study_exists
@@ -41,42 +44,9 @@ from ct_tune.tracking.keys import ATTR_PIPELINE, TAG_PIPELINE, TAG_PREVIOUS_STAG
 from ct_tune.trained import TrainCTSpec, log_trained_ct
 from ct_tune.workers import RayOptions, SlurmOptions, check_cores, plan_workers
 
-__all__ = ["PipelineResult", "StageOutcome", "as_pipeline", "delete_pipeline_studies", "run_pipeline"]
+__all__ = ["as_pipeline", "delete_pipeline_studies", "run_pipeline"]
 
 PipelineLike = PipelineSpec | Mapping[str, Any] | str | os.PathLike[str]
-
-
-@dataclass
-class StageOutcome:
-    stage: str
-    study: str
-    granularity: str
-    stopped: str
-    finished: int
-    parent_run_id: str
-    plots: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PipelineResult:
-    name: str
-    stages: list[StageOutcome]
-    report: list[ReportRow]  # the ReLU baseline once, then the best trial(s) of each reported stage
-    profile_path: str | None  # the last stage's best profile, exported (None for a Pareto front)
-    tracking_uri: str  # redacted
-    objective_names: list[str]
-    # how the report's intervals and tests were made, and which profile each stage's vs_global is against
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pipeline": self.name,
-            "stages": [stage.__dict__ for stage in self.stages],
-            "report": [row.to_dict() for row in self.report],
-            **self.evidence,
-            "profile": self.profile_path,
-            "tracking_uri": self.tracking_uri,
-        }
 
 
 def as_pipeline(pipeline: PipelineLike) -> PipelineSpec:
@@ -110,14 +80,25 @@ class _Run:
     trained: dict[str, BetaProfile] = field(default_factory=dict)
     outcomes: list[StageOutcome] = field(default_factory=list)
     tracker: Tracker | None = None
+    replicate: dict[str, Any] | None = None  # the replicate set this run is one seed of
 
     def label(self, index: int, stage: str) -> str:
         return f"stage {index + 1}/{len(self.spec.stages)} {stage}"
 
 
+@overload
+def run_pipeline(pipeline: PipelineLike, *, seeds: None = None, **options: Any) -> PipelineResult: ...
+
+
+@overload
+def run_pipeline(pipeline: PipelineLike, *, seeds: Sequence[int], **options: Any) -> ReplicateResult: ...
+
+
 def run_pipeline(
     pipeline: PipelineLike,
     *,
+    seeds: Sequence[int] | None = None,
+    trials: int | None = None,
     workers: int | None = 1,
     devices: str | None = None,
     storage: str | None = None,
@@ -132,11 +113,14 @@ def run_pipeline(
     executor: str = "local",
     slurm: SlurmOptions | Mapping[str, Any] | None = None,
     ray: RayOptions | Mapping[str, Any] | None = None,
-) -> PipelineResult:
+) -> PipelineResult | ReplicateResult:
     """Create (or resume) and run each stage, then report the chosen stages on the test split.
 
     Args:
         pipeline: a pipeline file (YAML), its mapping, or a ``PipelineSpec``.
+        seeds: run the pipeline once per seed (split, samplers and trained stages seeded with it; studies
+            ``<name>-s<seed>.<stage>``) and report over the seeds: a ``ReplicateResult``.
+        trials: every search stage's trial budget (default: as the pipeline says).
         workers: worker processes per stage (as ``Study.run``; None: one per GPU of ``devices``).
         devices: ``auto``, ``cpu`` or a list like ``cuda:0,cuda:1`` (default: each stage's ``run.device``).
         storage: the Optuna storage URL (default: ``$CT_TUNE_STORAGE``, the pipeline's, then
@@ -154,9 +138,11 @@ def run_pipeline(
         slurm: ``SlurmOptions`` or a mapping of its fields (executor ``slurm``).
         ray: ``RayOptions`` or a mapping of its fields (executor ``ray``).
 
-    Nothing is created before every stage's spec and the worker options are known to be valid.
+    Nothing is created before every stage's spec (every seed's) and the worker options are known to be valid.
     """
     spec = as_pipeline(pipeline)
+    if trials is not None:
+        spec = pipeline_from_dict(with_trials(pipeline_data(spec), trials), source=f"pipeline {spec.name}")
     options = RunOptions(
         workers=workers,
         devices=devices,
@@ -166,20 +152,41 @@ def run_pipeline(
         progress=progress,
     )
     tell = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    run = _Run(spec, options, storage, tracking_uri, Path(profile_dir), tell, executor, oversubscribe, slurm, ray)
-    _check(run)
+    folder = Path(profile_dir)
+
+    def prepare(one: PipelineSpec, replicate: dict[str, Any] | None = None) -> Callable[[], PipelineResult]:
+        run = _Run(one, options, storage, tracking_uri, folder, tell, executor, oversubscribe, slurm, ray)
+        run.replicate = replicate
+        _check(run)
+        if replicate is not None:  # a seed's split must fit the checkpoint before the first seed runs
+            _check_bench(run)
+        return lambda: _run_stages(run)
+
+    if seeds is None:
+        return prepare(spec)()
+    return run_replicates(
+        spec, seeds=seeds, prepare=prepare, storage=storage, tracking_uri=tracking_uri, profile_dir=folder, tell=tell
+    )
+
+
+def _run_stages(run: _Run) -> PipelineResult:
+    """Every stage in order, the report and the exported profile."""
+    spec = run.spec
     for index, stage in enumerate(spec.stages):
         if stage.kind == "train":
             _train_stage(run, stage.name, index)
         else:
             _search_stage(run, stage, index)
-    tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
+    run.tell(f"report: scoring the best trials of {', '.join(spec.report_stages)} once on the test split")
     report = report_pipeline(spec, run.studies, run.trained, run.trainings)
     profile_path, objective_names = _export(run)
     assert run.tracker is not None
     tracking = redact(run.tracker.tracking_uri)
+    directions = {name: "maximize" for name in objective_names}
+    for study in run.studies.values():
+        directions.update(zip(study.objective_names, study.directions, strict=True))
     return PipelineResult(
-        spec.name, run.outcomes, report.rows, profile_path, tracking, objective_names, report.evidence
+        spec.name, run.outcomes, report.rows, profile_path, tracking, objective_names, report.evidence, directions
     )
 
 
@@ -195,6 +202,15 @@ def _check(run: _Run) -> None:
             check_cores(plans, oversubscribe=run.oversubscribe)  # each stage's run prints the warning
         storage_url = resolve_storage(run.storage, stage_study.storage)
         check_two_databases(storage_url, resolve_tracking_uri(run.tracking_uri, stage_study.tracking_uri))
+
+
+def _check_bench(run: _Run) -> None:
+    """Open the first search stage's model and data as its study would (the stages share them): a split the
+    checkpoint was pretrained on, or a missing checkpoint, is refused now."""
+    first = next(iter(run.searches.values()), None)
+    if first is not None:
+        with Bench.open(first, **first.grouping, device="cpu", steer=False):
+            pass
 
 
 def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:
@@ -225,7 +241,7 @@ def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:
         ray=run.ray,
         wait=run.executor == "slurm",
     )
-    plots = _plot_files(run.tracker, study.parent_run_id)
+    plots = run.tracker.plot_files(study.parent_run_id)
     granularity = study.spec.search.granularity
     run.outcomes.append(
         StageOutcome(stage.name, name, granularity, summary.reason, summary.finished, study.parent_run_id, plots)
@@ -277,6 +293,8 @@ def _link(run: _Run, study: Study, stage: StageSpec, index: int) -> None:
         "index": index,
         "previous_study": previous.name if previous else None,
     }
+    if run.replicate is not None:
+        link["replicates"] = run.replicate
     study.optuna_study.set_user_attr(ATTR_PIPELINE, link)
     tags = {TAG_PIPELINE: run.spec.name, TAG_STAGE: stage.name, TAG_STAGE_INDEX: str(index)}
     if previous is not None:
@@ -309,6 +327,8 @@ def _train_stage(run: _Run, stage: str, index: int) -> None:
     run.tracker.log(logged["run_id"], tags=tags)
     profile = result.profile
     profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
+    if run.replicate is not None:
+        profile.metadata["replicates"] = run.replicate
     profile.save(path)
     run.tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
     run.trained[stage] = profile
@@ -348,13 +368,3 @@ def delete_pipeline_studies(
             open_study(name, storage_url=storage_url, storage=optuna_storage, tracking_uri=uri).delete()
             deleted.append(name)
     return deleted
-
-
-def _plot_files(tracker: Tracker, run_id: str) -> list[str]:
-    """Local paths of a parent run's plots (where the artifact store is a local directory)."""
-    uri = tracker.client.get_run(run_id).info.artifact_uri
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        return [f"{uri}/plots/"]
-    folder = Path(parsed.path) / "plots"
-    return sorted(str(path) for path in folder.glob("*.png")) if folder.is_dir() else []

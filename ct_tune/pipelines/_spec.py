@@ -26,12 +26,21 @@ from typing import Any, Literal
 from ct_tune._errors import InputError
 from ct_tune._names import MAX_NAME, NAME_RULE, name_problem
 from ct_tune._specs import StrictSpec, parse_yaml, validated
-from ct_tune.search import StudySpec, spec_from_dict
+from ct_tune.search import StudySpec, paper_grid, spec_from_dict
 from ct_tune.trained import TrainCTSpec
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["PipelineSpec", "StageSpec", "load_pipeline", "pipeline_from_dict", "stage_spec", "train_stage_spec"]
+__all__ = [
+    "PipelineSpec",
+    "StageSpec",
+    "load_pipeline",
+    "pipeline_data",
+    "pipeline_from_dict",
+    "stage_spec",
+    "train_stage_spec",
+    "with_trials",
+]
 STAGE_SECTIONS = ("search", "objectives", "sampler", "pruner", "budget", "run")
 
 
@@ -138,6 +147,32 @@ def load_pipeline(path: str | os.PathLike[str]) -> PipelineSpec:
     if not path.is_file():
         raise InputError(f"pipeline file {path} does not exist (see pipelines/ for examples)")
     return pipeline_from_dict(parse_yaml(path), source=str(path))
+
+
+def pipeline_data(pipeline: PipelineSpec) -> dict[str, Any]:
+    """The pipeline as the mapping a file holds (``pipeline_from_dict`` of it is the same pipeline)."""
+    return pipeline.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def with_trials(data: Mapping[str, Any], trials: int | None) -> dict[str, Any]:
+    """A pipeline mapping whose search stages each run ``trials`` trials (``--trials``; None: as written).
+
+    A stage that enqueues the paper's grid but has fewer trials than the grid and the baseline drops the
+    grid: with a handful of trials the baseline and TPE's own draws say more than the grid's first values.
+    """
+    changed = copy.deepcopy(dict(data))
+    if trials is None:
+        return changed
+    if trials < 1:
+        raise InputError(f"--trials must be at least 1, not {trials}")
+    for stage in changed.get("stages", []):
+        if stage.get("kind", "search") != "search":
+            continue
+        stage["budget"] = {"n_trials": trials}
+        search = stage.get("search") or {}
+        if search.get("enqueue_paper_grid") and trials < len(paper_grid()) + 1:
+            search["enqueue_paper_grid"] = False
+    return changed
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

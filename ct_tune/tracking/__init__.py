@@ -7,7 +7,12 @@ at than read; ``start_ui`` serves the MLflow UI.
 """
 
 from ct_tune.tracking._datasets import SplitDataset, split_datasets
-from ct_tune.tracking._plots import beta_distribution_figure, beta_profile_figure, study_figures
+from ct_tune.tracking._plots import (
+    beta_distribution_figure,
+    beta_profile_figure,
+    gains_per_seed_figure,
+    study_figures,
+)
 from ct_tune.tracking._tracker import (
     RUN_STATUS,
     Tracker,
@@ -27,6 +32,7 @@ __all__ = [
     "beta_profile_figure",
     "default_artifact_location",
     "experiment_name",
+    "gains_per_seed_figure",
     "metric_value",
     "mlflow_key",
     "split_datasets",

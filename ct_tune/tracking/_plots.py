@@ -2,7 +2,8 @@
 
 - the beta profile of a trial (beta per unit, in network order, against the ReLU line);
 - optimisation history, Pareto front (two or three objectives) and parameter importances of a study,
-  drawn by Optuna's matplotlib backend.
+  drawn by Optuna's matplotlib backend;
+- a replicate set's gains over ReLU per seed, with their mean and interval over seeds.
 
 Figures are built without touching pyplot's global state where we draw them ourselves, so importing
 this module never changes the user's matplotlib backend.
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ct_tune.evidence import OverSeeds
+
     import optuna
     from matplotlib.figure import Figure
 
@@ -120,4 +123,28 @@ def beta_distribution_figure(channels: Mapping[str, Sequence[float]], *, title: 
         axes.set_xticks([])
         axes.set_xlabel(f"{len(names)} units in network order")
     axes.legend(loc="lower left", fontsize=7)
+    return figure
+
+
+def gains_per_seed_figure(gains: Mapping[str, OverSeeds], *, title: str) -> Figure:
+    """Each profile's gain over ReLU per seed (dots, labelled with the seed), its mean (a bar) and the
+    t-interval over seeds (a line): the spread a single seed hides."""
+    from matplotlib.figure import Figure
+
+    names = list(gains)
+    figure = Figure(figsize=(max(4.0, 1.4 * len(names) + 2), 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for position, name in enumerate(names):
+        summary = gains[name]
+        axes.scatter([position] * len(summary.gains), summary.gains, color="#2b6cb0", s=18, zorder=3)
+        for seed, gain in zip(summary.seeds, summary.gains, strict=True):
+            axes.annotate(f"s{seed}", (position, gain), xytext=(5, 0), textcoords="offset points", fontsize=7)
+        axes.hlines(summary.mean, position - 0.25, position + 0.25, color="black", linewidth=1.5)
+        if summary.low is not None and summary.high is not None:
+            axes.vlines(position, summary.low, summary.high, color="black", linewidth=1.0)
+    axes.axhline(0.0, color="#9aa5b1", linestyle="--", linewidth=0.8)
+    axes.set_xticks(list(range(len(names))), names, fontsize=8)
+    axes.set_ylabel("test gain over ReLU (paired, per seed)")
+    confidence = next(iter(gains.values())).confidence if gains else 0.95
+    axes.set_title(f"{title}\nmean and {confidence:.0%} t-interval over seeds", fontsize=10)
     return figure

@@ -23,7 +23,9 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from ct_tune.stores import database_reason, open_mlflow_client, sqlite_path
 from ct_tune.tracking._datasets import SplitDataset
@@ -283,6 +285,16 @@ class Tracker:
                 future.result()
             except Exception as error:
                 logger.warning("could not log a figure to MLflow: %s", error)
+
+    def plot_files(self, run_id: str) -> list[str]:
+        """Local paths of a run's ``plots/*.png`` (where the artifact store is a local directory; else the
+        folder's URI)."""
+        uri = self.client.get_run(run_id).info.artifact_uri
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            return [f"{uri}/plots/"]
+        folder = Path(parsed.path) / "plots"
+        return sorted(str(path) for path in folder.glob("*.png")) if folder.is_dir() else []
 
     def runs(self, experiment_id: str, filter_string: str = "") -> list[Any]:
         """All runs of an experiment matching an MLflow filter (pages through the results)."""
