@@ -87,7 +87,8 @@ def render_replicates(result: Any) -> None:
     columns += ["95% t over seeds", "gained", "verdict"]
     print_table(f"pipeline {result.name}: {len(result.seeds)} seed(s)", columns, rows)
     print(
-        "gain: the profile's test value minus the ReLU baseline's on the same test samples of that seed "
+        "gain: the profile's test value minus the baseline's (ReLU, or the network's own activation) on the "
+        "same test samples of that seed "
         "(positive = better); interval: Student t over seeds; each seed's own report (paired bootstrap "
         "intervals, McNemar) is in --json under runs"
     )

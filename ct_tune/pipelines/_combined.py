@@ -20,6 +20,7 @@ from ct_tune.pipelines._result import PipelineResult
 __all__ = ["RELU", "ReplicateRow", "SeedValue", "combine"]
 
 RELU = "ReLU baseline"
+OWN = "own activation baseline"  # the baseline of a SiLU or GELU network
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SeedValue:
 class ReplicateRow:
     """One profile and objective over the seeds of a replicate set."""
 
-    profile: str  # RELU, or "best <granularity>"
+    profile: str  # RELU (OWN for a SiLU or GELU network), or "best <granularity>"
     stage: str
     objective: str
     values: list[SeedValue]
@@ -41,7 +42,7 @@ class ReplicateRow:
 
     @property
     def is_baseline(self) -> bool:
-        return self.profile == RELU
+        return self.profile in (RELU, OWN)
 
     @property
     def test_mean(self) -> float:
@@ -88,7 +89,7 @@ def combine(results: Mapping[int, PipelineResult]) -> list[ReplicateRow]:
     for (profile, stage, objective), values in keyed.items():
         gained = [value for value in values if value.gain is not None]
         summary = None
-        if profile != RELU and gained:
+        if profile not in (RELU, OWN) and gained:
             summary = over_seeds(seeds=[v.seed for v in gained], gains=[v.gain for v in gained if v.gain is not None])
         rows.append(ReplicateRow(profile, stage, objective, values, summary))
     return rows
@@ -105,7 +106,8 @@ def _seed_values(seed: int, result: PipelineResult) -> dict[tuple[str, str, str]
     for objective in result.objective_names:
         sign = -1.0 if result.directions.get(objective) == "minimize" else 1.0
         if baseline is not None and objective in baseline.test:
-            found[(RELU, baseline.stage or "", objective)] = SeedValue(seed, baseline.test[objective], None)
+            label = RELU if baseline.baseline_label == "ReLU" else OWN
+            found[(label, baseline.stage or "", objective)] = SeedValue(seed, baseline.test[objective], None)
         for stage, rows in by_stage.items():
             scored = [row for row in rows if objective in row.test]
             if not scored:
