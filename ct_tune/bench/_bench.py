@@ -10,6 +10,7 @@ differs, so a checkpoint replaced on disk or a changed dataset never mixes two m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -326,15 +327,20 @@ class Bench:
                 "classes; use a model with a head for this data (or the probe objective)"
             )
 
+    @functools.cached_property
+    def site_units(self) -> dict[str, str]:
+        """Each site's unit at the bench's granularity (grouped once: the trace and granularity are fixed)."""
+        return group_sites(self.model.net, self.trace, self.granularity, self.groups)
+
     @property
     def units(self) -> list[str]:
         """The unit names in network order, at the bench's granularity."""
-        return list(dict.fromkeys(group_sites(self.model.net, self.trace, self.granularity, self.groups).values()))
+        return list(dict.fromkeys(self.site_units.values()))
 
     @property
     def families(self) -> dict[str, str]:
         """Each unit's activation family (``relu``, ``silu``, ``gelu``, ``gelu_tanh``), in network order."""
-        return unit_families(self.trace, group_sites(self.model.net, self.trace, self.granularity, self.groups))
+        return unit_families(self.trace, self.site_units)
 
     @property
     def device_label(self) -> str:

@@ -73,7 +73,7 @@ def model_units(
     with Bench.open(spec, granularity=granularity, groups=groups, device="cpu", steer=False) as bench:
         net, trace = bench.model.net, bench.trace
         units: dict[str, list[str]] = {}
-        for site, unit in group_sites(net, trace, granularity, groups).items():
+        for site, unit in bench.site_units.items():
             units.setdefault(unit, []).append(site)
         counts = {g: len(set(group_sites(net, trace, g).values())) for g in GRANULARITIES}
         if groups:

@@ -263,7 +263,7 @@ class Study:
     @property
     def baselines(self) -> dict[str, float]:
         """Each SiLU or GELU unit's beta0, where the network is its own activation (empty for ReLU networks)."""
-        return {unit: family_named(family).baseline for unit, family in self.families.items() if family != "relu"}
+        return {unit: beta for unit, beta in self.baseline_betas.items() if beta < 1.0}
 
     @property
     def baseline_betas(self) -> dict[str, float]:

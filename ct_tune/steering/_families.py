@@ -82,7 +82,6 @@ FAMILIES: Mapping[str, Family] = {family.name: family for family in (RELU, SILU,
 RELU_FUNCTIONS = frozenset({F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 INPLACE_FUNCTIONS = frozenset({torch.relu_, torch.Tensor.relu_})
 STEERABLE_FUNCTIONS = frozenset({*RELU_FUNCTIONS, F.silu, F.gelu})
-ACTIVATION_MODULES = (nn.ReLU, nn.SiLU, nn.GELU)
 
 
 def family_named(name: str) -> Family:

@@ -25,7 +25,6 @@ from typing import Any
 
 from ct_tune._errors import InputError
 from ct_tune.steering._families import (
-    RELU_FUNCTIONS,
     STEERABLE_FUNCTIONS,
     Family,
     family_of_call,
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["RELU_FUNCTIONS", "Site", "Trace", "call_model", "trace_sites"]
+__all__ = ["Site", "Trace", "call_model", "trace_sites"]
 
 # Activations CT leaves alone, recorded only to tell a model without steerable ones what it applies.
 OTHER_ACTIVATIONS: frozenset[Any] = frozenset(
