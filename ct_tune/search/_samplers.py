@@ -126,12 +126,8 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             reduction_factor=options.reduction_factor,
             min_early_stopping_rate=options.min_early_stopping_rate,
         )
-    if name == "wilcoxon":
-        import warnings
+    if name == "wilcoxon":  # Optuna's rule; its scipy call runs a permutation test per report (see the module)
+        from ct_tune.search._wilcoxon import ChunkWilcoxonPruner
 
-        with warnings.catch_warnings():  # experimental in Optuna 5; its behaviour is pinned by our tests
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(
-                p_threshold=options.p_threshold, n_startup_steps=options.n_startup_steps
-            )
+        return ChunkWilcoxonPruner(p_threshold=options.p_threshold, n_startup_steps=options.n_startup_steps)
     raise AssertionError(f"unhandled pruner {name}")

@@ -8,9 +8,9 @@ from ct_tune.search import spec_from_dict
 from ct_tune.search._constraints import Bound
 from ct_tune.search._samplers import build_pruner
 from ct_tune.search._space import uniform_params
+from ct_tune.search._wilcoxon import ChunkWilcoxonPruner
 from ct_tune.tracking.keys import ATTR_CONSTRAINT_REFERENCE, ATTR_FEASIBLE
 
-import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -45,8 +45,8 @@ def test_constrained_objectives_are_scored_but_not_optimised(digits_checkpoint):
     with_pruner = constrained(digits_checkpoint, max_drop=0.01, beta={}, baseline=True, n_trials=4)
     pruned = spec_from_dict({**with_pruner, "pruner": {"name": "wilcoxon", "p_threshold": 0.05, "n_startup_steps": 3}})
     pruner = build_pruner(pruned)  # one optimised objective: it may prune
-    assert isinstance(pruner, optuna.pruners.WilcoxonPruner)
-    assert (pruner._p_threshold, pruner._n_startup_steps) == (0.05, 3)
+    assert isinstance(pruner, ChunkWilcoxonPruner)
+    assert (pruner.p_threshold, pruner.n_startup_steps) == (0.05, 3)
     two = {**with_pruner, "constraints": [], "pruner": "wilcoxon"}
     with pytest.raises(ct_tune.InputError, match="pruning needs a single objective"):
         spec_from_dict(two)
