@@ -1,6 +1,6 @@
-"""The reference benchmark's statistics (benchmarks/search_quality.py): its summary over seeds (the library's
-``over_seeds``, tested in tests/evidence) and the verdict it prints. The benchmark itself runs for minutes
-(``--quick``) to hours, so it is not run here."""
+"""The benchmarks' own logic: search_quality's pipeline (a stage per method, run as a replicate set) and its
+table, and data_scale's summaries. The benchmarks themselves run for minutes to hours; search_quality runs
+once here at a tiny budget."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+
+from ct_tune.pipelines import pipeline_from_dict
 
 import numpy as np
 import pytest
 
 from tests.conftest import SOURCE_ROOT
+
+SEARCH_QUALITY = str(SOURCE_ROOT / "benchmarks" / "search_quality.py")
 
 
 @pytest.fixture(scope="module")
@@ -27,80 +32,79 @@ def bench():
         sys.path.remove(str(SOURCE_ROOT / "benchmarks"))
 
 
-def _record(seed: int, gain: float) -> dict:
-    return {
-        "seed": seed,
-        "val": 0.9,
-        "evaluations": 10,
-        "seconds": 2.0,
-        "probe": {"test": 0.8 + gain, "vs_relu": {"diff": gain, "ci_low": gain - 0.02, "ci_high": gain + 0.02}},
-    }
+@pytest.fixture
+def root(tmp_path, digits_checkpoint):
+    """A benchmark root holding the session's digits checkpoint (where search_quality caches it)."""
+    shutil.copy(digits_checkpoint, tmp_path / "digits.pt")
+    return tmp_path
 
 
-def test_summary_says_within_noise_only_when_the_interval_holds_zero(bench) -> None:
-    summary = bench.summarise(
-        {
-            "steady": [_record(s, g) for s, g in enumerate([0.010, 0.012, 0.011, 0.013, 0.012])],
-            "noisy": [_record(s, g) for s, g in enumerate([0.03, -0.02, 0.01, -0.01, 0.02])],
-            "alone": [_record(0, 0.05)],
-        }
-    )
-    assert summary["steady"]["probe"]["within_noise"] is False
-    assert summary["steady"]["probe"]["gain"] == pytest.approx(0.0116)
-    assert summary["noisy"]["probe"]["within_noise"] is True
-    assert summary["alone"]["probe"]["within_noise"] is None
-    assert summary["alone"]["probe"]["verdict"] == "one seed: no interval over seeds"
-    assert summary["steady"]["probe"]["positive"] == 5 and summary["noisy"]["probe"]["positive"] == 3
-    assert summary["steady"]["probe"]["paired_low"] == pytest.approx(0.0116 - 0.02)
+def test_each_method_is_a_stage_and_a_method_brings_the_stage_it_builds_on(bench, root) -> None:
+    spec = bench.pipeline("digits-mnist5k", ["grid-block", "trained-block-search"], bench.FULL, root, "relu")
+    pipeline = pipeline_from_dict(spec)
+    assert [s.name for s in pipeline.stages] == ["grid", "grid-block", "trained-block", "trained-block-search"]
+    grid, grid_block, trained, searched = pipeline.stages
+    assert grid.search == {"granularity": "global", "enqueue_baseline": True, "enqueue_paper_grid": True}
+    assert grid.budget == {"n_trials": 31} and grid_block.budget == {"n_trials": 62}
+    assert grid_block.warm_start.from_stage == "grid" and searched.warm_start.from_stage == "trained-block"
+    assert trained.kind == "train" and trained.train == {"granularity": "block", "epochs": 8, "lr_step": 5}
+    assert pipeline.base["data"] == {"name": "mnist5k", "train_size": 2000}
+    assert pipeline.name == "search-quality-digits-mnist5k"
 
 
-def test_autoattack_is_summarised_over_the_seeds_it_checked(bench, capsys) -> None:
-    """AutoAttack runs only where PGD showed a gain: its summary counts those seeds, and the table lists only
-    the methods it checked."""
-
-    def robust(seed: int, gain: float, checked: bool) -> dict:
-        record = {**_record(seed, gain), "pgd": _record(seed, gain)["probe"]}
-        del record["probe"]
-        if checked:
-            record["autoattack"] = {"test": 0.3, "vs_relu": {"diff": gain / 2, "ci_low": -0.05, "ci_high": 0.05}}
-        return record
-
-    rows = {
-        "relu": [robust(s, 0.0, checked=s < 2) for s in range(3)],
-        "tpe-block": [robust(0, 0.02, True), robust(1, 0.01, True), robust(2, -0.01, False)],
-        "grid": [robust(s, -0.01, False) for s in range(3)],
-    }
-    summary = bench.summarise(rows)
-    assert summary["tpe-block"]["pgd"]["seeds"] == 3
-    assert summary["tpe-block"]["autoattack"]["seeds"] == 2
-    assert summary["tpe-block"]["autoattack"]["gain"] == pytest.approx(0.0075)
-    assert "autoattack" not in summary["grid"]
-    bench.print_table("mnist5k-robust", summary)
-    table = capsys.readouterr().out.split("\nautoattack\n")[1]
-    assert "tpe-block" in table and "relu" in table and "grid" not in table
+def test_the_robust_task_is_the_constrained_form_with_a_checkpoint_per_seed(bench, root) -> None:
+    spec = bench.pipeline("mnist5k-robust", ["tpe-stage", "trained-channel"], bench.ROBUST, root, "relu")
+    assert spec["base"]["model"]["checkpoint"] == str(root / "mnist5k-seed{seed}.pt")
+    assert spec["base"]["constraints"] == [{"name": "accuracy", "max_drop": 0.01}]
+    assert [o["name"] for o in spec["base"]["objectives"]] == ["accuracy", "adversarial"]
+    tpe, trained = spec["stages"]
+    assert tpe["budget"] == {"n_trials": 20} and trained["objectives"] == [{"name": "accuracy"}]
 
 
-def test_a_silu_network_prints_its_own_activation_as_the_baseline(bench, capsys) -> None:
-    rows = {"relu": [_record(s, 0.0) for s in range(2)], "grid": [_record(s, 0.01) for s in range(2)]}
-    bench.print_table("digits-mnist5k", bench.summarise(rows), "silu")
-    table = capsys.readouterr().out
-    assert "digits-mnist5k (SiLU network), 2 seed(s); gain = test minus the own activation's" in table
-    assert "\nown activation " in table and "\nrelu " not in table and "\ngrid " in table
-    bench.print_table("digits-mnist5k", bench.summarise(rows))  # ReLU's table as it always was
-    table = capsys.readouterr().out
-    assert "digits-mnist5k, 2 seed(s); gain = test minus ReLU's" in table and "\nrelu " in table
+@pytest.mark.slow
+def test_a_quick_replicate_set_prints_the_table_and_resumes(root) -> None:
+    """Two seeds at the quick budget, through run_pipeline(seeds=...); run again on the same root, every stage
+    is reused and the same table comes out."""
+    command = [sys.executable, SEARCH_QUALITY, "--quick", "--seeds", "0,1", "--methods", "tpe-global,trained-block"]
+    command += ["--root", str(root), "--json", str(root / "out.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    found = json.loads((root / "out.json").read_text())
+    assert found["replicates"]["seeds"] == [0, 1]
+    rows = {row["stage"]: row for row in found["replicates"]["replicates"] if row["profile"] != "ReLU baseline"}
+    assert set(rows) == {"tpe-global", "trained-block"}
+    assert set(rows["tpe-global"]["test"]) == {"0", "1"} and len(rows["tpe-global"]["gain"]["gains"]) == 2
+    assert found["cost"]["tpe-global"]["evaluations"] == 12 and found["cost"]["trained-block"]["evaluations"] == 2
+    assert found["cost"]["tpe-global"]["seconds"] > 0
+    table = first.stdout[first.stdout.index("probe on test") :].splitlines()
+    assert table[2].startswith("baseline (ReLU)") and table[3].startswith("tpe-global ")
+    assert table[4].startswith("trained-block ") and "/2 " in table[4]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing it" in again.stdout and "created study" not in again.stdout
+    assert again.stdout[again.stdout.index("probe on test") :].splitlines()[:5] == table[:5]
 
 
-def test_silu_and_gelu_run_the_transfer_task_only() -> None:
-    script = str(SOURCE_ROOT / "benchmarks" / "search_quality.py")
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--activation", "gelu", "--task", "mnist5k-robust"], "--activation gelu runs --task digits-mnist5k only"),
+        (["--seeds", "1,1"], "--seeds names seed 1 twice"),
+        (["--methods", "trained-block"], "--methods needs grid or a tpe- method"),
+        (["--methods", "grid,best"], "unknown method(s) best"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_anything_runs(tmp_path, arguments, message) -> None:
     done = subprocess.run(
-        [sys.executable, script, "--activation", "gelu", "--task", "mnist5k-robust"],
+        [sys.executable, SEARCH_QUALITY, *arguments, "--root", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().endswith("error: --activation gelu runs --task digits-mnist5k only")
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------ benchmarks/data_scale.py

@@ -14,7 +14,7 @@ from ct_tune.pipelines._quickstart import QUICKSTART_CHECKPOINT, checked_quickst
 from ct_tune.pipelines._replicates import ReplicateResult, parse_seeds, seed_pipeline
 from ct_tune.pipelines._result import PipelineResult, StageOutcome
 from ct_tune.pipelines._run import delete_pipeline_studies, run_pipeline
-from ct_tune.pipelines._spec import PipelineSpec, load_pipeline, pipeline_from_dict, with_trials
+from ct_tune.pipelines._spec import PipelineSpec, load_pipeline, pipeline_from_dict, stage_spec, with_trials
 from ct_tune.pipelines._warm import map_profile, warm_start_ranges
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "run_pipeline",
     "run_quickstart",
     "seed_pipeline",
+    "stage_spec",
     "warm_start_ranges",
     "with_trials",
 ]

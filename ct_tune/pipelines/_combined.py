@@ -103,7 +103,7 @@ def _seed_values(seed: int, result: PipelineResult) -> dict[tuple[str, str, str]
         if not row.is_baseline:
             by_stage.setdefault(row.stage or "", []).append(row)
     found: dict[tuple[str, str, str], SeedValue] = {}
-    for objective in result.objective_names:
+    for objective in result.reported_objectives:
         sign = -1.0 if result.directions.get(objective) == "minimize" else 1.0
         if baseline is not None and objective in baseline.test:
             label = RELU if baseline.baseline_label == "ReLU" else OWN

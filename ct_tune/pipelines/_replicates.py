@@ -183,7 +183,7 @@ def run_replicates(
     except BaseException:
         tracker.set_status(run_id, "KILLED")
         raise
-    objectives = list(dict.fromkeys(name for result in results.values() for name in result.objective_names))
+    objectives = list(dict.fromkeys(name for result in results.values() for name in result.reported_objectives))
     result = ReplicateResult(
         spec.name, seeds, made, results, combine(results), objectives, run_id, redact(tracker.tracking_uri), []
     )

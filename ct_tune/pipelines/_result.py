@@ -17,8 +17,12 @@ class StageOutcome:
     study: str
     granularity: str
     stopped: str
+    # What the stage ran and what that cost, earlier runs of a resumed stage included: a study's finished
+    # trials (pruned ones too) and their durations summed (read from its storage; with several workers more
+    # than the wall time), a training's epochs and its time
     finished: int
     parent_run_id: str
+    seconds: float = 0.0
     plots: list[str] = field(default_factory=list)
 
 
@@ -33,6 +37,11 @@ class PipelineResult:
     # how the report's intervals and tests were made, and which profile each stage's vs_global is against
     evidence: dict[str, Any] = field(default_factory=dict)
     directions: dict[str, str] = field(default_factory=dict)  # objective -> maximize/minimize (default maximize)
+
+    @property
+    def reported_objectives(self) -> list[str]:
+        """What the report scored on test: the optimised objectives, then any other (a constrained one)."""
+        return list(dict.fromkeys([*self.objective_names, *(name for row in self.report for name in row.test)]))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ct_tune._errors import InputError
 from ct_tune.bench import Bench
@@ -43,6 +43,9 @@ from ct_tune.tracking import Tracker
 from ct_tune.tracking.keys import ATTR_PIPELINE, TAG_PIPELINE, TAG_PREVIOUS_STAGE_RUN, TAG_STAGE, TAG_STAGE_INDEX
 from ct_tune.trained import TrainCTSpec, log_trained_ct
 from ct_tune.workers import RayOptions, SlurmOptions, check_cores, plan_workers
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["as_pipeline", "delete_pipeline_studies", "run_pipeline"]
 
@@ -243,9 +246,18 @@ def _search_stage(run: _Run, stage: StageSpec, index: int) -> None:
     )
     plots = run.tracker.plot_files(study.parent_run_id)
     granularity = study.spec.search.granularity
+    finished, seconds = _finished_trials(study.optuna_study)
     run.outcomes.append(
-        StageOutcome(stage.name, name, granularity, summary.reason, summary.finished, study.parent_run_id, plots)
+        StageOutcome(stage.name, name, granularity, summary.reason, finished, study.parent_run_id, seconds, plots)
     )
+
+
+def _finished_trials(optuna_study: optuna.Study) -> tuple[int, float]:
+    """A study's finished trials (complete or pruned; earlier runs' too) and their durations summed."""
+    from optuna.trial import TrialState
+
+    finished = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return len(finished), sum(trial.duration.total_seconds() for trial in finished if trial.duration is not None)
 
 
 def _create_stage(run: _Run, stage: StageSpec, index: int, storage_url: str, optuna_storage: Any) -> Study:
@@ -318,7 +330,9 @@ def _train_stage(run: _Run, stage: str, index: int) -> None:
         if meta.get("pipeline_stage") == name and meta.get("made_with") == made_with and meta.get("run_id"):
             run.tell(f"{label}: trained profile {path} exists with these settings, reusing it")
             run.trained[stage] = profile
-            run.outcomes.append(StageOutcome(stage, name, granularity, "trained earlier", 0, meta["run_id"]))
+            epochs, seconds = int(meta.get("epochs_run", 0)), float(meta.get("seconds", 0.0))
+            outcome = StageOutcome(stage, name, granularity, "trained earlier", epochs, meta["run_id"], seconds)
+            run.outcomes.append(outcome)
             return
     run.tell(f"{label}: training CT ({training.settings.granularity}, {training.settings.epochs} epochs)")
     result = training.train(on_epoch=lambda row: run.tell(f"  epoch {int(row['epoch'])}: val {row['val']:.4f}"))
@@ -326,13 +340,16 @@ def _train_stage(run: _Run, stage: str, index: int) -> None:
     tags = {TAG_PIPELINE: run.spec.name, TAG_STAGE: stage, TAG_STAGE_INDEX: str(index)}
     run.tracker.log(logged["run_id"], tags=tags)
     profile = result.profile
+    epochs = len(result.history)
     profile.metadata.update(pipeline_stage=name, run_id=logged["run_id"], made_with=made_with)
+    profile.metadata.update(epochs_run=epochs, seconds=result.seconds)  # what the stage cost, for a resumed run
     if run.replicate is not None:
         profile.metadata["replicates"] = run.replicate
     profile.save(path)
-    run.tell(f"{label}: val {result.objective} {result.value:.4f} (ReLU {result.baseline:.4f}), profile {path}")
+    baseline = f"{result.baseline_label} {result.baseline:.4f}"
+    run.tell(f"{label}: val {result.objective} {result.value:.4f} ({baseline}), profile {path}")
     run.trained[stage] = profile
-    run.outcomes.append(StageOutcome(stage, name, granularity, "trained", len(result.history), logged["run_id"]))
+    run.outcomes.append(StageOutcome(stage, name, granularity, "trained", epochs, logged["run_id"], result.seconds))
 
 
 def _export(run: _Run) -> tuple[str | None, list[str]]:

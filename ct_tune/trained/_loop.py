@@ -73,12 +73,17 @@ class TrainedCT:
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)  # the best epoch's objective result
 
+    @property
+    def baseline_label(self) -> str:
+        """What the baseline is: ReLU, or a SiLU or GELU network's own activation."""
+        return "ReLU" if not self.profile.families else "own activation"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "objective": self.objective,
             "value": self.value,
             "baseline": self.baseline,
-            "baseline_label": "ReLU" if not self.profile.families else "own activation",
+            "baseline_label": self.baseline_label,
             "gain": self.value - self.baseline,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
