@@ -220,7 +220,7 @@ def print_tables(result: ReplicateResult, cost: dict[str, Cost], objectives: lis
             continue
         print(f"\n{result.name}: {objective} on test, seeds {seeds}; gain = paired test difference with the baseline")
         print(
-            f"{'method':<22} {'val evals':>9} {'seconds':>8} {'chosen val':>10} {'test':>7} {'gain':>6} "
+            f"{'method':<25} {'val evals':>9} {'seconds':>8} {'chosen val':>10} {'test':>7} {'gain':>6} "
             f"{'95% t over seeds':>17} {'positive':>8}  verdict"
         )
         for row in rows:
@@ -230,7 +230,7 @@ def print_tables(result: ReplicateResult, cost: dict[str, Cost], objectives: lis
                 method = row.stage
                 spent = f"{cost[method].evaluations:>9.0f} {cost[method].seconds:>8.0f}"
             val = chosen_val(result, row)
-            line = f"{method:<22} {spent} {'' if val is None else f'{val:.4f}':>10} {row.test_mean:>7.4f}"
+            line = f"{method:<25} {spent} {'' if val is None else f'{val:.4f}':>10} {row.test_mean:>7.4f}"
             gain = row.gain
             if gain is not None:
                 interval = "n/a" if gain.low is None else f"[{100 * gain.low:+.2f}, {100 * gain.high:+.2f}]"
