@@ -166,7 +166,11 @@ def test_run_pipeline_from_a_mapping(tmp_path, digits_checkpoint, monkeypatch):
     warm = block.optuna_study.trials[0]
     assert warm.user_attrs["ct_tune.kind"] == "warm-start"
     rerun = ct_tune.run_pipeline(pipeline, progress=False, say=lines.append)
-    assert [stage.finished for stage in rerun.stages] == [0, 0]  # resumed: both budgets already used
+    # resumed: both budgets already used, nothing ran; a stage's outcome counts its study's trials (and their
+    # seconds) from the storage, so the rerun reports what the stages hold
+    assert [stage.finished for stage in rerun.stages] == [3, 3] and len(block.optuna_study.trials) == 3
+    assert [stage.seconds for stage in rerun.stages] == [stage.seconds for stage in result.stages]
+    assert all(stage.seconds > 0 for stage in result.stages)
 
 
 def test_python_api_names_are_keyword_only_after_the_first():
